@@ -1,0 +1,1 @@
+"""Export Portal: everything that is not a screen. Importable without Streamlit."""

@@ -1,0 +1,160 @@
+"""Command line: parses arguments, calls ``exporter.services``, prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from humanize import naturalsize
+
+from exporter import services
+from exporter.config import Settings
+from exporter.errors import PortalError
+
+
+def _size(n: int) -> str:
+    return naturalsize(n, binary=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter",
+        description="Export Portal: registry, demo data, users and the portal launcher.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run", help="migrate, load demo data once, start Redis if needed, worker and UI"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--no-demo", action="store_true", help="do not load demo data")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("settings", help="list every setting with its value and help")
+    sub.add_parser("projects", help="list projects and their patient counts")
+
+    p = sub.add_parser("register", help="register an imaging directory tree into a project")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("directory", metavar="DIR", type=Path)
+    p.add_argument(
+        "--tags-csv", type=Path, metavar="FILE", help="CSV 'patient,tags' (tags ';'-separated)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+
+    p = sub.add_parser("demo", help="write synthetic demo data under the data root and register it")
+    p.add_argument("--patients", type=int, default=12)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scale", default="small", choices=["small", "medium", "large"])
+    p.add_argument("--if-empty", action="store_true", help="do nothing when demo data is loaded")
+
+    p = sub.add_parser("user", help="manage users")
+    user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    p = user_sub.add_parser("add", help="add a user to a project with a role")
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--project", required=True, metavar="SLUG")
+    p.add_argument("--role", required=True, choices=["researcher", "data_manager"])
+    p.add_argument("--name", default="")
+    p.add_argument("--admin", action="store_true", help="data manager of every project")
+
+    p = sub.add_parser("estimate", help="patient/file count and size of a selection")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument(
+        "--folder", action="append", metavar="PATH", help="folder path; '/' = whole project"
+    )
+    p.add_argument("--patient", action="append", metavar="LABEL")
+    p.add_argument("--tag", action="append", metavar="TAG")
+    p.add_argument("--tag-mode", default="any", choices=["any", "all"])
+    p.add_argument("--modality", action="append", metavar="KEY")
+    p.add_argument("--kind", action="append", choices=["raw", "processed"])
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.load()
+        return int(_dispatch(settings, args) or 0)
+    except PortalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
+    command = args.command
+    if command == "run":
+        from exporter.launcher import run
+
+        return run(settings, args.host, args.port, demo=not args.no_demo)
+    if command == "settings":
+        for item in Settings.declared():
+            value = getattr(settings, item["name"])
+            print(f"{item['env']}={value}\n    {item['help']} (default: {item['default']})")
+        return 0
+    services.migrate(settings)
+    if command == "migrate":
+        print(f"Database is at the newest schema: {_redact(settings.database_url)}")
+    elif command == "projects":
+        for project in services.list_projects(settings):
+            print(f"{project.slug}\t{project.patients} patients\t{project.name}")
+    elif command == "register":
+        report = services.register(settings, args.project, args.directory, args.tags_csv)
+        if not args.quiet:
+            for path in report.files_updated:
+                print(f"updated: {path} (content changed)")
+            for issue in report.skipped:
+                print(f"skipped: {issue.path}: {issue.reason}", file=sys.stderr)
+            for path in report.missing:
+                print(f"missing: {path}: registered but no longer on disk", file=sys.stderr)
+        for issue in report.refused:
+            print(f"refused: {issue.path}: {issue.reason}", file=sys.stderr)
+        print(report.summary())
+        return 0 if report.ok else 1
+    elif command == "demo":
+        result = services.load_demo(
+            settings, args.patients, args.seed, args.scale, only_if_empty=args.if_empty
+        )
+        for report in result.reports:
+            print(report.summary())
+        print(result.message)
+    elif command == "user":
+        user = services.add_user(
+            settings, args.email, args.project, args.role, args.name, is_admin=args.admin
+        )
+        verb = "Added" if user.created else "Updated"
+        print(f"{verb} {user.email}: {user.role} of {user.project}")
+    elif command == "estimate":
+        selection = services.parse_selection(
+            args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind
+        )
+        est = services.estimate(settings, args.user, args.project, selection)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(est), indent=2))
+        else:
+            _print_estimate(est)
+    return 0
+
+
+def _print_estimate(est: Any) -> None:
+    print(
+        f"{est.patient_count} patients with files ({est.patients_selected} selected), "
+        f"{est.file_count} files, {_size(est.total_bytes)}"
+    )
+    for m in est.by_modality:
+        mark = "x" if m.selected else " "
+        counts = f"{m.patients:>6} patients {m.files:>8} files {_size(m.bytes):>10}"
+        print(f"  [{mark}] {m.key:<16} {counts}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

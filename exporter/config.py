@@ -1,0 +1,198 @@
+"""Settings of the portal, declared as data.
+
+This module is the only reader of ``os.environ``. Every setting has a name, a default and a
+help text; ``Settings.load()`` reads them from the environment and an optional ``.env`` file
+(environment wins), validates them, and returns an immutable object. The README lists every
+setting (a test checks that it does).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from exporter.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 1024**2,
+    "MB": 1000**2,
+    "MIB": 1024**2,
+    "G": 1024**3,
+    "GB": 1000**3,
+    "GIB": 1024**3,
+    "T": 1024**4,
+    "TB": 1000**4,
+    "TIB": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"500 MiB"``, ``"2GB"``, ``"1024"`` into bytes."""
+    raw = text.strip().upper().replace(" ", "")
+    number = raw.rstrip("KMGTIB")
+    unit = raw[len(number) :]
+    if unit not in _SIZE_UNITS or not number:
+        raise ConfigError(
+            f"{text!r} is not a size: write a number with an optional unit, e.g. 500MiB or 2GB"
+        )
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a size: write a number with an optional unit, e.g. 500MiB or 2GB"
+        ) from None
+    if value < 0:
+        raise ConfigError(f"{text!r} is negative: sizes must be zero or more")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _setting(env: str, default: str, help: str, kind: str = "str") -> Any:
+    return field(metadata={"env": env, "default": default, "help": help, "kind": kind})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The portal's configuration. Build it with :meth:`Settings.load`."""
+
+    environment: str = _setting(
+        "PORTAL_ENV",
+        "development",
+        "`development` (embedded defaults, a development user) or `production` "
+        "(refuses the development user and placeholder secrets).",
+    )
+    database_url: str = _setting(
+        "DATABASE_URL",
+        "sqlite:///var/portal.db",
+        "SQLAlchemy URL of the database. Default: a SQLite file under `var/`. "
+        "PostgreSQL: `postgresql+psycopg://user@host:5432/dbname`.",
+    )
+    redis_url: str = _setting(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis for the job queue. `make run` starts a private Redis when none answers here.",
+    )
+    data_root: Path = _setting(
+        "DATA_ROOT",
+        "var/data",
+        "Directory under which all registered imaging files live; "
+        "registry paths are relative to it.",
+        "path",
+    )
+    export_root: Path = _setting(
+        "EXPORT_ROOT", "var/exports", "Directory where export archives are written.", "path"
+    )
+    dev_user: str = _setting(
+        "PORTAL_DEV_USER",
+        "researcher@demo.example",
+        "E-mail of the signed-in user in development when no proxy header is present. "
+        "Ignored (and refused) in production.",
+    )
+    max_export_bytes: int = _setting(
+        "MAX_EXPORT_SIZE", "500GiB", "Largest estimated size one export may have.", "size"
+    )
+    user_quota_bytes: int = _setting(
+        "USER_QUOTA",
+        "2TiB",
+        "Bytes a user may hold in live (pending, processing, completed) exports.",
+        "size",
+    )
+    disk_reserve_bytes: int = _setting(
+        "DISK_RESERVE",
+        "1GiB",
+        "Free space kept at the export root: "
+        "an export that would go below it is refused or stopped.",
+        "size",
+    )
+    retention_days: int = _setting(
+        "EXPORT_RETENTION_DAYS", "14", "Days a completed export's files are kept.", "int"
+    )
+    ui_row_cap: int = _setting(
+        "UI_ROW_CAP", "5000", "Most rows any single UI query returns.", "int"
+    )
+
+    @classmethod
+    def declared(cls) -> list[dict[str, str]]:
+        """Every setting as data: attribute, environment variable, default, help."""
+        return [
+            {"name": f.name, **{k: str(v) for k, v in f.metadata.items()}}
+            for f in fields(cls)
+            if f.metadata
+        ]
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, env_file: Path | None = None) -> Settings:
+        """Read settings from ``environ`` (default: the process environment) and ``.env``."""
+        env_path = env_file if env_file is not None else PROJECT_ROOT / ".env"
+        values: dict[str, str] = {}
+        if env_path.is_file():
+            values.update({k: v for k, v in dotenv_values(env_path).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if not f.metadata:
+                continue
+            env, kind = f.metadata["env"], f.metadata["kind"]
+            raw = values.get(env, f.metadata["default"])
+            kwargs[f.name] = _convert(env, raw, kind)
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a message that says what to set."""
+        if self.environment not in ("development", "production"):
+            raise ConfigError(
+                f"PORTAL_ENV={self.environment!r}: set it to 'development' or 'production'"
+            )
+        if not self.database_url.startswith(("sqlite:", "postgresql")):
+            raise ConfigError(
+                "DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, "
+                f"got {self.database_url.split(':', 1)[0]!r}"
+            )
+        if self.retention_days < 1:
+            raise ConfigError("EXPORT_RETENTION_DAYS must be at least 1")
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    def child_environ(self) -> dict[str, str]:
+        """The environment a child process (worker, UI) needs to see these same settings."""
+        env = dict(os.environ)
+        for f in fields(self):
+            if f.metadata:
+                env[f.metadata["env"]] = str(getattr(self, f.name))
+        return env
+
+
+def _convert(env: str, raw: str, kind: str) -> Any:
+    if kind == "path":
+        path = Path(raw).expanduser()
+        return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a whole number") from None
+    if kind == "size":
+        try:
+            return parse_size(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{env}: {exc}") from None
+    if env == "DATABASE_URL" and raw.startswith("sqlite:///") and not raw.startswith("sqlite:////"):
+        # A relative SQLite path is relative to the project, not to the current directory.
+        rel = raw.removeprefix("sqlite:///")
+        if rel and rel != ":memory:":
+            return "sqlite:///" + str((PROJECT_ROOT / rel).resolve())
+    return raw

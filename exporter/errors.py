@@ -1,0 +1,28 @@
+"""Every error the domain raises on purpose. Transports (pages, API, CLI) turn these into answers.
+
+Each message says what went wrong and what to do about it.
+"""
+
+
+class PortalError(Exception):
+    """Base of the portal's own errors; ``str(exc)`` is shown to the user."""
+
+
+class ConfigError(PortalError):
+    """A setting is missing or invalid."""
+
+
+class NotFound(PortalError):
+    """The thing does not exist, or the user may not see it (the two are not told apart)."""
+
+
+class PermissionDenied(PortalError):
+    """The user may see the thing but not do this to it."""
+
+
+class InvalidSelection(PortalError):
+    """A selection names folders, patients, tags, modalities or kinds that do not fit."""
+
+
+class IngestError(PortalError):
+    """A directory cannot be registered at all (as opposed to single files being skipped)."""

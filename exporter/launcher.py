@@ -1,0 +1,79 @@
+"""``make run``: one command that brings up the whole portal on the embedded defaults.
+
+Migrates the database, loads demo data once, uses the Redis at ``REDIS_URL`` if it answers or
+else starts a private one it owns, then starts a worker and the Streamlit UI. Ctrl-C (or
+SIGTERM) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from exporter import services
+from exporter.config import PROJECT_ROOT, Settings
+from exporter.redis_server import PrivateRedis, redis_answers
+
+
+def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: bool = True) -> int:
+    """Start Redis (if needed), a worker and the UI; block until one exits or Ctrl-C."""
+    services.migrate(settings)
+    if demo:
+        print(services.load_demo(settings, only_if_empty=True).message, flush=True)
+    private: PrivateRedis | None = None
+    env = settings.child_environ()
+    if redis_answers(settings.redis_url):
+        print(f"Using the Redis at {settings.redis_url}", flush=True)
+    else:
+        private = PrivateRedis().start()
+        env["REDIS_URL"] = private.url
+        print(
+            f"No Redis at {settings.redis_url}: started a private one at {private.url}", flush=True
+        )
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        children.append(
+            subprocess.Popen([sys.executable, str(PROJECT_ROOT / "worker.py")], env=env)
+        )
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
+                    "--server.address", host,
+                    "--server.port", str(port),
+                    "--server.headless", "true",
+                    "--browser.gatherUsageStats", "false",
+                ],
+                env=env,
+                cwd=PROJECT_ROOT,
+            )
+        )  # fmt: skip
+        print(
+            f"Portal: http://{host}:{port}  (Ctrl-C stops the portal, worker and Redis)", flush=True
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        failed = [c for c in children if c.returncode not in (None, 0)]
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if private is not None:
+            private.stop()
+        print("Stopped.", flush=True)

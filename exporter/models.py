@@ -1,0 +1,359 @@
+"""ORM tables. ORM objects stay inside ``exporter``: pages and JSON get plain data.
+
+Names mirror the research platform's file registry (``FileRegistry``, ``Modality`` with slug,
+short label, extensions and subtypes, jobs with pending/processing/completed/failed) so the
+export reads as part of the same system. Schema changes go through Alembic
+(``exporter/migrations``); ``tests/test_models.py`` checks that the migrations match.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as the plain string value (not the member name), with no database enum type, so a
+    # new value needs no migration of a type on PostgreSQL.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Role(enum.StrEnum):
+    RESEARCHER = "researcher"
+    DATA_MANAGER = "data_manager"
+
+
+class FileKind(enum.StrEnum):
+    RAW = "raw"
+    PROCESSED = "processed"
+
+
+class ExportStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+
+
+class Project(Base):
+    __tablename__ = "project"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    modalities: Mapped[list[Modality]] = relationship(secondary="project_modality")
+
+
+class User(Base):
+    __tablename__ = "user_account"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+
+
+class Membership(Base):
+    __tablename__ = "membership"
+    __table_args__ = (UniqueConstraint("user_id", "project_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    user: Mapped[User] = relationship(back_populates="memberships")
+    project: Mapped[Project] = relationship()
+
+
+class Modality(Base):
+    __tablename__ = "modality"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # the platform's slug
+    name: Mapped[str] = mapped_column(String(200))
+    short_label: Mapped[str] = mapped_column(String(32))
+    extensions: Mapped[list[Any]] = mapped_column(default=list)
+    subtypes: Mapped[list[Any]] = mapped_column(default=list)
+    multi_file: Mapped[bool] = mapped_column(Boolean, default=False)  # a DICOM series
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ProjectModality(Base):
+    __tablename__ = "project_modality"
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("project.id", ondelete="CASCADE"), primary_key=True
+    )
+    modality_id: Mapped[int] = mapped_column(
+        ForeignKey("modality.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class PatientFolder(Base):
+    __tablename__ = "patient_folder"
+    __table_args__ = (UniqueConstraint("project_id", "path"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patient_folder.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    # The full path from the project's root ("site-a/study-1"): selection of a folder and its
+    # descendants is one indexed prefix query instead of a recursive walk.
+    path: Mapped[str] = mapped_column(String(1024))
+
+
+class PatientTag(Base):
+    __tablename__ = "patient_tag"
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("patient.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True)
+    # Set for system tags such as EXPORTED: the export that put the tag there.
+    export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dataset_export.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index(None, "tag_id", "patient_id"),)
+
+
+class Tag(Base):
+    __tablename__ = "tag"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    is_system: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    __table_args__ = (
+        UniqueConstraint("project_id", "label"),
+        Index(None, "folder_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    folder_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patient_folder.id", ondelete="SET NULL")
+    )
+    label: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    tags: Mapped[list[Tag]] = relationship(secondary="patient_tag", viewonly=True)
+
+
+class FileRegistry(Base):
+    """One stored file: the platform's file row (type, unique path, size, SHA-256, ...)."""
+
+    __tablename__ = "file_registry"
+    __table_args__ = (
+        Index(None, "modality_id", "patient_id"),
+        Index(None, "modality_id", "subtype", "patient_id"),
+        Index(None, "patient_id", "modality_id", "kind"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
+    modality_id: Mapped[int] = mapped_column(ForeignKey("modality.id"))
+    kind: Mapped[FileKind] = mapped_column(_enum(FileKind))
+    subtype: Mapped[str | None] = mapped_column(String(64))
+    file_type: Mapped[str] = mapped_column(String(100))  # e.g. "cbct_raw", "ios_processed_upper"
+    path: Mapped[str] = mapped_column(String(2048), unique=True)  # relative to the data root
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(100))
+    series_label: Mapped[str | None] = mapped_column(String(255))
+    acquisition_date: Mapped[date | None] = mapped_column(Date)
+    dicom_header: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    extra_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    processing_job_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PatientFileSummary(Base):
+    """Files and bytes per (patient, modality, kind), kept in step with ``FileRegistry``.
+
+    The live estimate sums these few rows per patient instead of scanning every file row:
+    10,000 patients have ~80,000 summary rows against ~1,000,000 file rows.
+    """
+
+    __tablename__ = "patient_file_summary"
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("patient.id", ondelete="CASCADE"), primary_key=True
+    )
+    modality_id: Mapped[int] = mapped_column(ForeignKey("modality.id"), primary_key=True)
+    kind: Mapped[FileKind] = mapped_column(_enum(FileKind), primary_key=True)
+    file_count: Mapped[int] = mapped_column(Integer)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class CuratedHeaderValue(Base):
+    """A data manager's value for one DICOM field of one file or one series; history is kept.
+
+    The newest row per (target, tag) without ``superseded_at`` is the one in force.
+    """
+
+    __tablename__ = "curated_header_value"
+    __table_args__ = (
+        Index(None, "patient_id", "series_label", "tag"),
+        Index(None, "file_id", "tag"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("file_registry.id", ondelete="CASCADE"))
+    series_label: Mapped[str | None] = mapped_column(String(255))
+    tag: Mapped[str] = mapped_column(String(9))  # "gggg,eeee"
+    keyword: Mapped[str] = mapped_column(String(100))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column()
+
+
+class DatasetExport(Base):
+    """The record of one export; the queue only carries its id."""
+
+    __tablename__ = "dataset_export"
+    __table_args__ = (
+        Index(None, "project_id", "created_at"),
+        Index(None, "created_by_id", "status"),
+        Index(None, "status", "heartbeat_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[ExportStatus] = mapped_column(_enum(ExportStatus), default=ExportStatus.PENDING)
+    criteria: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_count: Mapped[int] = mapped_column(Integer, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    actual_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    output_dir: Mapped[str | None] = mapped_column(String(1024))
+    output_paths: Mapped[list[Any]] = mapped_column(default=list)
+    archive_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    archive_sha256: Mapped[str | None] = mapped_column(String(64))
+    part_count: Mapped[int] = mapped_column(Integer, default=1)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    current_item: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
+class ExportPart(Base):
+    """One part (ZIP file) of an export; a small export has exactly one."""
+
+    __tablename__ = "export_part"
+    __table_args__ = (UniqueConstraint("export_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("dataset_export.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[ExportStatus] = mapped_column(_enum(ExportStatus), default=ExportStatus.PENDING)
+    patient_ids: Mapped[list[Any]] = mapped_column(default=list)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class ExportPatient(Base):
+    """The pseudonym a patient got in one export: the re-identification key."""
+
+    __tablename__ = "export_patient"
+    __table_args__ = (
+        UniqueConstraint("export_id", "patient_id"),
+        UniqueConstraint("export_id", "pseudonym"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("dataset_export.id", ondelete="CASCADE"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
+    pseudonym: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+    __table_args__ = (Index(None, "export_id", "at"), Index(None, "project_id", "at"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("project.id"))
+    export_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

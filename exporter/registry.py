@@ -1,0 +1,335 @@
+"""Selection of patients and files, and the live count and size estimate.
+
+A selection is folders and/or patients and/or tags within one project, plus modalities and
+kinds. Every function takes the acting user and only ever returns patients of projects the
+user belongs to. The estimate reads ``patient_file_summary`` (a few rows per patient), never
+the file rows, so that it stays fast at a million files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, distinct, exists, func, insert, or_, select
+from sqlalchemy.orm import Session
+
+from exporter.accounts import Principal, ProjectAccess, accessible_projects, require_project
+from exporter.errors import InvalidSelection
+from exporter.models import (
+    FileKind,
+    FileRegistry,
+    Modality,
+    Patient,
+    PatientFileSummary,
+    PatientFolder,
+    PatientTag,
+    ProjectModality,
+    Tag,
+)
+
+TAG_MODES = ("any", "all")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a researcher asked for. ``folders=("",)`` selects the whole project."""
+
+    folders: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tag_mode: str = "any"
+    modalities: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ("raw", "processed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folders": list(self.folders),
+            "patients": list(self.patients),
+            "tags": list(self.tags),
+            "tag_mode": self.tag_mode,
+            "modalities": list(self.modalities),
+            "kinds": list(self.kinds),
+        }
+
+
+@dataclass(frozen=True)
+class ModalityEstimate:
+    key: str
+    label: str
+    selected: bool
+    patients: int
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Counts for a selection; totals cover the selected modalities and kinds only."""
+
+    project: str
+    patients_selected: int
+    patient_count: int
+    file_count: int
+    total_bytes: int
+    by_modality: list[ModalityEstimate] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.file_count == 0
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file to export, as plain data."""
+
+    id: int
+    patient_id: int
+    patient_label: str
+    modality: str
+    kind: str
+    subtype: str | None
+    path: str
+    size: int
+    sha256: str
+    media_type: str
+    series_label: str | None
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    access: ProjectAccess
+    patient_ids: Select[int]
+    modality_ids: dict[int, Modality]
+    chosen: set[int]
+    kinds: tuple[FileKind, ...]
+
+
+def _resolve(session: Session, user: Principal, project: str, sel: Selection) -> _Resolved:
+    access = require_project(session, user, project)
+    pid = access.project_id
+    if sel.tag_mode not in TAG_MODES:
+        raise InvalidSelection(f"Tag mode {sel.tag_mode!r} is not known: use 'any' or 'all'")
+    try:
+        kinds = tuple(FileKind(k) for k in sel.kinds)
+    except ValueError:
+        raise InvalidSelection(
+            f"Kinds {list(sel.kinds)} are not all known: use 'raw' and/or 'processed'"
+        ) from None
+    enabled = {
+        m.id: m
+        for m in session.scalars(
+            select(Modality)
+            .join(ProjectModality, ProjectModality.modality_id == Modality.id)
+            .where(ProjectModality.project_id == pid, Modality.is_active)
+            .order_by(Modality.id)
+        )
+    }
+    by_key = {m.key: m for m in enabled.values()}
+    unknown = [k for k in sel.modalities if k not in by_key]
+    if unknown:
+        raise InvalidSelection(
+            f"Modality {unknown[0]!r} is not enabled in project {access.slug!r}: "
+            f"choose from {', '.join(sorted(by_key))}"
+        )
+    chosen = {by_key[k].id for k in sel.modalities}
+
+    conditions: list[ColumnElement[bool]] = [Patient.project_id == pid]
+    scope: list[ColumnElement[bool]] = []
+    folders = [f.strip("/") for f in sel.folders]
+    if "" in folders:
+        scope = []  # the whole project
+    else:
+        if folders:
+            found = set(
+                session.scalars(
+                    select(PatientFolder.path).where(
+                        PatientFolder.project_id == pid, PatientFolder.path.in_(folders)
+                    )
+                )
+            )
+            missing = [f for f in folders if f not in found]
+            if missing:
+                raise InvalidSelection(f"No folder {missing[0]!r} in project {access.slug!r}")
+            folder_ids = select(PatientFolder.id).where(PatientFolder.project_id == pid)
+            prefix = [PatientFolder.path == f for f in folders] + [
+                PatientFolder.path.startswith(f + "/", autoescape=True) for f in folders
+            ]
+            scope.append(Patient.folder_id.in_(folder_ids.where(or_(*prefix))))
+        if sel.patients:
+            labels = set(sel.patients)
+            found = set(
+                session.scalars(
+                    select(Patient.label).where(
+                        Patient.project_id == pid, Patient.label.in_(labels)
+                    )
+                )
+            )
+            missing = sorted(labels - found)
+            if missing:
+                raise InvalidSelection(f"No patient {missing[0]!r} in project {access.slug!r}")
+            scope.append(Patient.label.in_(labels))
+        if not scope and not sel.tags:
+            raise InvalidSelection("Nothing selected: tick folders or patients, or filter by tags")
+    if scope:
+        conditions.append(or_(*scope))
+    if sel.tags:
+        tag_ids: dict[str, int] = {
+            name: tag_id
+            for name, tag_id in session.execute(
+                select(Tag.name, Tag.id).where(Tag.project_id == pid, Tag.name.in_(sel.tags))
+            )
+        }
+        missing = [t for t in sel.tags if t not in tag_ids]
+        if missing:
+            raise InvalidSelection(f"No tag {missing[0]!r} in project {access.slug!r}")
+        has_tag = [
+            exists().where(PatientTag.patient_id == Patient.id, PatientTag.tag_id == tag_ids[t])
+            for t in sel.tags
+        ]
+        if sel.tag_mode == "all":
+            conditions.extend(has_tag)
+        else:
+            conditions.append(
+                exists().where(
+                    PatientTag.patient_id == Patient.id,
+                    PatientTag.tag_id.in_(list(tag_ids.values())),
+                )
+            )
+    return _Resolved(access, select(Patient.id).where(*conditions), enabled, chosen, kinds)
+
+
+def estimate(session: Session, user: Principal, project: str, sel: Selection) -> Estimate:
+    """Patient count, file count, bytes and per-modality breakdown of a selection."""
+    r = _resolve(session, user, project, sel)
+    patients_selected = session.scalar(select(func.count()).select_from(r.patient_ids.subquery()))
+    in_scope = (
+        PatientFileSummary.patient_id.in_(r.patient_ids),
+        PatientFileSummary.kind.in_(r.kinds),
+    )
+    rows = session.execute(
+        select(
+            PatientFileSummary.modality_id,
+            func.count(distinct(PatientFileSummary.patient_id)),
+            func.sum(PatientFileSummary.file_count),
+            func.sum(PatientFileSummary.total_bytes),
+        )
+        .where(*in_scope)
+        .group_by(PatientFileSummary.modality_id)
+    )
+    found = {mid: (p, int(f or 0), int(b or 0)) for mid, p, f, b in rows}
+    breakdown = [
+        ModalityEstimate(m.key, m.short_label, mid in r.chosen, *found[mid])
+        for mid, m in r.modality_ids.items()
+        if mid in found
+    ]
+    patient_count = 0
+    if r.chosen:
+        patient_count = (
+            session.scalar(
+                select(func.count(distinct(PatientFileSummary.patient_id))).where(
+                    *in_scope, PatientFileSummary.modality_id.in_(r.chosen)
+                )
+            )
+            or 0
+        )
+    chosen = [b for b in breakdown if b.selected]
+    return Estimate(
+        project=r.access.slug,
+        patients_selected=patients_selected or 0,
+        patient_count=patient_count,
+        file_count=sum(b.files for b in chosen),
+        total_bytes=sum(b.bytes for b in chosen),
+        by_modality=breakdown,
+    )
+
+
+def select_files(
+    session: Session, user: Principal, project: str, sel: Selection
+) -> list[FileEntry]:
+    """The files of a selection, ordered by patient label, modality, series and path."""
+    r = _resolve(session, user, project, sel)
+    if not r.chosen:
+        raise InvalidSelection("Choose at least one modality")
+    rows = session.execute(
+        select(FileRegistry, Patient.label, Modality.key)
+        .join(Patient, Patient.id == FileRegistry.patient_id)
+        .join(Modality, Modality.id == FileRegistry.modality_id)
+        .where(
+            FileRegistry.patient_id.in_(r.patient_ids),
+            FileRegistry.modality_id.in_(r.chosen),
+            FileRegistry.kind.in_(r.kinds),
+        )
+        .order_by(Patient.label, Modality.key, FileRegistry.series_label, FileRegistry.path)
+    )
+    return [
+        FileEntry(
+            id=f.id,
+            patient_id=f.patient_id,
+            patient_label=label,
+            modality=key,
+            kind=f.kind.value,
+            subtype=f.subtype,
+            path=f.path,
+            size=f.size_bytes,
+            sha256=f.sha256,
+            media_type=f.media_type,
+            series_label=f.series_label,
+            mtime_ns=f.mtime_ns,
+        )
+        for f, label, key in rows
+    ]
+
+
+def refresh_summaries(session: Session, patient_ids: Iterable[int]) -> None:
+    """Recompute ``patient_file_summary`` for these patients from their file rows."""
+    ids = sorted(set(patient_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(PatientFileSummary).where(PatientFileSummary.patient_id.in_(chunk)))
+        session.execute(
+            insert(PatientFileSummary).from_select(
+                ["patient_id", "modality_id", "kind", "file_count", "total_bytes"],
+                select(
+                    FileRegistry.patient_id,
+                    FileRegistry.modality_id,
+                    FileRegistry.kind,
+                    func.count(),
+                    func.sum(FileRegistry.size_bytes),
+                )
+                .where(FileRegistry.patient_id.in_(chunk))
+                .group_by(FileRegistry.patient_id, FileRegistry.modality_id, FileRegistry.kind),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ProjectOverview:
+    slug: str
+    name: str
+    role: str
+    patients: int
+    files: int
+    bytes: int
+    by_modality: list[ModalityEstimate]
+
+
+def overview(session: Session, user: Principal) -> list[ProjectOverview]:
+    """Patients, files and bytes per modality for each project the user may see."""
+    result = []
+    for access in accessible_projects(session, user):
+        est = estimate(session, user, access.slug, Selection(folders=("",)))
+        result.append(
+            ProjectOverview(
+                slug=access.slug,
+                name=access.name,
+                role=access.role.value,
+                patients=est.patients_selected,
+                files=sum(m.files for m in est.by_modality),
+                bytes=sum(m.bytes for m in est.by_modality),
+                by_modality=est.by_modality,
+            )
+        )
+    return result

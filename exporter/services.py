@@ -1,0 +1,182 @@
+"""Use cases shared by pages, API and CLI. Each opens its own unit of work.
+
+Transports call these with the portal's settings and the signed-in user's e-mail; the
+permission checks happen here (and below), never only in a transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from exporter import accounts, db, ingest, registry
+from exporter.config import Settings
+from exporter.errors import InvalidSelection
+from exporter.modalities import seed_modalities
+from exporter.models import Patient, Project
+from exporter.registry import Estimate, ProjectOverview, Selection
+
+DEMO_PROJECT = "demo"
+OTHER_PROJECT = "other"
+DEMO_USERS = (
+    ("researcher@demo.example", DEMO_PROJECT, "researcher", "Rita Researcher"),
+    ("manager@demo.example", DEMO_PROJECT, "data_manager", "Dana Manager"),
+    ("outsider@other.example", OTHER_PROJECT, "researcher", "Otto Outsider"),
+)
+
+
+def migrate(settings: Settings) -> None:
+    """Create or upgrade the schema and seed the known modalities."""
+    db.migrate(settings.database_url)
+    with db.session_scope(settings) as session:
+        seed_modalities(session)
+
+
+def register(
+    settings: Settings, project_slug: str, directory: Path, tags_csv: Path | None = None
+) -> ingest.IngestReport:
+    """Register a directory tree (inside the data root) into a project."""
+    with db.session_scope(settings) as session:
+        return ingest.register_directory(
+            session, settings.data_root, project_slug, directory, tags_csv
+        )
+
+
+@dataclass(frozen=True)
+class UserResult:
+    email: str
+    project: str
+    role: str
+    created: bool
+
+
+def add_user(
+    settings: Settings,
+    email: str,
+    project_slug: str,
+    role: str,
+    name: str = "",
+    is_admin: bool = False,
+) -> UserResult:
+    """Create a user (if new) and give them a role in a project."""
+    with db.session_scope(settings) as session:
+        user, created = accounts.add_user(session, email, project_slug, role, name, is_admin)
+        return UserResult(user.email, project_slug, role, created)
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    slug: str
+    name: str
+    patients: int
+
+
+def list_projects(settings: Settings) -> list[ProjectSummary]:
+    """Every project with its patient count (an operator's command, not a user's)."""
+    with db.session_scope(settings) as session:
+        rows = session.execute(
+            select(Project.slug, Project.name, func.count(Patient.id))
+            .outerjoin(Patient, Patient.project_id == Project.id)
+            .group_by(Project.id)
+            .order_by(Project.slug)
+        )
+        return [ProjectSummary(slug, name, count) for slug, name, count in rows]
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    loaded: bool
+    message: str
+    reports: tuple[ingest.IngestReport, ...] = ()
+
+
+def load_demo(
+    settings: Settings,
+    patients: int = 12,
+    seed: int = 1,
+    scale: str = "small",
+    only_if_empty: bool = False,
+) -> DemoResult:
+    """Write a synthetic imaging tree under the data root, register it, and add demo users.
+
+    With ``only_if_empty`` nothing happens when the demo project already has patients (what
+    ``make run`` uses, so demo data is loaded once). A demo directory that already holds files
+    is registered as it is, never overwritten.
+    """
+    from exporter import demo_data
+
+    with db.session_scope(settings) as session:
+        count = session.scalar(
+            select(func.count(Patient.id))
+            .join(Project, Project.id == Patient.project_id)
+            .where(Project.slug == DEMO_PROJECT)
+        )
+    if only_if_empty and count:
+        return DemoResult(False, f"Demo data already loaded ({count} patients)")
+    reports = []
+    plan = (
+        (DEMO_PROJECT, "Demo cohort", patients, seed),
+        (OTHER_PROJECT, "Other study", 3, seed + 1),
+    )
+    for slug, name, n, s in plan:
+        root = settings.data_root / slug
+        tags_csv = settings.data_root / f"{slug}-tags.csv"
+        if not root.exists() or not any(root.iterdir()):
+            manifest = demo_data.write_demo_tree(root, patients=n, seed=s, scale=scale)
+            demo_data.write_tags_csv(tags_csv, manifest)
+        with db.session_scope(settings) as session:
+            accounts.ensure_project(session, slug, name)
+        reports.append(register(settings, slug, root, tags_csv if tags_csv.exists() else None))
+    for email, slug, role, full_name in DEMO_USERS:
+        add_user(settings, email, slug, role, full_name)
+    total = sum(r.patients for r in reports)
+    return DemoResult(
+        True, f"Demo data loaded: {total} patients in {len(reports)} projects", tuple(reports)
+    )
+
+
+def estimate(
+    settings: Settings, user_email: str, project_slug: str, selection: Selection
+) -> Estimate:
+    """The live count and size estimate of a selection, for a member of the project."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return registry.estimate(session, user, project_slug, selection)
+
+
+def overview(settings: Settings, user_email: str) -> list[ProjectOverview]:
+    """The registry per project and modality, for the projects the user belongs to."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return registry.overview(session, user)
+
+
+def parse_selection(
+    folders: list[str] | None = None,
+    patients: list[str] | None = None,
+    tags: list[str] | None = None,
+    tag_mode: str = "any",
+    modalities: list[str] | None = None,
+    kinds: list[str] | None = None,
+) -> Selection:
+    """A Selection from transport-level lists, with duplicates and blanks removed."""
+
+    def clean(values: list[str] | None) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
+
+    if folders and any(f.strip() in ("", "/") for f in folders):
+        folder_t: tuple[str, ...] = ("",)
+    else:
+        folder_t = clean(folders)
+    if tag_mode not in registry.TAG_MODES:
+        raise InvalidSelection(f"Tag mode {tag_mode!r} is not known: use 'any' or 'all'")
+    return Selection(
+        folders=folder_t,
+        patients=clean(patients),
+        tags=clean(tags),
+        tag_mode=tag_mode,
+        modalities=clean(modalities),
+        kinds=clean(kinds) or ("raw", "processed"),
+    )

@@ -1,0 +1,1 @@
+"""The only Streamlit-importing part of ``exporter``: identity, cached reads, widgets."""

@@ -1,0 +1,110 @@
+"""Shared fixtures: settings on SQLite and PostgreSQL, a private Redis, demo users.
+
+Nothing here skips for a missing service: ``make test`` (scripts/test-deps) installs and starts
+what the suite needs, and a test that cannot reach it fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from exporter import db, services
+from exporter.config import Settings
+from exporter.models import Base
+from exporter.redis_server import PrivateRedis
+
+PG_ADMIN_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def make_settings(
+    tmp: Path, database_url: str, redis_url: str = "redis://127.0.0.1:1/0"
+) -> Settings:
+    """Settings for a test: everything under ``tmp``; no .env file, no process environment."""
+    return Settings.load(
+        environ={
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DATA_ROOT": str(tmp / "data"),
+            "EXPORT_ROOT": str(tmp / "exports"),
+        },
+        env_file=tmp / "no.env",
+    )
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once; each test gets a copy (migrations take ~0.3 s)."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    services.migrate(make_settings(path.parent, f"sqlite:///{path}"))
+    db.engine_for(f"sqlite:///{path}").dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this run, migrated once, dropped at the end."""
+    name = f"exporter_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # the message must say what to do, not skip
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.__class__.__name__}): run "
+            "'make test' (it starts PostgreSQL) or set TEST_DATABASE_URL",
+            pytrace=False,
+        )
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    services.migrate(make_settings(Path("/nonexistent"), url))
+    yield url
+    db.engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database on each backend in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "portal.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+        yield url
+        db.engine_for(url).dispose()
+        return
+    url = request.getfixturevalue("pg_database")
+    engine = db.engine_for(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables if t.name != "modality")
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield url
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[PrivateRedis]:
+    """The suite's own Redis on a free port: never the shared one on 6379."""
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def demo(settings: Settings) -> Settings:
+    """Settings with the small demo dataset (12 + 3 patients) registered and demo users."""
+    services.load_demo(settings, patients=12, seed=1)
+    return settings

@@ -1,0 +1,171 @@
+"""Registry ingest: the directory convention, idempotence, changes and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from exporter import db, services
+from exporter.config import Settings
+from exporter.errors import IngestError
+from exporter.models import FileKind, FileRegistry, Patient, PatientFolder, PatientTag, Tag
+from tests.builders import small_tree, write_dicom, write_file
+
+
+@pytest.fixture
+def tree(settings: Settings) -> Path:
+    return small_tree(settings.data_root / "study")
+
+
+def rows(settings: Settings) -> dict[str, FileRegistry]:
+    with db.session_scope(settings) as session:
+        return {f.path: f for f in session.scalars(select(FileRegistry))}
+
+
+def test_registers_patients_folders_and_files(settings: Settings, tree: Path) -> None:
+    report = services.register(settings, "proj", tree)
+    assert report.ok
+    assert (report.patients, report.patients_added, report.files_added) == (3, 3, 20)
+    assert report.skipped == []
+    files = rows(settings)
+    dcm = files["study/site-a/study-1/P001/cbct/raw/series_001/0002.dcm"]
+    assert dcm.kind is FileKind.RAW
+    assert dcm.series_label == "series_001"
+    assert dcm.media_type == "application/dicom"
+    assert dcm.dicom_header is not None and dcm.dicom_header["PatientName"] == "DOE^JANE"
+    assert dcm.acquisition_date is not None and dcm.acquisition_date.isoformat() == "2024-03-15"
+    raw = (tree / "site-a/study-1/P001/cbct/raw/series_001/0002.dcm").read_bytes()
+    assert dcm.sha256 == hashlib.sha256(raw).hexdigest()
+    assert dcm.size_bytes == len(raw)
+    nii = files["study/site-a/study-1/P001/cbct/processed/volume.nii.gz"]
+    assert (nii.kind, nii.series_label) == (FileKind.PROCESSED, None)
+    upper = files["study/site-b/P003/ios/upper.stl"]
+    assert (upper.subtype, upper.file_type, upper.media_type) == ("upper", "ios_raw_upper", "model/stl")
+    with db.session_scope(settings) as session:
+        folders = sorted(session.scalars(select(PatientFolder.path)))
+        assert folders == ["site-a", "site-a/study-1", "site-b"]
+        p3 = session.scalar(select(Patient).where(Patient.label == "P003"))
+        assert p3 is not None
+        folder = session.get(PatientFolder, p3.folder_id)
+        assert folder is not None and folder.path == "site-b"
+    assert "20 files" in report.summary() and "0 skipped" in report.summary()
+
+
+def test_second_run_adds_nothing_and_reports_changed_files(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    again = services.register(settings, "proj", tree)
+    assert (again.patients_added, again.files_added, again.files_updated) == (0, 0, [])
+    assert again.files == 20
+    photo = tree / "site-a/study-1/P002/intraoral-photo/photo_1.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"changed" * 100)
+    os.utime(photo, ns=(1, 1))
+    changed = services.register(settings, "proj", tree)
+    assert changed.files_updated == ["study/site-a/study-1/P002/intraoral-photo/photo_1.jpg"]
+    row = rows(settings)["study/site-a/study-1/P002/intraoral-photo/photo_1.jpg"]
+    assert row.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert row.size_bytes == 702
+
+
+def test_removed_files_are_reported_as_missing(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    (tree / "site-b/P003/ios/lower.stl").unlink()
+    report = services.register(settings, "proj", tree)
+    assert report.missing == ["study/site-b/P003/ios/lower.stl"]
+
+
+def test_symlinks_are_refused_and_never_followed(settings: Settings, tree: Path, tmp_path: Path) -> None:
+    secret = write_file(tmp_path / "outside" / "secret.jpg", b"\xff\xd8secret")
+    link = tree / "site-a/study-1/P001/intraoral-photo/photo_2.jpg"
+    link.symlink_to(secret)
+    (tree / "site-b/P003/facial-photo").symlink_to(tmp_path / "outside", target_is_directory=True)
+    report = services.register(settings, "proj", tree)
+    assert not report.ok
+    refused = {i.path for i in report.refused}
+    assert refused == {
+        "study/site-a/study-1/P001/intraoral-photo/photo_2.jpg",
+        "study/site-b/P003/facial-photo",
+    }
+    assert "symbolic link refused" in report.refused[0].reason
+    assert all("secret" not in path for path in rows(settings))
+
+
+def test_directory_outside_the_data_root_is_refused(settings: Settings, tmp_path: Path) -> None:
+    outside = small_tree(tmp_path / "elsewhere")
+    with pytest.raises(IngestError, match="outside the data root .* set DATA_ROOT"):
+        services.register(settings, "proj", outside)
+    with pytest.raises(IngestError, match="is not a directory"):
+        services.register(settings, "proj", settings.data_root / "nope")
+    link = settings.data_root / "linked"
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(IngestError, match="is a symbolic link"):
+        services.register(settings, "proj", link)
+    assert rows(settings) == {}
+
+
+def test_bad_files_are_reported_with_their_path_and_skipped(settings: Settings, tree: Path) -> None:
+    base = tree / "site-a/study-1/P001"
+    write_file(base / "cbct/raw/series_001/0004.dcm", b"this is not dicom")
+    write_file(base / "xray-notes/readme.txt", b"notes")
+    write_file(base / "loose.txt", b"?")
+    write_file(tree / "site-a/stray.csv", b"a,b")
+    write_file(base / "ios/scan.zip", b"PK")
+    unreadable = write_file(base / "intraoral-photo/photo_9.jpg", b"\xff\xd8x")
+    unreadable.chmod(0)
+    report = services.register(settings, "proj", tree)
+    reasons = {i.path.removeprefix("study/"): i.reason for i in report.skipped}
+    assert "not a DICOM file" in reasons["site-a/study-1/P001/cbct/raw/series_001/0004.dcm"]
+    assert "unknown directory name 'xray-notes'" in reasons["site-a/study-1/P001/xray-notes"]
+    assert "file directly in a patient directory" in reasons["site-a/study-1/P001/loose.txt"]
+    assert "outside any <patient>/<modality>/" in reasons["site-a/stray.csv"]
+    assert "extension '.zip' is not one of ios's" in reasons["site-a/study-1/P001/ios/scan.zip"]
+    if os.geteuid() != 0:  # root reads a chmod 000 file anyway
+        assert "unreadable" in reasons["site-a/study-1/P001/intraoral-photo/photo_9.jpg"]
+    assert report.ok, "skipped files do not make the run fail; refused ones do"
+    registered = rows(settings)
+    assert "study/site-a/study-1/P001/cbct/raw/series_001/0004.dcm" not in registered
+    assert "study/site-a/study-1/P001/cbct/raw/series_001/0003.dcm" in registered
+
+
+def test_duplicate_patient_label_in_two_folders_is_refused(settings: Settings, tree: Path) -> None:
+    write_dicom(tree / "site-b/P001/cbct/0001.dcm")
+    report = services.register(settings, "proj", tree)
+    assert not report.ok
+    assert "patient 'P001' also appears under 'site-a/study-1'" in report.refused[0].reason
+
+
+def tags_of(settings: Settings) -> dict[str, set[str]]:
+    with db.session_scope(settings) as session:
+        result: dict[str, set[str]] = {}
+        for label, name in session.execute(
+            select(Patient.label, Tag.name)
+            .join(PatientTag, PatientTag.patient_id == Patient.id)
+            .join(Tag, Tag.id == PatientTag.tag_id)
+        ):
+            result.setdefault(label, set()).add(name)
+        return result
+
+
+def test_tags_csv_sets_tags_and_reports_unknown_patients(
+    settings: Settings, tree: Path, tmp_path: Path
+) -> None:
+    csv_path = tmp_path / "tags.csv"
+    csv_path.write_text("patient,tags\nP001,baseline;class-II\nP002, follow-up \nP999,x\n")
+    report = services.register(settings, "proj", tree, csv_path)
+    assert tags_of(settings) == {"P001": {"baseline", "class-II"}, "P002": {"follow-up"}}
+    assert report.tagged == 2
+    assert any("no patient 'P999'" in i.reason and i.path == "tags.csv:4" for i in report.skipped)
+    csv_path.write_text("patient,tags\nP001,baseline\n")
+    services.register(settings, "proj", tree, csv_path)
+    assert tags_of(settings)["P001"] == {"baseline"}
+
+
+def test_tags_csv_with_wrong_header_is_refused(settings: Settings, tree: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "tags.csv"
+    csv_path.write_text("id;labels\nP001;x\n")
+    with pytest.raises(IngestError, match="needs the header 'patient,tags'"):
+        services.register(settings, "proj", tree, csv_path)
