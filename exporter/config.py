@@ -69,7 +69,7 @@ class Settings:
         "PORTAL_ENV",
         "development",
         "`development` (embedded defaults, a development user) or `production` "
-        "(refuses the development user and placeholder secrets).",
+        "(no development user: identity only from the proxy header or OIDC).",
     )
     database_url: str = _setting(
         "DATABASE_URL",
@@ -96,7 +96,7 @@ class Settings:
         "PORTAL_DEV_USER",
         "researcher@demo.example",
         "E-mail of the signed-in user in development when no proxy header is present. "
-        "Ignored (and refused) in production.",
+        "Ignored in production, where identity comes from the proxy or OIDC.",
     )
     max_export_bytes: int = _setting(
         "MAX_EXPORT_SIZE", "500GiB", "Largest estimated size one export may have.", "size"

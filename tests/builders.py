@@ -46,7 +46,11 @@ def write_file(path: Path, content: bytes = b"x" * 100) -> Path:
 
 def small_tree(root: Path) -> Path:
     """site-a/study-1/{P001,P002}, site-b/P003, each with a few modalities."""
-    for label, folder in (("P001", "site-a/study-1"), ("P002", "site-a/study-1"), ("P003", "site-b")):
+    for label, folder in (
+        ("P001", "site-a/study-1"),
+        ("P002", "site-a/study-1"),
+        ("P003", "site-b"),
+    ):
         base = root / folder / label
         for i in (1, 2, 3):
             write_dicom(base / "cbct" / "raw" / "series_001" / f"{i:04d}.dcm", number=i)

@@ -44,7 +44,11 @@ def test_registers_patients_folders_and_files(settings: Settings, tree: Path) ->
     nii = files["study/site-a/study-1/P001/cbct/processed/volume.nii.gz"]
     assert (nii.kind, nii.series_label) == (FileKind.PROCESSED, None)
     upper = files["study/site-b/P003/ios/upper.stl"]
-    assert (upper.subtype, upper.file_type, upper.media_type) == ("upper", "ios_raw_upper", "model/stl")
+    assert (upper.subtype, upper.file_type, upper.media_type) == (
+        "upper",
+        "ios_raw_upper",
+        "model/stl",
+    )
     with db.session_scope(settings) as session:
         folders = sorted(session.scalars(select(PatientFolder.path)))
         assert folders == ["site-a", "site-a/study-1", "site-b"]
@@ -77,7 +81,9 @@ def test_removed_files_are_reported_as_missing(settings: Settings, tree: Path) -
     assert report.missing == ["study/site-b/P003/ios/lower.stl"]
 
 
-def test_symlinks_are_refused_and_never_followed(settings: Settings, tree: Path, tmp_path: Path) -> None:
+def test_symlinks_are_refused_and_never_followed(
+    settings: Settings, tree: Path, tmp_path: Path
+) -> None:
     secret = write_file(tmp_path / "outside" / "secret.jpg", b"\xff\xd8secret")
     link = tree / "site-a/study-1/P001/intraoral-photo/photo_2.jpg"
     link.symlink_to(secret)
@@ -164,7 +170,9 @@ def test_tags_csv_sets_tags_and_reports_unknown_patients(
     assert tags_of(settings)["P001"] == {"baseline"}
 
 
-def test_tags_csv_with_wrong_header_is_refused(settings: Settings, tree: Path, tmp_path: Path) -> None:
+def test_tags_csv_with_wrong_header_is_refused(
+    settings: Settings, tree: Path, tmp_path: Path
+) -> None:
     csv_path = tmp_path / "tags.csv"
     csv_path.write_text("id;labels\nP001;x\n")
     with pytest.raises(IngestError, match="needs the header 'patient,tags'"):

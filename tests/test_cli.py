@@ -1,0 +1,110 @@
+"""The command line, run in-process on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import Settings
+from tests.builders import small_tree
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in {
+        "DATABASE_URL": settings.database_url,
+        "DATA_ROOT": str(settings.data_root),
+        "EXPORT_ROOT": str(settings.export_root),
+    }.items():
+        monkeypatch.setenv(name, value)
+    return settings
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "migrate", "register", "demo", "user", "estimate", "settings"):
+        assert f"    {command} " in out
+
+
+def test_register_user_and_estimate(cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = small_tree(cli_env.data_root / "study")
+    code, out, _ = run(capsys, "register", "proj", str(tree))
+    assert code == 0
+    assert out.strip().endswith("0 skipped, 0 refused, 0 missing")
+    assert "3 patients (3 new), 20 files (20 added, 0 updated)" in out
+    code, out, _ = run(
+        capsys, "user", "add", "Rita@Lab.example", "--project", "proj", "--role", "researcher"
+    )
+    assert (code, out.strip()) == (0, "Added rita@lab.example: researcher of proj")
+    code, out, _ = run(
+        capsys, "estimate", "proj", "--user", "rita@lab.example", "--folder", "site-a",
+        "--modality", "ios", "--json",
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out)
+    assert (data["patient_count"], data["file_count"], data["total_bytes"]) == (2, 4, 4 * 884)
+    code, out, _ = run(
+        capsys,
+        "estimate",
+        "proj",
+        "--user",
+        "rita@lab.example",
+        "--folder",
+        "/",
+        "--modality",
+        "cbct",
+    )
+    assert out.splitlines()[0].startswith("3 patients with files (3 selected), 12 files, ")
+    assert out.splitlines()[0].endswith(" KiB")
+
+
+def test_register_exits_non_zero_when_anything_was_refused(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tree = small_tree(cli_env.data_root / "study")
+    (tree / "site-b/P003/ios/extra.stl").symlink_to(tmp_path)
+    code, out, err = run(capsys, "register", "proj", str(tree))
+    assert code == 1
+    assert "refused: study/site-b/P003/ios/extra.stl: symbolic link refused" in err
+    assert "1 refused" in out
+
+
+def test_errors_are_one_clear_line(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "register", "proj", str(tmp_path))
+    assert code == 1
+    assert err.startswith("error: ") and "outside the data root" in err
+    code, _, err = run(
+        capsys, "user", "add", "not-an-email", "--project", "proj", "--role", "researcher"
+    )
+    assert (code, err.strip()) == (1, "error: 'not-an-email' is not an e-mail address")
+    code, _, err = run(
+        capsys, "user", "add", "a@b.example", "--project", "nope", "--role", "researcher"
+    )
+    assert code == 1 and "No project 'nope'" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["user", "add", "a@b.example", "--project", "p", "--role", "boss"])
+    assert exit_info.value.code == 2
+
+
+def test_demo_loads_once(cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--patients", "4")
+    assert code == 0
+    assert "Demo data loaded: 7 patients in 2 projects" in out
+    code, out, _ = run(capsys, "demo", "--if-empty")
+    assert (code, out.strip()) == (0, "Demo data already loaded (4 patients)")
+    code, out, _ = run(capsys, "projects")
+    assert out.splitlines() == ["demo\t4 patients\tDemo cohort", "other\t3 patients\tOther study"]
