@@ -38,6 +38,8 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # Installed explicitly: a launcher started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         children.append(

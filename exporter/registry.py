@@ -176,12 +176,10 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
     if scope:
         conditions.append(or_(*scope))
     if sel.tags:
-        tag_ids: dict[str, int] = {
-            name: tag_id
-            for name, tag_id in session.execute(
-                select(Tag.name, Tag.id).where(Tag.project_id == pid, Tag.name.in_(sel.tags))
-            )
-        }
+        found_tags = session.execute(
+            select(Tag.name, Tag.id).where(Tag.project_id == pid, Tag.name.in_(sel.tags))
+        ).all()
+        tag_ids: dict[str, int] = dict(found_tags)
         missing = [t for t in sel.tags if t not in tag_ids]
         if missing:
             raise InvalidSelection(f"No tag {missing[0]!r} in project {access.slug!r}")

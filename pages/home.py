@@ -41,7 +41,7 @@ for project in projects:
                     for m in project.by_modality
                 ],
                 hide_index=True,
-                use_container_width=True,
+                width="stretch",
             )
         else:
             st.info("No files registered in this project yet.")

@@ -101,7 +101,7 @@ def test_symlinks_are_refused_and_never_followed(
 
 def test_directory_outside_the_data_root_is_refused(settings: Settings, tmp_path: Path) -> None:
     outside = small_tree(tmp_path / "elsewhere")
-    with pytest.raises(IngestError, match="outside the data root .* set DATA_ROOT"):
+    with pytest.raises(IngestError, match=r"outside the data root .* set DATA_ROOT"):
         services.register(settings, "proj", outside)
     with pytest.raises(IngestError, match="is not a directory"):
         services.register(settings, "proj", settings.data_root / "nope")

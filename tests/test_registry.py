@@ -102,7 +102,7 @@ def test_bad_selections_say_what_to_change(registered: Settings, sel: dict, mess
 def test_members_of_other_projects_see_nothing(registered: Settings) -> None:
     with pytest.raises(NotFound, match="No project 'proj' that you can access"):
         est(registered, user="olga@lab.example", folders=["/"], modalities=["cbct"])
-    with pytest.raises(NotFound, match="No portal account for 'nobody@lab.example'"):
+    with pytest.raises(NotFound, match=r"No portal account for 'nobody@lab\.example'"):
         est(registered, user="nobody@lab.example", folders=["/"])
     # the other project's patient labels are the same, but never mix in
     other = services.estimate(
