@@ -1,12 +1,13 @@
 """Registry benchmarks, each against a peer measured in the same run.
 
 1. Registering N patients of demo data against `sha256sum` over the same files (warm cache:
-   the files are read untimed first; rounds interleaved A B A B; medians of per-round ratios).
+   the files are read untimed first; rounds interleaved A B A B; medians of per-round ratios),
+   at the small demo scale (34 KB slices: per-file overhead dominates) and the medium one.
 2. Selection estimates on a synthetic registry of 10,000 patients and 1,000,000 file rows
    (inserted directly) on SQLite and PostgreSQL: the whole project and a 500-patient folder,
    against a plain COUNT/SUM scan of the file rows for the same selection.
 
-Usage: .venv/bin/python bench/registry_bench.py [--patients 200] [--scale small] [--rounds 3]
+Usage: .venv/bin/python bench/registry_bench.py [--patients 200] [--scales small,medium] [--rounds 3]
        [--skip-register] [--skip-estimate] [--pg URL]
 """
 
@@ -238,7 +239,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--patients", type=int, default=200)
-    parser.add_argument("--scale", default="small")
+    parser.add_argument(
+        "--scales", default="small,medium", help="demo scales to register, comma-separated"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-register", action="store_true")
     parser.add_argument("--skip-estimate", action="store_true")
@@ -247,7 +250,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if not args.skip_register:
-        bench_register(args.patients, args.scale, args.rounds)
+        for scale in args.scales.split(","):
+            bench_register(args.patients, scale, args.rounds)
     if args.skip_estimate:
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-estimate-"))

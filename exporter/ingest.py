@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from exporter import dicom
@@ -92,7 +92,7 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class _Candidate:
-    abs_path: Path
+    abs_path: str
     rel_path: str  # relative to the data root, POSIX separators
     patient_label: str
     folder_path: str
@@ -114,32 +114,39 @@ class _Facts:
 
 def file_suffix(name: str) -> str:
     lower = name.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
+    if lower.endswith(".nii.gz"):
+        return ".nii.gz"
+    stem, dot, ext = lower.rpartition(".")
+    return dot + ext if dot and stem else ""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> tuple[str, bytes]:
+    """The file's SHA-256 and its first chunk (where a DICOM header lives): one read."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
+        first = chunk = fh.read(CHUNK)
+        while chunk:
             digest.update(chunk)
-    return digest.hexdigest()
+            chunk = fh.read(CHUNK)
+    return digest.hexdigest(), first
 
 
 def _facts(candidate: _Candidate) -> _Facts | Issue:
     """Hash the file and read what it says about itself. Pure: no database."""
-    suffix = file_suffix(candidate.abs_path.name)
+    name = candidate.abs_path.rpartition("/")[2]
+    suffix = file_suffix(name)
     try:
-        sha = sha256_file(candidate.abs_path)
+        sha, first = sha256_file(candidate.abs_path)
         header = None
-        if suffix == ".dcm" or (suffix == "" and dicom.has_dicom_preamble(candidate.abs_path)):
-            header = dicom.extract_header(candidate.abs_path)
+        if suffix == ".dcm" or (suffix == "" and first[128:132] == b"DICM"):
+            header = dicom.extract_header(candidate.abs_path, first)
     except dicom.NotDicom as exc:
         return Issue(candidate.rel_path, f"not a DICOM file ({exc}); fix or remove it")
     except OSError as exc:
         return Issue(candidate.rel_path, f"unreadable: {exc.strerror or exc}")
     media = "application/dicom" if header is not None else MEDIA_TYPES.get(suffix)
     if media is None:
-        media = mimetypes.guess_type(candidate.abs_path.name)[0] or "application/octet-stream"
+        media = mimetypes.guess_type(name)[0] or "application/octet-stream"
     acquired = dicom.acquisition_date(header) if header else None
     return _Facts(sha, media, header, acquired)
 
@@ -152,6 +159,7 @@ class _Walker:
         self.data_root = data_root
         self.modalities = modalities
         self.report = IngestReport()
+        self.prefix_len = len(str(data_root)) + 1  # per-file paths are cut as strings: fast
         self.patient_dirs: dict[str, str] = {}  # label -> folder path
 
     def _rel(self, path: Path) -> str:
@@ -270,8 +278,7 @@ class _Walker:
         modality: Modality,
         kind: FileKind,
     ) -> Iterator[_Candidate]:
-        path = Path(entry.path)
-        rel = self._rel(path)
+        rel = entry.path[self.prefix_len :]
         if not entry.is_file(follow_symlinks=False):
             self.report.skipped.append(Issue(rel, "not a regular file"))
             return
@@ -289,12 +296,12 @@ class _Walker:
                 )
             )
             return
-        parent = path.parent.relative_to(base).as_posix()
+        parent = entry.path.rpartition("/")[0][len(str(base)) + 1 :] or "."
         stem = entry.name.lower()
         subtype = next((s for s in modality.subtypes if s in stem), None)
         st = entry.stat(follow_symlinks=False)
         yield _Candidate(
-            abs_path=path,
+            abs_path=entry.path,
             rel_path=rel,
             patient_label=label,
             folder_path=folder_path,
@@ -361,36 +368,44 @@ def register_directory(
             to_read.append(cand)
 
     touched: set[int] = set()
+    new_rows: list[dict[str, Any]] = []  # inserted in one executemany: ORM adds cost ~3x more
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         for cand, facts in zip(to_read, pool.map(_facts, to_read), strict=True):
             if isinstance(facts, Issue):
                 report.skipped.append(facts)
                 continue
             patient = patients[cand.patient_label]
+            modality = modalities[cand.modality_key]
+            values = {
+                "path": cand.rel_path,
+                "patient_id": patient.id,
+                "modality_id": modality.id,
+                "kind": cand.kind,
+                "subtype": cand.subtype,
+                "file_type": "_".join(filter(None, (modality.key, cand.kind.value, cand.subtype))),
+                "size_bytes": cand.size,
+                "mtime_ns": cand.mtime_ns,
+                "sha256": facts.sha256,
+                "media_type": facts.media_type,
+                "series_label": cand.series_label,
+                "dicom_header": facts.dicom_header,
+                "acquisition_date": facts.acquisition_date,
+            }
             row = existing.get(cand.rel_path)
             if row is None:
-                row = FileRegistry(path=cand.rel_path)
-                session.add(row)
+                new_rows.append(values)
                 report.files_added += 1
-            elif row.sha256 != facts.sha256 or row.patient_id != patient.id:
-                report.files_updated.append(cand.rel_path)
-                touched.add(row.patient_id)
-            modality = modalities[cand.modality_key]
-            row.patient_id = patient.id
-            row.modality_id = modality.id
-            row.kind = cand.kind
-            row.subtype = cand.subtype
-            row.file_type = "_".join(filter(None, (modality.key, cand.kind.value, cand.subtype)))
-            row.size_bytes = cand.size
-            row.mtime_ns = cand.mtime_ns
-            row.sha256 = facts.sha256
-            row.media_type = facts.media_type
-            row.series_label = cand.series_label
-            row.dicom_header = facts.dicom_header
-            row.acquisition_date = facts.acquisition_date
+            else:
+                if row.sha256 != facts.sha256 or row.patient_id != patient.id:
+                    report.files_updated.append(cand.rel_path)
+                    touched.add(row.patient_id)
+                for key, value in values.items():
+                    setattr(row, key, value)
             touched.add(patient.id)
             report.files += 1
             report.bytes += cand.size
+    if new_rows:
+        session.execute(insert(FileRegistry), new_rows)
     seen = {c.rel_path for c in candidates}
     report.missing = sorted(p for p in existing if p not in seen)
     session.flush()
