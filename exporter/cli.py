@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--admin", action="store_true", help="data manager of every project")
 
+    p = sub.add_parser("verify", help="re-hash an export (ZIP, export folder or extracted folder)")
+    p.add_argument("target", metavar="ARCHIVE_OR_DIR", type=Path)
+
     p = sub.add_parser("estimate", help="patient/file count and size of a selection")
     p.add_argument("project", metavar="PROJECT_SLUG")
     p.add_argument("--user", required=True, metavar="EMAIL")
@@ -99,6 +102,14 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
             value = getattr(settings, item["name"])
             print(f"{item['env']}={value}\n    {item['help']} (default: {item['default']})")
         return 0
+    if command == "verify":
+        from exporter.verify import verify
+
+        checked = verify(args.target)
+        for problem in checked.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        print(checked.summary())
+        return 0 if checked.ok else 1
     services.migrate(settings)
     if command == "migrate":
         print(f"Database is at the newest schema: {_redact(settings.database_url)}")

@@ -26,3 +26,15 @@ class InvalidSelection(PortalError):
 
 class IngestError(PortalError):
     """A directory cannot be registered at all (as opposed to single files being skipped)."""
+
+
+class SourceFileError(PortalError):
+    """A registered file is missing, unreadable or changed since it was registered."""
+
+
+class NotEnoughSpace(PortalError):
+    """The export root has (or kept) too little free space for an export."""
+
+
+class ExportCancelled(PortalError):
+    """The export was cancelled while it was being built."""

@@ -1,0 +1,195 @@
+"""Where each file goes inside an export: safe entry names, pseudonyms, and parts.
+
+Entry names are built only from sanitised components. With pseudonyms on (the default) patient
+folders, series folders and raw file names are generated (``patient_001/cbct/series_001/
+0001.dcm``, ``ios/upper.stl``, ``intraoral-photo/photo_1.jpg``), so no stored path, series
+label or patient label reaches the archive; processed files keep their sanitised names with
+the patient label replaced by the pseudonym. With pseudonyms off, sanitised labels and file
+names are used throughout.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from exporter.registry import FileEntry
+
+MAX_COMPONENT = 100
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+_EXTENSION = re.compile(r"^(\.[a-z0-9]{1,8}){1,2}$")
+RAW_STEMS = {"cbct": "slice", "intraoral-photo": "photo", "facial-photo": "photo"}
+
+
+def sanitize_component(text: str, fallback: str = "unnamed") -> str:
+    """One safe path component: no separators, control characters, ``..``, reserved names.
+
+    Keeps letters (any script), digits and ordinary punctuation; bounds the length while
+    keeping the extension.
+    """
+    cleaned = unicodedata.normalize("NFC", text)
+    cleaned = _UNSAFE.sub("_", cleaned).strip(" .")
+    cleaned = re.sub(r"\s+", " ", cleaned)
+    if not cleaned or set(cleaned) <= {"_", "."}:
+        cleaned = fallback
+    stem, dot, ext = cleaned.rpartition(".")
+    if not dot or not stem or not re.fullmatch(r"[A-Za-z0-9]{1,10}", ext):
+        stem, ext = cleaned, ""
+    if stem.split(".")[0].upper() in _RESERVED:
+        stem = "_" + stem
+    suffix = f".{ext}" if ext else ""
+    stem = stem[: MAX_COMPONENT - len(suffix)].rstrip(" .") or fallback
+    return stem + suffix
+
+
+def safe_extension(name: str) -> str:
+    """The file's extension if it is short and plain (``.dcm``, ``.nii.gz``), else none."""
+    lower = name.lower()
+    ext = ".nii.gz" if lower.endswith(".nii.gz") else "." + lower.rpartition(".")[2]
+    return ext if "." in lower and _EXTENSION.match(ext) else ""
+
+
+def export_folder_name(created: datetime) -> str:
+    """The top folder inside every archive of an export: ``export_2025-10-20_143022``."""
+    return created.strftime("export_%Y-%m-%d_%H%M%S")
+
+
+def pseudonyms(labels: Iterable[str]) -> dict[str, str]:
+    """``patient_001``, ``patient_002``, ... in the order of the labels (sorted, stable)."""
+    ordered = sorted(set(labels))
+    width = max(3, len(str(len(ordered))))
+    return {label: f"patient_{i:0{width}d}" for i, label in enumerate(ordered, start=1)}
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One source file and the entry name it gets (relative to the export folder)."""
+
+    source: FileEntry
+    arcname: str
+    patient_dir: str
+
+
+@dataclass
+class PlannedPart:
+    number: int
+    files: list[PlannedFile] = field(default_factory=list)
+    bytes: int = 0
+
+    @property
+    def patient_dirs(self) -> list[str]:
+        return list(dict.fromkeys(f.patient_dir for f in self.files))
+
+
+class _Names:
+    """Keeps entry names unique per folder, case-insensitively (for Windows and macOS)."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, set[str]] = defaultdict(set)
+
+    def claim(self, folder: str, name: str) -> str:
+        taken = self.used[folder]
+        candidate, n = name, 1
+        while candidate.lower() in taken:
+            n += 1
+            stem, dot, ext = name.partition(".")
+            candidate = f"{stem}_{n}{dot}{ext}"
+        taken.add(candidate.lower())
+        return f"{folder}/{candidate}" if folder else candidate
+
+
+def plan_files(files: Sequence[FileEntry], use_pseudonyms: bool = True) -> list[PlannedFile]:
+    """Entry names for every file, grouped by patient in pseudonym order."""
+    names = pseudonyms(f.patient_label for f in files) if use_pseudonyms else {}
+    by_patient: dict[str, list[FileEntry]] = defaultdict(list)
+    for f in files:
+        by_patient[f.patient_label].append(f)
+    taken = _Names()
+    planned: list[PlannedFile] = []
+    order = sorted(by_patient, key=lambda label: names.get(label, label))
+    for label in order:
+        patient_dir = names.get(label) or sanitize_component(label, "patient")
+        patient_dir = taken.claim("", patient_dir)
+        series_dirs: dict[tuple[str, str], str] = {}
+        counters: dict[str, int] = defaultdict(int)
+        entries = sorted(
+            by_patient[label], key=lambda e: (e.modality, e.kind, e.series_label or "", e.path)
+        )
+        for entry in entries:
+            modality = sanitize_component(entry.modality, "modality")
+            folder = f"{patient_dir}/{modality}"
+            ext = safe_extension(entry.path)
+            if entry.series_label:
+                key = (modality, entry.series_label)
+                if key not in series_dirs:
+                    if use_pseudonyms:
+                        n = sum(1 for k in series_dirs if k[0] == modality) + 1
+                        series_dirs[key] = f"series_{n:03d}"
+                    else:
+                        series_dirs[key] = "/".join(
+                            sanitize_component(part, "series")
+                            for part in entry.series_label.split("/")
+                        )
+                folder = f"{folder}/{series_dirs[key]}"
+            if use_pseudonyms:
+                counters[folder] += 1
+                if entry.series_label:
+                    name = f"{counters[folder]:04d}{ext}"
+                elif entry.subtype:
+                    name = sanitize_component(entry.subtype) + ext
+                elif entry.kind == "processed":
+                    # Processed files keep their names, minus the patient label.
+                    original = entry.path.rpartition("/")[2]
+                    original = re.sub(re.escape(label), patient_dir, original, flags=re.I)
+                    name = sanitize_component(original, f"processed_{counters[folder]}{ext}")
+                else:
+                    stem = (
+                        "processed"
+                        if entry.kind == "processed"
+                        else RAW_STEMS.get(entry.modality, "file")
+                    )
+                    name = f"{stem}_{counters[folder]}{ext}"
+            else:
+                name = sanitize_component(entry.path.rpartition("/")[2], "file")
+            planned.append(PlannedFile(entry, taken.claim(folder, name), patient_dir))
+    return planned
+
+
+def split_parts(planned: Sequence[PlannedFile], max_part_bytes: int | None) -> list[PlannedPart]:
+    """Whole patients per part, in order; a patient larger than the limit gets a part alone."""
+    patient_bytes: dict[str, int] = defaultdict(int)
+    for item in planned:
+        patient_bytes[item.patient_dir] += item.source.size
+    parts = [PlannedPart(1)]
+    current_patient = None
+    for item in planned:
+        part = parts[-1]
+        if item.patient_dir != current_patient:
+            current_patient = item.patient_dir
+            size = patient_bytes[current_patient]
+            if max_part_bytes and part.files and part.bytes + size > max_part_bytes:
+                parts.append(PlannedPart(len(parts) + 1))
+                part = parts[-1]
+        part.files.append(item)
+        part.bytes += item.source.size
+    return parts
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why an entry name is unsafe to extract, or None when it is safe."""
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in name.split("/"):
+        return "parent directory (..)"
+    if "\\" in name:
+        return "backslash"
+    if re.search(r"[\x00-\x1f\x7f]", name):
+        return "control character"
+    if any(len(part) > MAX_COMPONENT + 20 for part in name.split("/")):
+        return "component too long"
+    return None

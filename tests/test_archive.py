@@ -1,0 +1,353 @@
+"""The export engine on real demo files: layout, integrity, atomicity, parts, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from exporter import archive, db, services
+from exporter.accounts import principal_for
+from exporter.archive import ExportInfo, ExportOptions, build_export
+from exporter.config import Settings
+from exporter.errors import ExportCancelled, NotEnoughSpace, SourceFileError
+from exporter.layout import PlannedFile, plan_files, sanitize_component, unsafe_reason
+from exporter.registry import FileEntry, select_files
+from exporter.verify import verify
+from tests.conftest import make_settings
+
+CREATED = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
+MODALITIES = ["cbct", "ios", "intraoral-photo"]
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Six demo patients on SQLite, shared by this module's tests (they only read them)."""
+    tmp = tmp_path_factory.mktemp("engine")
+    settings = make_settings(tmp, f"sqlite:///{tmp / 'p.db'}")
+    services.migrate(settings)
+    services.load_demo(settings, patients=6, seed=5)
+    return settings
+
+
+def demo_files(settings: Settings, **sel: object) -> list[FileEntry]:
+    selection = services.parse_selection(**{"folders": ["/"], "modalities": MODALITIES, **sel})  # type: ignore[arg-type]
+    with db.session_scope(settings) as session:
+        user = principal_for(session, "researcher@demo.example")
+        return select_files(session, user, "demo", selection)
+
+
+def info(name: str = "export_2026-03-14_150926") -> ExportInfo:
+    return ExportInfo("e1", name, "demo", "researcher@demo.example", CREATED, "notes", {"x": 1})
+
+
+def build(settings: Settings, tmp_path: Path, files: list[FileEntry], **options: object):  # type: ignore[no-untyped-def]
+    return build_export(
+        files,
+        tmp_path / "e1",
+        info(),
+        ExportOptions(**options),
+        settings.data_root,  # type: ignore[arg-type]
+    )
+
+
+def test_archive_passes_unzip_verify_and_sha256sum(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env)
+    result = build(demo_env, tmp_path, files)
+    zip_path = result.parts[0].path
+    assert zip_path.name == "export_2026-03-14_150926.zip"
+    assert subprocess.run(["unzip", "-tq", str(zip_path)], capture_output=True).returncode == 0
+    assert verify(zip_path).ok and verify(tmp_path / "e1").ok
+    out = tmp_path / "x"
+    subprocess.run(["unzip", "-q", str(zip_path), "-d", str(out)], check=True)
+    folder = out / "export_2026-03-14_150926"
+    check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=folder)
+    assert check.returncode == 0
+    assert verify(folder).ok
+    with open(zip_path, "rb") as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == result.parts[0].sha256
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["parts"][0]["sha256"] == result.parts[0].sha256
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["schema_version"] == 1
+    assert meta["totals"] == {
+        "patients": 6,
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+        "skipped": 0,
+    }
+    assert meta["export"]["notes"] == "notes" and meta["criteria"] == {"x": 1}
+    assert [p["patient"] for p in meta["patients"]] == [f"patient_{i:03d}" for i in range(1, 7)]
+    assert not list(out.rglob(".*partial*"))
+
+
+def test_pseudonymised_layout_leaks_no_label_or_stored_path(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env)
+    result = build(demo_env, tmp_path, files)
+    names = zipfile.ZipFile(result.parts[0].path).namelist()
+    assert "export_2026-03-14_150926/patient_001/cbct/series_001/0001.dcm" in names
+    assert "export_2026-03-14_150926/patient_001/ios/upper.stl" in names
+    assert "export_2026-03-14_150926/patient_001/intraoral-photo/photo_1.jpg" in names
+    labels = {f.patient_label for f in files}
+    # the folders above each patient in storage (project, site, study, cohort)
+    stored_dirs = {
+        part for f in files for part in f.path.split(f"/{f.patient_label}/")[0].split("/")
+    }
+    for name in names:
+        for part in name.split("/"):
+            assert part not in labels | stored_dirs, name
+    assert result.pseudonyms == {
+        label: f"patient_{i:03d}" for i, label in enumerate(sorted(labels), 1)
+    }
+
+
+def test_labels_instead_of_pseudonyms_are_sanitised(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env, modalities=["ios"])
+    result = build(demo_env, tmp_path, files, pseudonyms=False)
+    names = zipfile.ZipFile(result.parts[0].path).namelist()
+    assert "export_2026-03-14_150926/P0001/ios/upper.stl" in names
+
+
+def fake_entry(label: str, path: str, **kw: object) -> FileEntry:
+    base = {"id": 1, "patient_id": 1, "patient_label": label, "modality": "cbct", "kind": "raw",
+            "subtype": None, "path": path, "size": 1, "sha256": "0" * 64,
+            "media_type": "application/dicom", "series_label": None, "mtime_ns": 0}  # fmt: skip
+    base.update(kw)
+    return FileEntry(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("../../etc/passwd", "_.._etc_passwd"),
+        ("..", "unnamed"),
+        ("CON", "_CON"),
+        ("aux.txt", "_aux.txt"),
+        ("a\\b\x00c\nd", "a_b_c_d"),
+        ("  spaced  .", "spaced"),
+        ("x" * 300 + ".dcm", "x" * 96 + ".dcm"),
+        ("Müller Jörg", "Müller Jörg"),
+    ],
+)
+def test_sanitize_component(raw: str, expected: str) -> None:
+    assert sanitize_component(raw) == expected
+    assert unsafe_reason(sanitize_component(raw)) is None
+
+
+def test_evil_labels_and_paths_never_reach_entry_names() -> None:
+    evil = ["../../root", "C:\\x", "CON", "a/b", "\x07bell", "same", "SAME"]
+    files = [
+        fake_entry(label, f"d/{i}/../x {label}.nii.gz", kind="processed", series_label=label)
+        for i, label in enumerate(evil)
+    ]
+    for pseudonyms in (True, False):
+        planned = plan_files(files, pseudonyms)
+        names = [p.arcname for p in planned]
+        assert len({n.lower() for n in names}) == len(names), "names unique, case-insensitive"
+        for name in names:
+            assert unsafe_reason(name) is None, name
+            assert all(part not in ("", ".", "..") for part in name.split("/"))
+    dirs = {p.patient_dir for p in plan_files(files, False)}
+    assert {"SAME", "same_2"} <= dirs
+
+
+def test_missing_source_fails_naming_the_file_and_leaves_nothing(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env)
+    missing = replace(files[3], path=files[3].path + ".gone")
+    with pytest.raises(SourceFileError, match=rf"{missing.path}: missing from storage"):
+        build(demo_env, tmp_path, [*files[:3], missing, *files[4:]])
+    assert not (tmp_path / "e1").exists()
+
+
+def test_changed_source_fails(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env)
+    changed = replace(files[0], sha256="f" * 64)
+    with pytest.raises(SourceFileError, match=r"changed since it was registered"):
+        build(demo_env, tmp_path, [changed, *files[1:]])
+    assert not (tmp_path / "e1").exists()
+
+
+def test_skip_missing_records_every_skipped_file(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env)
+    missing = replace(files[5], path="demo/nowhere/file.dcm")
+    result = build(demo_env, tmp_path, [*files, missing], skip_missing=True)
+    meta = json.loads(zipfile.ZipFile(result.parts[0].path).read(f"{info().folder}/metadata.json"))
+    assert meta["totals"]["skipped"] == 1
+    assert meta["skipped"][0]["reason"] == "demo/nowhere/file.dcm: missing from storage"
+    assert verify(result.parts[0].path).ok
+
+
+def test_source_paths_that_leave_the_data_root_are_refused(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env)
+    escape = replace(files[0], path="demo/../../etc/passwd")
+    with pytest.raises(SourceFileError, match="not a plain relative path"):
+        build(demo_env, tmp_path, [escape])
+    link = demo_env.data_root / "demo" / "link.dcm"
+    link.symlink_to("/etc/hostname")
+    try:
+        with pytest.raises(SourceFileError, match="leads outside the data root"):
+            build(demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")])
+    finally:
+        link.unlink()
+
+
+def test_compression_policy_and_modification_times(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env)
+    for compression, dcm_method in (("fast", zipfile.ZIP_DEFLATED), ("store", zipfile.ZIP_STORED)):
+        result = build(demo_env, tmp_path / compression, files, compression=compression)
+        with zipfile.ZipFile(result.parts[0].path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+        dcm = infos[f"{info().folder}/patient_001/cbct/series_001/0001.dcm"]
+        jpg = infos[f"{info().folder}/patient_001/intraoral-photo/photo_1.jpg"]
+        assert dcm.compress_type == dcm_method and jpg.compress_type == zipfile.ZIP_STORED
+        if compression == "fast":
+            assert dcm.compress_size < dcm.file_size * 0.65  # CBCT deflates about 2x
+        source = next(f for f in files if f.path.endswith("0001.dcm"))
+        local = time.localtime(source.mtime_ns / 1e9)
+        assert dcm.date_time == (*local[:5], local.tm_sec // 2 * 2)
+
+
+def test_large_files_stream_through_the_writer(
+    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "PREPARE_LIMIT", 50_000)  # everything bigger is streamed
+    files = demo_files(demo_env)
+    assert any(f.size > 50_000 for f in files) and any(f.size <= 50_000 for f in files)
+    result = build(demo_env, tmp_path, files)
+    assert subprocess.run(["unzip", "-tq", str(result.parts[0].path)]).returncode == 0
+    assert verify(result.parts[0].path).ok
+
+
+def test_parts_hold_whole_patients_and_are_self_contained(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env)
+    per_patient = max(
+        sum(f.size for f in files if f.patient_label == p) for p in {f.patient_label for f in files}
+    )
+    result = build(demo_env, tmp_path, files, max_part_bytes=max(per_patient * 2, 1024 * 1024))
+    assert len(result.parts) >= 2
+    seen: list[str] = []
+    for part in result.parts:
+        assert part.path.name == f"export_2026-03-14_150926.part-{part.number:03d}.zip"
+        meta = json.loads(zipfile.ZipFile(part.path).read(f"{info().folder}/metadata.json"))
+        assert meta["part"] == {"number": part.number, "count": len(result.parts)}
+        assert not set(part.patients) & set(seen), "a patient is never split across parts"
+        seen += part.patients
+        assert verify(part.path).ok
+    assert sorted(seen) == [f"patient_{i:03d}" for i in range(1, 7)]
+    report = verify(tmp_path / "e1")
+    assert report.ok and report.archives == len(result.parts) and report.files == len(files)
+
+
+def test_cancel_stops_within_a_second_and_removes_the_partial(
+    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = demo_files(demo_env)
+    slow = threading.Event()
+    stopped_at: list[float] = []
+
+    def slow_transform(planned: PlannedFile, fh: BinaryIO) -> Iterator[bytes]:
+        while chunk := fh.read(4096):
+            time.sleep(0.01)  # a slow disk
+            yield chunk
+
+    def progress(_p: archive.Progress) -> None:
+        if not slow.is_set():
+            slow.set()
+            threading.Timer(0.3, lambda: stopped_at.append(time.monotonic())).start()
+
+    with pytest.raises(ExportCancelled):
+        build_export(
+            files, tmp_path / "e1", info(), ExportOptions(), demo_env.data_root,
+            transform=slow_transform, progress=progress, cancel=lambda: bool(stopped_at),
+        )  # fmt: skip
+    assert stopped_at and time.monotonic() - stopped_at[0] < 1.0
+    assert not (tmp_path / "e1").exists()
+
+
+def test_transform_hook_output_is_what_gets_hashed(demo_env: Settings, tmp_path: Path) -> None:
+    files = demo_files(demo_env, modalities=["ios"])
+
+    def stamp(planned: PlannedFile, fh: BinaryIO) -> Iterator[bytes]:
+        yield b"STAMPED"
+        while chunk := fh.read(65536):
+            yield chunk
+
+    result = build_export(
+        files, tmp_path / "e1", info(), ExportOptions(), demo_env.data_root, transform=stamp
+    )
+    with zipfile.ZipFile(result.parts[0].path) as zf:
+        data = zf.read(f"{info().folder}/patient_001/ios/upper.stl")
+    assert data.startswith(b"STAMPED")
+    upper = next(f for f in files if f.patient_label == "P0001" and f.subtype == "upper")
+    source = (demo_env.data_root / upper.path).read_bytes()
+    assert data == b"STAMPED" + source
+    assert verify(result.parts[0].path).ok
+
+
+def test_disk_guard_refuses_and_stops(
+    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = demo_files(demo_env)
+    with pytest.raises(NotEnoughSpace, match="Not enough space at the export root"):
+        build_export(
+            files, tmp_path / "e1", info(), ExportOptions(), demo_env.data_root, disk_reserve=2**62
+        )
+    assert not (tmp_path / "e1").exists()
+    # A real small filesystem that fills up while writing.
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)])
+    assert mounted.returncode == 0, (
+        "this test mounts a 3 MiB tmpfs: run the suite as root (CI does)"
+    )
+    try:
+        monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 256 * 1024)
+        monkeypatch.setattr(archive, "check_free_space", lambda *a: None)  # let it start
+        with pytest.raises(NotEnoughSpace, match=r"fell to .* below the reserve"):
+            build_export(
+                files, small / "e1", info(), ExportOptions(compression="store"),
+                demo_env.data_root, disk_reserve=2 * 1024 * 1024,
+            )  # fmt: skip
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_verify_reports_unsafe_missing_and_extra_entries(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    meta = {"schema_version": 1, "files": [{"path": "a.txt", "size": 1, "sha256": "0" * 64}]}
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("exp/metadata.json", json.dumps(meta))
+        zf.writestr("exp/../../evil.txt", "x")
+        zf.writestr("exp/extra.txt", "x")
+    report = verify(bad)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "unsafe entry name 'exp/../../evil.txt' (parent directory (..))" in text
+    assert "a.txt: listed in metadata.json but missing" in text
+    assert "extra.txt: not listed in metadata.json" in text
+    assert "SHA256SUMS is missing or empty" in text
+    assert verify(tmp_path / "nope.zip").problems == [
+        f"{tmp_path / 'nope.zip'}: no such file or directory"
+    ]
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert "not a readable ZIP" in verify(tmp_path / "junk.zip").problems[0]
