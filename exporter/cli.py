@@ -21,6 +21,7 @@ def _size(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m exporter``."""
     parser = argparse.ArgumentParser(
         prog="python -m exporter",
         description="Export Portal: registry, demo data, users and the portal launcher.",
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="list every setting with its value and help")
     sub.add_parser("projects", help="list projects and their patient counts")
 
+    p = sub.add_parser("project", help="manage projects")
+    project_sub = p.add_subparsers(dest="project_command", required=True, metavar="ACTION")
+    p = project_sub.add_parser("add", help="create a project (every modality enabled)")
+    p.add_argument("slug", metavar="SLUG", help="lowercase letters, digits and '-'")
+    p.add_argument("--name", default="", help="display name (default: the slug)")
+
     p = sub.add_parser("register", help="register an imaging directory tree into a project")
     p.add_argument("project", metavar="PROJECT_SLUG")
     p.add_argument("directory", metavar="DIR", type=Path)
@@ -45,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tags-csv", type=Path, metavar="FILE", help="CSV 'patient,tags' (tags ';'-separated)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    p.add_argument(
+        "--prune", action="store_true", help="delete rows of registered files no longer on disk"
+    )
 
     p = sub.add_parser("demo", help="write synthetic demo data under the data root and register it")
     p.add_argument("--patients", type=int, default=12)
@@ -80,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; portal errors become one line on stderr and exit status 1."""
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load()
@@ -113,18 +124,24 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
     services.migrate(settings)
     if command == "migrate":
         print(f"Database is at the newest schema: {_redact(settings.database_url)}")
+    elif command == "project":
+        project = services.add_project(settings, args.slug, args.name)
+        print(f"Project {project.slug} ({project.name}): {project.patients} patients")
     elif command == "projects":
         for project in services.list_projects(settings):
             print(f"{project.slug}\t{project.patients} patients\t{project.name}")
     elif command == "register":
-        report = services.register(settings, args.project, args.directory, args.tags_csv)
+        report = services.register(
+            settings, args.project, args.directory, args.tags_csv, prune=args.prune
+        )
         if not args.quiet:
             for path in report.files_updated:
                 print(f"updated: {path} (content changed)")
             for issue in report.skipped:
                 print(f"skipped: {issue.path}: {issue.reason}", file=sys.stderr)
             for path in report.missing:
-                print(f"missing: {path}: registered but no longer on disk", file=sys.stderr)
+                what = "pruned" if args.prune else "registered but no longer on disk"
+                print(f"missing: {path}: {what}", file=sys.stderr)
         for issue in report.refused:
             print(f"refused: {issue.path}: {issue.reason}", file=sys.stderr)
         print(report.summary())

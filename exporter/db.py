@@ -38,6 +38,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # LIKE is case-sensitive on PostgreSQL; folder prefixes must match the same way here.
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 
@@ -48,6 +50,7 @@ def engine_for(url: str) -> Engine:
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
+    """Sessions on the settings' database; objects stay usable after commit."""
     return sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
 
 
@@ -66,6 +69,7 @@ def session_scope(settings: Settings) -> Iterator[Session]:
 
 
 def alembic_config(url: str) -> Any:
+    """Alembic configuration for ``url`` without an alembic.ini file."""
     from alembic.config import Config
 
     cfg = Config()

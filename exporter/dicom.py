@@ -5,10 +5,12 @@ from __future__ import annotations
 import struct
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from exporter.errors import NotDicom
 
 # The header subset the registry keeps per file: who, which study/series, what equipment, when.
 HEADER_KEYWORDS = (
@@ -45,12 +47,11 @@ HEADER_KEYWORDS = (
 )
 
 
-class NotDicom(Exception):
-    """The file does not parse as DICOM."""
-
-
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})  # fmt: skip
+_KNOWN_VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL",
+                                     b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+                                     b"ST", b"TM", b"UI", b"UL", b"US"})  # fmt: skip
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
                          "UI", "UR", "UT"})  # fmt: skip
 # Datasets encoded other than explicit VR little endian go to pydicom.
@@ -123,6 +124,8 @@ def _skip_undefined_sequence(buf: bytes, pos: int) -> int:
 
 def _skip_element(buf: bytes, pos: int) -> int:
     vr = buf[pos + 4 : pos + 6]
+    if vr not in _KNOWN_VRS:
+        raise _Unsupported(f"value representation {vr!r}")
     if vr in _LONG_VRS:
         length = int(struct.unpack_from("<I", buf, pos + 8)[0])
         pos += 12
@@ -188,7 +191,9 @@ def _read_header_fast(buf: bytes) -> dict[str, Any] | None:
             continue
         keyword, dict_vr = wanted
         header_len = 12 if vr in _LONG_VRS else 8
-        value = _decode(vr.decode("ascii") or dict_vr, buf[start + header_len : pos], encoding)
+        # UN (value representation unknown) is decoded as the dictionary says it should be.
+        use_vr = dict_vr if vr == b"UN" else vr.decode("ascii")
+        value = _decode(use_vr, buf[start + header_len : pos], encoding)
         if value not in ("", []):
             header[keyword] = value
     if not {"SOPClassUID", "PatientID", "Modality"} & header.keys():
@@ -197,7 +202,7 @@ def _read_header_fast(buf: bytes) -> dict[str, Any] | None:
     return header
 
 
-def extract_header(path: str | Path, prefix: bytes | None = None) -> dict[str, Any]:
+def extract_header(source: str | Path | BinaryIO, prefix: bytes | None = None) -> dict[str, Any]:
     """The registry's header subset of one file, read without its pixel data.
 
     ``prefix`` (the file's first bytes, when the caller has them) lets the fast reader work
@@ -208,7 +213,7 @@ def extract_header(path: str | Path, prefix: bytes | None = None) -> dict[str, A
         if fast is not None:
             return fast
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
         raise NotDicom(str(exc) or type(exc).__name__) from None
     if "SOPClassUID" not in ds and "PatientID" not in ds and "Modality" not in ds:

@@ -38,3 +38,7 @@ class NotEnoughSpace(PortalError):
 
 class ExportCancelled(PortalError):
     """The export was cancelled while it was being built."""
+
+
+class NotDicom(PortalError):
+    """A file meant to be DICOM does not parse as DICOM."""

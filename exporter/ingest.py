@@ -1,63 +1,47 @@
-"""Bring a directory tree of imaging files into the registry.
+"""Bring a directory tree of imaging files into the registry: the database half.
 
-Convention: ``DIR/<folder>/<...>/<patient>/<modality>/[raw|processed/]<files or series dirs>``.
-A directory is a patient when it has a child directory named after a known modality; the
-folders above patients become the patient folder tree. Files not under ``processed/`` are raw.
+``exporter.scan`` walks the tree and reads each file once (on a small thread pool: hashlib
+and file reads release the GIL); this module decides what is new, changed, moved, missing or
+refused, and writes the rows from the calling thread only.
 
-Hashing and header extraction are pure and run on a small thread pool (hashlib and file reads
-release the GIL); the database is written from the calling thread only.
+Rules that keep the registry honest:
+- a project's tree has one root (set by its first registration); any later registration
+  must be that directory or one inside it, and folder paths are counted from the root;
+- one patient label is one directory: a second directory with the same name is refused
+  while the first still exists (when it is gone, the patient has moved);
+- a file path belongs to one project;
+- a registered file that is no longer on disk is marked missing and left out of estimates
+  and exports until it is back, or removed with ``--prune``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import mimetypes
-import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from humanize import naturalsize
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from exporter import dicom
-from exporter.accounts import ensure_project
-from exporter.errors import IngestError
-from exporter.modalities import active_modalities
+from exporter.errors import IngestError, NotFound
 from exporter.models import (
-    FileKind,
     FileRegistry,
     Modality,
     Patient,
     PatientFolder,
     PatientTag,
+    Project,
+    ProjectModality,
     Tag,
 )
 from exporter.registry import refresh_summaries
+from exporter.scan import Candidate, Issue, ModalityRule, Walker, read_facts
 
-CHUNK = 1024 * 1024
 HASH_THREADS = 3
-MEDIA_TYPES = {
-    ".dcm": "application/dicom",
-    ".stl": "model/stl",
-    ".ply": "model/ply",
-    ".obj": "model/obj",
-    ".nii": "application/x-nifti",
-    ".nii.gz": "application/x-nifti+gzip",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-}
-
-
-@dataclass
-class Issue:
-    path: str
-    reason: str
 
 
 @dataclass
@@ -66,6 +50,7 @@ class IngestReport:
 
     patients: int = 0
     patients_added: int = 0
+    patients_moved: list[str] = field(default_factory=list)
     files: int = 0
     files_added: int = 0
     files_updated: list[str] = field(default_factory=list)
@@ -73,6 +58,7 @@ class IngestReport:
     skipped: list[Issue] = field(default_factory=list)
     refused: list[Issue] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    pruned: int = 0
     tagged: int = 0
 
     @property
@@ -80,238 +66,47 @@ class IngestReport:
         return not self.refused
 
     def summary(self) -> str:
-        from humanize import naturalsize
-
+        pruned = f", {self.pruned} pruned" if self.pruned else ""
         return (
             f"{self.patients} patients ({self.patients_added} new), {self.files} files "
             f"({self.files_added} added, {len(self.files_updated)} updated), "
             f"{naturalsize(self.bytes, binary=True)}, {len(self.skipped)} skipped, "
-            f"{len(self.refused)} refused, {len(self.missing)} missing"
+            f"{len(self.refused)} refused, {len(self.missing)} missing{pruned}"
         )
 
 
 @dataclass(frozen=True)
-class _Candidate:
-    abs_path: str
-    rel_path: str  # relative to the data root, POSIX separators
-    patient_label: str
-    folder_path: str
-    modality_key: str
-    kind: FileKind
-    series_label: str | None
-    subtype: str | None
+class _Row:
+    """The columns of an existing file row that registration compares (not the header JSON)."""
+
+    id: int
+    path: str
     size: int
     mtime_ns: int
-
-
-@dataclass(frozen=True)
-class _Facts:
     sha256: str
-    media_type: str
-    dicom_header: dict[str, Any] | None
-    acquisition_date: date | None
+    patient_id: int
+    project_id: int
+    missing: bool
 
 
-def file_suffix(name: str) -> str:
-    lower = name.lower()
-    if lower.endswith(".nii.gz"):
-        return ".nii.gz"
-    stem, dot, ext = lower.rpartition(".")
-    return dot + ext if dot and stem else ""
-
-
-def sha256_file(path: str | Path) -> tuple[str, bytes]:
-    """The file's SHA-256 and its first chunk (where a DICOM header lives): one read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        first = chunk = fh.read(CHUNK)
-        while chunk:
-            digest.update(chunk)
-            chunk = fh.read(CHUNK)
-    return digest.hexdigest(), first
-
-
-def _facts(candidate: _Candidate) -> _Facts | Issue:
-    """Hash the file and read what it says about itself. Pure: no database."""
-    name = candidate.abs_path.rpartition("/")[2]
-    suffix = file_suffix(name)
-    try:
-        sha, first = sha256_file(candidate.abs_path)
-        header = None
-        if suffix == ".dcm" or (suffix == "" and first[128:132] == b"DICM"):
-            header = dicom.extract_header(candidate.abs_path, first)
-    except dicom.NotDicom as exc:
-        return Issue(candidate.rel_path, f"not a DICOM file ({exc}); fix or remove it")
-    except OSError as exc:
-        return Issue(candidate.rel_path, f"unreadable: {exc.strerror or exc}")
-    media = "application/dicom" if header is not None else MEDIA_TYPES.get(suffix)
-    if media is None:
-        media = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    acquired = dicom.acquisition_date(header) if header else None
-    return _Facts(sha, media, header, acquired)
-
-
-class _Walker:
-    """Finds patients and their files below a directory, reporting what does not fit."""
-
-    def __init__(self, root: Path, data_root: Path, modalities: dict[str, Modality]) -> None:
-        self.root = root
-        self.data_root = data_root
-        self.modalities = modalities
-        self.report = IngestReport()
-        self.prefix_len = len(str(data_root)) + 1  # per-file paths are cut as strings: fast
-        self.patient_dirs: dict[str, str] = {}  # label -> folder path
-
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.data_root).as_posix()
-
-    def _entries(self, directory: Path) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            self.report.skipped.append(Issue(self._rel(directory), f"unreadable: {exc.strerror}"))
-            return []
-        kept = []
-        for entry in entries:
-            if entry.is_symlink():
-                self.report.refused.append(
-                    Issue(
-                        self._rel(Path(entry.path)),
-                        "symbolic link refused (it may point outside the directory): "
-                        "replace it with the file itself",
-                    )
-                )
-            else:
-                kept.append(entry)
-        return kept
-
-    def walk(self, directory: Path, folder: tuple[str, ...] = ()) -> Iterator[_Candidate]:
-        entries = self._entries(directory)
-        subdirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-        if any(d.name in self.modalities for d in subdirs):
-            yield from self._patient(directory, folder[:-1], entries)
-            return
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                self.report.skipped.append(
-                    Issue(
-                        self._rel(Path(entry.path)),
-                        "file outside any <patient>/<modality>/ directory",
-                    )
-                )
-        for sub in subdirs:
-            yield from self.walk(Path(sub.path), (*folder, sub.name))
-
-    def _patient(
-        self, directory: Path, folder: tuple[str, ...], entries: list[os.DirEntry[str]]
-    ) -> Iterator[_Candidate]:
-        label = directory.name
-        folder_path = "/".join(folder)
-        if label in self.patient_dirs:
-            self.report.refused.append(
-                Issue(
-                    self._rel(directory),
-                    f"patient {label!r} also appears under {self.patient_dirs[label] or '/'!r}: "
-                    "patient directory names must be unique within a project",
-                )
-            )
-            return
-        self.patient_dirs[label] = folder_path
-        self.report.patients += 1
-        known = ", ".join(sorted(self.modalities))
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False) and entry.name in self.modalities:
-                yield from self._modality(path, label, folder_path, entry.name)
-            elif entry.is_dir(follow_symlinks=False):
-                self.report.skipped.append(
-                    Issue(
-                        self._rel(path),
-                        f"unknown directory name {entry.name!r} in patient {label!r}: "
-                        f"expected a modality ({known})",
-                    )
-                )
-            else:
-                self.report.skipped.append(
-                    Issue(
-                        self._rel(path),
-                        "file directly in a patient directory: put it under a modality",
-                    )
-                )
-
-    def _modality(
-        self, directory: Path, label: str, folder_path: str, key: str
-    ) -> Iterator[_Candidate]:
-        modality = self.modalities[key]
-        for entry in self._entries(directory):
-            path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False) and entry.name in ("raw", "processed"):
-                kind = FileKind(entry.name)
-                yield from self._files(path, path, label, folder_path, modality, kind)
-            elif entry.is_dir(follow_symlinks=False):
-                yield from self._files(path, directory, label, folder_path, modality, FileKind.RAW)
-            else:
-                yield from self._file(entry, directory, label, folder_path, modality, FileKind.RAW)
-
-    def _files(
-        self,
-        directory: Path,
-        base: Path,
-        label: str,
-        folder_path: str,
-        modality: Modality,
-        kind: FileKind,
-    ) -> Iterator[_Candidate]:
-        for entry in self._entries(directory):
-            if entry.is_dir(follow_symlinks=False):
-                yield from self._files(Path(entry.path), base, label, folder_path, modality, kind)
-            else:
-                yield from self._file(entry, base, label, folder_path, modality, kind)
-
-    def _file(
-        self,
-        entry: os.DirEntry[str],
-        base: Path,
-        label: str,
-        folder_path: str,
-        modality: Modality,
-        kind: FileKind,
-    ) -> Iterator[_Candidate]:
-        rel = entry.path[self.prefix_len :]
-        if not entry.is_file(follow_symlinks=False):
-            self.report.skipped.append(Issue(rel, "not a regular file"))
-            return
-        if entry.name.startswith("."):
-            self.report.skipped.append(Issue(rel, "hidden file"))
-            return
-        suffix = file_suffix(entry.name)
-        accepted = list(modality.extensions)
-        if suffix not in accepted and not (suffix == "" and ".dcm" in accepted):
-            self.report.skipped.append(
-                Issue(
-                    rel,
-                    f"extension {suffix or '(none)'!r} is not one of {modality.key}'s "
-                    f"({', '.join(accepted)})",
-                )
-            )
-            return
-        parent = entry.path.rpartition("/")[0][len(str(base)) + 1 :] or "."
-        stem = entry.name.lower()
-        subtype = next((s for s in modality.subtypes if s in stem), None)
-        st = entry.stat(follow_symlinks=False)
-        yield _Candidate(
-            abs_path=entry.path,
-            rel_path=rel,
-            patient_label=label,
-            folder_path=folder_path,
-            modality_key=modality.key,
-            kind=kind,
-            series_label=None if parent == "." else parent,
-            subtype=subtype,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
+def _project_root(session: Session, slug: str, root: Path, data_root: Path) -> tuple[Project, str]:
+    """The project and this directory's place under the project's root (refusing others)."""
+    project = session.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        raise NotFound(
+            f"No project {slug!r}: create it first with "
+            f"'python -m exporter project add {slug} --name \"...\"'"
         )
+    rel = "" if root == data_root else root.relative_to(data_root).as_posix()
+    if project.root_path is None:
+        project.root_path = rel
+    project_root = project.root_path
+    if project_root and rel != project_root and not rel.startswith(project_root + "/"):
+        raise IngestError(
+            f"Project {slug!r} keeps its files under {project_root!r} in the data root: "
+            "register that directory or one inside it"
+        )
+    return project, rel
 
 
 def register_directory(
@@ -320,6 +115,7 @@ def register_directory(
     project_slug: str,
     directory: Path,
     tags_csv: Path | None = None,
+    prune: bool = False,
 ) -> IngestReport:
     """Register every file below ``directory`` (inside ``data_root``) into the project.
 
@@ -337,52 +133,63 @@ def register_directory(
             f"{root} is outside the data root {data_root}: move it there, or set DATA_ROOT "
             "to a directory that contains it"
         )
-    project = ensure_project(session, project_slug)
-    modalities = active_modalities(session)
-    walker = _Walker(root, data_root, modalities)
-    report = walker.report
-    candidates = list(walker.walk(root, ()))
+    project, rel = _project_root(session, project_slug, root, data_root)
+    start = tuple(p for p in rel[len(project.root_path or "") :].split("/") if p)
+    rules, modality_ids = _modality_rules(session, project.id)
+    walker = Walker(data_root, rules)
+    candidates = list(walker.walk(str(root), start))
+    walked = walker.result
+    report = IngestReport(skipped=walked.skipped, refused=walked.refused)
+    report.patients = len(walked.patients)
 
-    prefix = "" if root == data_root else root.relative_to(data_root).as_posix() + "/"
-    existing = {
-        row.path: row
-        for row in session.scalars(
-            select(FileRegistry)
-            .join(Patient, Patient.id == FileRegistry.patient_id)
-            .where(Patient.project_id == project.id, FileRegistry.path.startswith(prefix))
-        )
-    }
-    patients = _ensure_patients(session, project.id, walker.patient_dirs, report)
-    to_read = []
+    prefix = rel + "/" if rel else ""
+    existing = _existing_rows(session, prefix)
+    patients = _ensure_patients(session, project.id, data_root, walked.patients, report)
+    now = datetime.now(UTC)
+    to_read: list[Candidate] = []
+    touched: set[int] = set()
+    restored: list[int] = []
     for cand in candidates:
+        patient = patients.get(cand.patient_label)
+        if patient is None:
+            continue  # refused above
         row = existing.get(cand.rel_path)
-        if (
-            row is not None
-            and row.size_bytes == cand.size
-            and row.mtime_ns == cand.mtime_ns
-            and row.patient_id == patients[cand.patient_label].id
+        if row is not None and row.project_id != project.id:
+            report.refused.append(
+                Issue(
+                    cand.rel_path,
+                    "already registered in another project; a file belongs to one project",
+                )
+            )
+        elif row is not None and (row.size, row.mtime_ns, row.patient_id) == (
+            cand.size,
+            cand.mtime_ns,
+            patient.id,
         ):
             report.files += 1
             report.bytes += cand.size
+            if row.missing:
+                restored.append(row.id)
+                touched.add(patient.id)
         else:
             to_read.append(cand)
 
-    touched: set[int] = set()
-    new_rows: list[dict[str, Any]] = []  # inserted in one executemany: ORM adds cost ~3x more
+    new_rows: list[dict[str, Any]] = []  # one executemany: the ORM unit of work costs ~3x more
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        for cand, facts in zip(to_read, pool.map(_facts, to_read), strict=True):
+        for cand, facts in zip(to_read, pool.map(read_facts, to_read), strict=True):
             if isinstance(facts, Issue):
                 report.skipped.append(facts)
                 continue
             patient = patients[cand.patient_label]
-            modality = modalities[cand.modality_key]
             values = {
                 "path": cand.rel_path,
                 "patient_id": patient.id,
-                "modality_id": modality.id,
+                "modality_id": modality_ids[cand.modality_key],
                 "kind": cand.kind,
                 "subtype": cand.subtype,
-                "file_type": "_".join(filter(None, (modality.key, cand.kind.value, cand.subtype))),
+                "file_type": "_".join(
+                    filter(None, (cand.modality_key, cand.kind.value, cand.subtype))
+                ),
                 "size_bytes": cand.size,
                 "mtime_ns": cand.mtime_ns,
                 "sha256": facts.sha256,
@@ -390,6 +197,7 @@ def register_directory(
                 "series_label": cand.series_label,
                 "dicom_header": facts.dicom_header,
                 "acquisition_date": facts.acquisition_date,
+                "missing_since": None,
             }
             row = existing.get(cand.rel_path)
             if row is None:
@@ -398,16 +206,29 @@ def register_directory(
             else:
                 if row.sha256 != facts.sha256 or row.patient_id != patient.id:
                     report.files_updated.append(cand.rel_path)
-                    touched.add(row.patient_id)
-                for key, value in values.items():
-                    setattr(row, key, value)
+                touched.add(row.patient_id)
+                session.execute(
+                    update(FileRegistry)
+                    .where(FileRegistry.id == row.id)
+                    .values(**values, updated_at=now)
+                )
             touched.add(patient.id)
             report.files += 1
             report.bytes += cand.size
     if new_rows:
         session.execute(insert(FileRegistry), new_rows)
+    _set_missing(session, restored, None)
     seen = {c.rel_path for c in candidates}
-    report.missing = sorted(p for p in existing if p not in seen)
+    gone = [r for r in existing.values() if r.path not in seen and r.project_id == project.id]
+    gone += _rows_left_behind(session, report.patients_moved, seen)
+    report.missing = sorted({r.path for r in gone})
+    touched.update(r.patient_id for r in gone)
+    if prune:
+        for chunk in _chunks([r.id for r in gone]):
+            session.execute(delete(FileRegistry).where(FileRegistry.id.in_(chunk)))
+        report.pruned = len(gone)
+    else:
+        _set_missing(session, [r.id for r in gone if not r.missing], now)
     session.flush()
     refresh_summaries(session, touched)
     if tags_csv is not None:
@@ -416,9 +237,69 @@ def register_directory(
     return report
 
 
+def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _set_missing(session: Session, ids: list[int], when: datetime | None) -> None:
+    for chunk in _chunks(ids):
+        session.execute(
+            update(FileRegistry).where(FileRegistry.id.in_(chunk)).values(missing_since=when)
+        )
+
+
+def _modality_rules(
+    session: Session, project_id: int
+) -> tuple[dict[str, ModalityRule], dict[str, int]]:
+    enabled = set(
+        session.scalars(
+            select(ProjectModality.modality_id).where(ProjectModality.project_id == project_id)
+        )
+    )
+    rules, ids = {}, {}
+    for m in session.scalars(select(Modality).where(Modality.is_active)):
+        rules[m.key] = ModalityRule(
+            m.key, tuple(m.extensions), tuple(m.subtypes), enabled=m.id in enabled
+        )
+        ids[m.key] = m.id
+    return rules, ids
+
+
+def _existing_rows(session: Session, prefix: str) -> dict[str, _Row]:
+    """Every registered file under ``prefix``, in any project (paths are unique)."""
+    rows = session.execute(
+        select(
+            FileRegistry.id,
+            FileRegistry.path,
+            FileRegistry.size_bytes,
+            FileRegistry.mtime_ns,
+            FileRegistry.sha256,
+            FileRegistry.patient_id,
+            Patient.project_id,
+            FileRegistry.missing_since.is_not(None),
+        )
+        .join(Patient, Patient.id == FileRegistry.patient_id)
+        .where(FileRegistry.path.startswith(prefix, autoescape=True))
+    )
+    return {r[1]: _Row(*r) for r in rows}
+
+
+def _rows_left_behind(session: Session, moved_dirs: list[str], seen: set[str]) -> list[_Row]:
+    """Rows under the old directories of patients that moved: those files are gone."""
+    rows: list[_Row] = []
+    for old_dir in moved_dirs:
+        rows += [r for r in _existing_rows(session, old_dir + "/").values() if r.path not in seen]
+    return rows
+
+
 def _ensure_patients(
-    session: Session, project_id: int, patient_dirs: dict[str, str], report: IngestReport
+    session: Session,
+    project_id: int,
+    data_root: Path,
+    found: dict[str, tuple[str, str]],
+    report: IngestReport,
 ) -> dict[str, Patient]:
+    """Patient rows for the labels found; refuses a label that is another live directory."""
     folders = {
         f.path: f
         for f in session.scalars(
@@ -429,16 +310,28 @@ def _ensure_patients(
         p.label: p for p in session.scalars(select(Patient).where(Patient.project_id == project_id))
     }
     result = {}
-    for label, folder_path in patient_dirs.items():
-        folder = _ensure_folder(session, project_id, folder_path, folders)
+    for label, (patient_dir, folder_path) in found.items():
         patient = known.get(label)
+        if patient is not None and patient.source_dir not in (None, patient_dir):
+            old = patient.source_dir or ""
+            if (data_root / old).exists():
+                report.refused.append(
+                    Issue(
+                        patient_dir,
+                        f"patient {label!r} is already registered from {old!r}, which still "
+                        "exists: two directories cannot be one patient; rename one of them",
+                    )
+                )
+                continue
+            report.patients_moved.append(old)
+        folder = _ensure_folder(session, project_id, folder_path, folders)
         folder_id = folder.id if folder else None
         if patient is None:
             patient = Patient(project_id=project_id, label=label, folder_id=folder_id)
             session.add(patient)
             report.patients_added += 1
-        elif patient.folder_id != folder_id:
-            patient.folder_id = folder_id  # the tree was reorganised on disk
+        patient.folder_id = folder_id
+        patient.source_dir = patient_dir
         result[label] = patient
     session.flush()
     return result

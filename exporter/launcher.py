@@ -7,6 +7,8 @@ SIGTERM) stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -25,14 +27,6 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
         print(services.load_demo(settings, only_if_empty=True).message, flush=True)
     private: PrivateRedis | None = None
     env = settings.child_environ()
-    if redis_answers(settings.redis_url):
-        print(f"Using the Redis at {settings.redis_url}", flush=True)
-    else:
-        private = PrivateRedis().start()
-        env["REDIS_URL"] = private.url
-        print(
-            f"No Redis at {settings.redis_url}: started a private one at {private.url}", flush=True
-        )
     children: list[subprocess.Popen[bytes]] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -42,8 +36,21 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        if redis_answers(settings.redis_url):
+            print(f"Using the Redis at {settings.redis_url}", flush=True)
+        else:
+            private = PrivateRedis().start()
+            env["REDIS_URL"] = private.url
+            print(
+                f"No Redis at {settings.redis_url}: started a private one at {private.url}",
+                flush=True,
+            )
+        # Children get their own sessions: a terminal's Ctrl-C reaches only this launcher,
+        # which then stops them in order (UI, worker, Redis) and waits for each.
         children.append(
-            subprocess.Popen([sys.executable, str(PROJECT_ROOT / "worker.py")], env=env)
+            subprocess.Popen(
+                [sys.executable, str(PROJECT_ROOT / "worker.py")], env=env, start_new_session=True
+            )
         )
         children.append(
             subprocess.Popen(
@@ -56,6 +63,7 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
                 ],
                 env=env,
                 cwd=PROJECT_ROOT,
+                start_new_session=True,
             )
         )  # fmt: skip
         print(
@@ -68,14 +76,25 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        # A second Ctrl-C must not cut the clean-up short and leave servers behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in reversed(children):
+            _stop_child(child)
         if private is not None:
             private.stop()
         print("Stopped.", flush=True)
+
+
+def _stop_child(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM (an RQ worker then finishes its current job), then after ``grace`` seconds
+    SIGKILL to the child's process group. An RQ work-horse has a group of its own and can
+    outlive that; the job reconciler marks such an export failed."""
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()

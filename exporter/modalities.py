@@ -56,4 +56,5 @@ def seed_modalities(session: Session) -> dict[str, Modality]:
 
 
 def active_modalities(session: Session) -> dict[str, Modality]:
+    """Every active modality by key."""
     return {m.key: m for m in session.scalars(select(Modality).where(Modality.is_active))}

@@ -93,6 +93,9 @@ class Project(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    # The project's imaging tree, relative to the data root; set by the first registration.
+    # Folder paths are counted from here, whichever subdirectory is registered later.
+    root_path: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     modalities: Mapped[list[Modality]] = relationship(secondary="project_modality")
 
@@ -189,6 +192,9 @@ class Patient(Base):
         ForeignKey("patient_folder.id", ondelete="SET NULL")
     )
     label: Mapped[str] = mapped_column(String(255))
+    # The patient's directory, relative to the data root: one label is one directory, so two
+    # directories that share a name are never merged into one person.
+    source_dir: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     tags: Mapped[list[Tag]] = relationship(secondary="patient_tag", viewonly=True)
 
@@ -218,6 +224,9 @@ class FileRegistry(Base):
     dicom_header: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     extra_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)
     processing_job_id: Mapped[str | None] = mapped_column(String(64))
+    # Set when a registration no longer finds the file: left out of estimates and exports
+    # until it is back (or pruned with 'register --prune').
+    missing_since: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

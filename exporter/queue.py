@@ -11,8 +11,10 @@ QUEUE_NAME = "exports"
 
 
 def connect(settings: Settings) -> Redis:
+    """A Redis client for ``REDIS_URL``."""
     return Redis.from_url(settings.redis_url)
 
 
 def export_queue(settings: Settings, connection: Redis | None = None) -> Queue:
+    """The RQ queue exports are enqueued on."""
     return Queue(QUEUE_NAME, connection=connection or connect(settings))

@@ -37,6 +37,7 @@ def find_redis_server() -> str:
 
 
 def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,6 +64,7 @@ class PrivateRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
+        """Start the server and wait until it answers PING (or raise with its log)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -87,6 +89,7 @@ class PrivateRedis:
         return self
 
     def stop(self) -> None:
+        """Stop the server; remove its directory if this object made it."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -259,6 +259,7 @@ def select_files(
             FileRegistry.patient_id.in_(r.patient_ids),
             FileRegistry.modality_id.in_(r.chosen),
             FileRegistry.kind.in_(r.kinds),
+            FileRegistry.missing_since.is_(None),
         )
         .order_by(Patient.label, Modality.key, FileRegistry.series_label, FileRegistry.path)
     )
@@ -282,7 +283,7 @@ def select_files(
 
 
 def refresh_summaries(session: Session, patient_ids: Iterable[int]) -> None:
-    """Recompute ``patient_file_summary`` for these patients from their file rows."""
+    """Recompute ``patient_file_summary`` for these patients from their present file rows."""
     ids = sorted(set(patient_ids))
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
@@ -297,7 +298,7 @@ def refresh_summaries(session: Session, patient_ids: Iterable[int]) -> None:
                     func.count(),
                     func.sum(FileRegistry.size_bytes),
                 )
-                .where(FileRegistry.patient_id.in_(chunk))
+                .where(FileRegistry.patient_id.in_(chunk), FileRegistry.missing_since.is_(None))
                 .group_by(FileRegistry.patient_id, FileRegistry.modality_id, FileRegistry.kind),
             )
         )

@@ -35,13 +35,27 @@ def migrate(settings: Settings) -> None:
 
 
 def register(
-    settings: Settings, project_slug: str, directory: Path, tags_csv: Path | None = None
+    settings: Settings,
+    project_slug: str,
+    directory: Path,
+    tags_csv: Path | None = None,
+    prune: bool = False,
 ) -> ingest.IngestReport:
-    """Register a directory tree (inside the data root) into a project."""
+    """Register a directory tree (inside the data root) into a project (an operator's task)."""
     with db.session_scope(settings) as session:
         return ingest.register_directory(
-            session, settings.data_root, project_slug, directory, tags_csv
+            session, settings.data_root, project_slug, directory, tags_csv, prune
         )
+
+
+def add_project(settings: Settings, slug: str, name: str = "") -> ProjectSummary:
+    """Create a project (with every active modality enabled), or return the existing one."""
+    with db.session_scope(settings) as session:
+        project = accounts.ensure_project(session, slug, name or None)
+        count = session.scalar(
+            select(func.count(Patient.id)).where(Patient.project_id == project.id)
+        )
+        return ProjectSummary(project.slug, project.name, count or 0)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from exporter.queue import QUEUE_NAME, connect, export_queue
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and work the exports queue until stopped (or empty, with --burst)."""
     parser = argparse.ArgumentParser(prog="worker.py", description=__doc__)
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", default=None, help="worker name (default: host and pid)")

@@ -34,12 +34,20 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "migrate", "register", "demo", "user", "estimate", "settings"):
+    for command in ("run", "migrate", "project", "register", "demo", "user", "estimate", "verify"):
         assert f"    {command} " in out
 
 
 def test_register_user_and_estimate(cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     tree = small_tree(cli_env.data_root / "study")
+    code, _, err = run(capsys, "register", "proj", str(tree))
+    assert code == 1
+    assert err.strip() == (
+        "error: No project 'proj': create it first with "
+        """'python -m exporter project add proj --name "..."'"""
+    )
+    code, out, _ = run(capsys, "project", "add", "proj", "--name", "Proj study")
+    assert (code, out.strip()) == (0, "Project proj (Proj study): 0 patients")
     code, out, _ = run(capsys, "register", "proj", str(tree))
     assert code == 0
     assert out.strip().endswith("0 skipped, 0 refused, 0 missing")
@@ -74,6 +82,7 @@ def test_register_exits_non_zero_when_anything_was_refused(
     cli_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     tree = small_tree(cli_env.data_root / "study")
+    run(capsys, "project", "add", "proj")
     (tree / "site-b/P003/ios/extra.stl").symlink_to(tmp_path)
     code, out, err = run(capsys, "register", "proj", str(tree))
     assert code == 1
@@ -84,6 +93,7 @@ def test_register_exits_non_zero_when_anything_was_refused(
 def test_errors_are_one_clear_line(
     cli_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    run(capsys, "project", "add", "proj")
     code, _, err = run(capsys, "register", "proj", str(tmp_path))
     assert code == 1
     assert err.startswith("error: ") and "outside the data root" in err

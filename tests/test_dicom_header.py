@@ -85,3 +85,16 @@ def test_not_dicom_is_reported(tmp_path: Path) -> None:
     assert dicom.read_header_fast(junk.read_bytes()) is None
     with pytest.raises(dicom.NotDicom):
         dicom.extract_header(junk, junk.read_bytes())
+
+
+def test_unknown_vr_is_decoded_as_the_dictionary_says_and_bad_vrs_are_declined(
+    tmp_path: Path,
+) -> None:
+    path = write_dicom(tmp_path / "un.dcm", rows=8)
+    raw = path.read_bytes()
+    at = raw.index(b"\x28\x00\x10\x00US\x02\x00")  # Rows, US, length 2
+    as_un = raw[:at] + b"\x28\x00\x10\x00UN\x00\x00\x02\x00\x00\x00" + raw[at + 8 :]
+    fast = dicom.read_header_fast(as_un)
+    assert fast is not None and fast["Rows"] == 8
+    corrupt = raw[:at] + b"\x28\x00\x10\x00U\x11" + raw[at + 6 :]
+    assert dicom.read_header_fast(corrupt) is None

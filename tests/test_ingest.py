@@ -18,6 +18,7 @@ from tests.builders import small_tree, write_dicom, write_file
 
 @pytest.fixture
 def tree(settings: Settings) -> Path:
+    services.add_project(settings, "proj")
     return small_tree(settings.data_root / "study")
 
 
@@ -100,6 +101,7 @@ def test_symlinks_are_refused_and_never_followed(
 
 
 def test_directory_outside_the_data_root_is_refused(settings: Settings, tmp_path: Path) -> None:
+    services.add_project(settings, "proj")
     outside = small_tree(tmp_path / "elsewhere")
     with pytest.raises(IngestError, match=r"outside the data root .* set DATA_ROOT"):
         services.register(settings, "proj", outside)
@@ -141,7 +143,7 @@ def test_duplicate_patient_label_in_two_folders_is_refused(settings: Settings, t
     write_dicom(tree / "site-b/P001/cbct/0001.dcm")
     report = services.register(settings, "proj", tree)
     assert not report.ok
-    assert "patient 'P001' also appears under 'site-a/study-1'" in report.refused[0].reason
+    assert "patient 'P001' also appears at 'study/site-a/study-1/P001'" in report.refused[0].reason
 
 
 def tags_of(settings: Settings) -> dict[str, set[str]]:
@@ -177,3 +179,133 @@ def test_tags_csv_with_wrong_header_is_refused(
     csv_path.write_text("id;labels\nP001;x\n")
     with pytest.raises(IngestError, match="needs the header 'patient,tags'"):
         services.register(settings, "proj", tree, csv_path)
+
+
+def estimate_files(
+    settings: Settings, modality: str = "ios", folders: tuple[str, ...] = ("",)
+) -> int:
+    services.add_user(settings, "rita@lab.example", "proj", "researcher")
+    sel = services.parse_selection(folders=list(folders) or ["/"], modalities=[modality])
+    return services.estimate(settings, "rita@lab.example", "proj", sel).file_count
+
+
+def test_same_name_in_a_later_run_is_not_merged_into_one_patient(
+    settings: Settings, tree: Path
+) -> None:
+    services.register(settings, "proj", tree)
+    write_dicom(tree / "site-c" / "P001" / "cbct" / "0001.dcm", patient="BOB^OTHER")
+    report = services.register(settings, "proj", tree / "site-c")
+    assert not report.ok
+    assert (
+        "already registered from 'study/site-a/study-1/P001', which still exists"
+        in report.refused[0].reason
+    )
+    assert not any("site-c" in path for path in rows(settings))
+
+
+def test_moved_patient_follows_and_old_rows_go_missing_then_pruned(
+    settings: Settings, tree: Path
+) -> None:
+    services.register(settings, "proj", tree)
+    assert estimate_files(settings) == 6
+    (tree / "site-a" / "archive").mkdir()
+    (tree / "site-b" / "P003").rename(tree / "site-a" / "archive" / "P003")
+    report = services.register(settings, "proj", tree)
+    assert report.ok and report.patients_moved == ["study/site-b/P003"]
+    assert len(report.missing) == 6 and all("site-b/P003" in m for m in report.missing)
+    assert estimate_files(settings) == 6, "missing rows are left out of the estimate"
+    assert estimate_files(settings, folders=("site-a/archive",)) == 2
+    pruned = services.register(settings, "proj", tree, prune=True)
+    assert pruned.pruned == 6
+    assert not any("site-b/P003" in path for path in rows(settings))
+    assert services.register(settings, "proj", tree).missing == []
+
+
+def test_missing_files_leave_estimates_and_come_back(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    upper = tree / "site-b/P003/ios/upper.stl"
+    saved = upper.read_bytes()
+    stat = upper.stat()
+    upper.unlink()
+    report = services.register(settings, "proj", tree)
+    assert report.missing == ["study/site-b/P003/ios/upper.stl"]
+    assert estimate_files(settings) == 5
+    upper.write_bytes(saved)
+    os.utime(upper, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    back = services.register(settings, "proj", tree)
+    assert back.missing == [] and estimate_files(settings) == 6
+
+
+def test_registering_a_subdirectory_keeps_the_folder_tree(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    services.register(settings, "proj", tree / "site-a" / "study-1")
+    with db.session_scope(settings) as session:
+        p1 = session.scalar(select(Patient).where(Patient.label == "P001"))
+        assert p1 is not None
+        folder = session.get(PatientFolder, p1.folder_id)
+        assert folder is not None and folder.path == "site-a/study-1"
+    assert estimate_files(settings, folders=("site-a",)) == 4
+
+
+def test_directories_outside_the_project_root_are_refused(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    other = small_tree(settings.data_root / "elsewhere")
+    with pytest.raises(IngestError, match="Project 'proj' keeps its files under 'study'"):
+        services.register(settings, "proj", other)
+
+
+def test_a_file_belongs_to_one_project(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    services.add_project(settings, "second")
+    report = services.register(settings, "second", tree)
+    assert not report.ok and len(report.refused) == 20
+    assert report.refused[0].reason.startswith("already registered in another project")
+
+
+def test_underscore_and_case_in_paths_are_literal(settings: Settings, tree: Path) -> None:
+    services.register(settings, "proj", tree)
+    small_tree(tree / "siteX1")
+    small_tree(tree / "site_1")
+    (tree / "site_1" / "site-a" / "study-1" / "P001").rename(
+        tree / "site_1" / "site-a" / "study-1" / "Q001"
+    )
+    for p in ("P002", "P003"):
+        for base in ("siteX1", "site_1"):
+            for found in (tree / base).rglob(p):
+                found.rename(found.with_name(p + base))
+    for found in (tree / "siteX1").rglob("P001"):
+        found.rename(found.with_name("P001X"))
+    services.register(settings, "proj", tree / "siteX1")
+    report = services.register(settings, "proj", tree / "site_1")
+    assert report.missing == [], "'_' in a prefix is not a wildcard"
+    (tree / "Site-A" / "x" / "Z1" / "ios").mkdir(parents=True)
+    write_file(tree / "Site-A" / "x" / "Z1" / "ios" / "upper.stl", b"s" * 84)
+    services.register(settings, "proj", tree / "Site-A")
+    assert estimate_files(settings, folders=("Site-A",)) == 1
+    assert estimate_files(settings, folders=("site-a",)) == 4
+
+
+def test_a_malformed_dicom_is_skipped_not_fatal(settings: Settings, tree: Path) -> None:
+    bad = tree / "site-a/study-1/P001/cbct/raw/series_001/0002.dcm"
+    raw = bad.read_bytes()
+    at = raw.index(b"\x28\x00\x10\x00US")  # Rows: give it an odd length of 3
+    bad.write_bytes(raw[:at] + b"\x28\x00\x10\x00US\x03\x00\x08\x00\x00" + raw[at + 10 :])
+    report = services.register(settings, "proj", tree)
+    reasons = {i.path: i.reason for i in report.skipped}
+    assert "study/site-a/study-1/P001/cbct/raw/series_001/0002.dcm" in reasons
+    assert report.files_added == 19
+
+
+def test_modalities_not_enabled_in_the_project_are_skipped(settings: Settings, tree: Path) -> None:
+    from exporter.models import Modality, ProjectModality
+
+    with db.session_scope(settings) as session:
+        ios = session.scalar(select(Modality).where(Modality.key == "ios"))
+        assert ios is not None
+        session.execute(
+            ProjectModality.__table__.delete().where(ProjectModality.modality_id == ios.id)
+        )
+    report = services.register(settings, "proj", tree)
+    reasons = [i.reason for i in report.skipped]
+    assert sum("modality 'ios' is not enabled in this project" in r for r in reasons) == 3
+    assert report.files_added == 14

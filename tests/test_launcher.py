@@ -65,9 +65,14 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         private = match.group(1)
         connection = Redis.from_url(private)
         wait_for(lambda: len(Worker.all(connection=connection)) == 1, 30, "the worker")
-        assert Worker.all(connection=connection)[0].queue_names() == ["exports"]
+        worker = Worker.all(connection=connection)[0]
+        assert worker.queue_names() == ["exports"]
         proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut clean-up short
         assert proc.wait(30) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker.pid, 0)
         assert "Stopped." in log.read_text()
         assert not redis_answers(private), "the private Redis outlived the launcher"
         assert not http_ok(f"http://127.0.0.1:{port}/_stcore/health")

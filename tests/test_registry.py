@@ -18,6 +18,8 @@ ME = "rita@lab.example"
 
 @pytest.fixture
 def registered(settings: Settings, tmp_path: Path) -> Settings:
+    services.add_project(settings, "proj")
+    services.add_project(settings, "other")
     services.register(settings, "proj", small_tree(settings.data_root / "study"))
     small_tree(settings.data_root / "elsewhere")
     services.register(settings, "other", settings.data_root / "elsewhere")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import streamlit as st
+from humanize import naturalsize
 from streamlit.testing.v1 import AppTest
 
 from exporter import services
@@ -17,6 +18,8 @@ APP = str(PROJECT_ROOT / "app.py")
 
 @pytest.fixture
 def portal(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    services.add_project(settings, "proj")
+    services.add_project(settings, "other")
     services.register(settings, "proj", small_tree(settings.data_root / "study"))
     services.register(settings, "other", small_tree(settings.data_root / "elsewhere"))
     services.add_user(settings, "rita@lab.example", "proj", "researcher")
@@ -44,8 +47,8 @@ def test_development_user_sees_banner_and_their_project(portal: Settings) -> Non
     assert "Development mode" in at.warning[0].value and "rita@lab.example" in at.warning[0].value
     assert [s.value for s in at.subheader] == ["proj"]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics == {"Patients": "3", "Files": "20", "Size": metrics["Size"]}
-    assert metrics["Size"].endswith("KiB")
+    total = sum(p.stat().st_size for p in (portal.data_root / "study").rglob("*") if p.is_file())
+    assert metrics == {"Patients": "3", "Files": "20", "Size": naturalsize(total, binary=True)}
     table = at.dataframe[0].value
     assert list(table["Key"]) == ["cbct", "ios", "intraoral-photo"]
     assert list(table["Files"]) == [12, 6, 2]

@@ -11,4 +11,5 @@ from exporter.ui.session import settings
 
 @st.cache_data(ttl=15, show_spinner=False)
 def overview(email: str) -> list[ProjectOverview]:
+    """The registry overview for the home page, cached for 15 s."""
     return services.overview(settings(), email)

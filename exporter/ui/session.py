@@ -11,6 +11,7 @@ from exporter.config import Settings
 
 @st.cache_resource
 def settings() -> Settings:
+    """The portal's settings, read once per server process."""
     return Settings.load()
 
 
