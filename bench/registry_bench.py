@@ -80,6 +80,7 @@ def bench_register(patients: int, scale: str, rounds: int) -> None:
             url = f"sqlite:///{tmp / f'r{round_no}.db'}"
             settings = settings_for(tmp, url)
             services.migrate(settings)
+            services.add_project(settings, "demo")
             seconds = timed(lambda: services.register(settings, "demo", root))
             db.engine_for(url).dispose()
             return seconds

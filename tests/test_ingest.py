@@ -309,3 +309,20 @@ def test_modalities_not_enabled_in_the_project_are_skipped(settings: Settings, t
     reasons = [i.reason for i in report.skipped]
     assert sum("modality 'ios' is not enabled in this project" in r for r in reasons) == 3
     assert report.files_added == 14
+
+
+def test_reading_in_worker_processes_registers_the_same_rows(
+    settings: Settings, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter import ingest
+
+    services.register(settings, "proj", tree)
+    inline = {p: (r.sha256, r.dicom_header, r.media_type) for p, r in rows(settings).items()}
+    services.register(settings, "proj", tree, prune=True)
+    with db.session_scope(settings) as session:
+        session.execute(FileRegistry.__table__.delete())
+    monkeypatch.setattr(ingest, "POOL_FROM_FILES", 1)
+    report = services.register(settings, "proj", tree)
+    assert report.files_added == 20
+    pooled = {p: (r.sha256, r.dicom_header, r.media_type) for p, r in rows(settings).items()}
+    assert pooled == inline
