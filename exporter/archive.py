@@ -12,11 +12,15 @@ name, and any error or cancellation removes the partial file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import itertools
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 import zlib
 from collections import deque
@@ -45,6 +49,7 @@ PREPARE_LIMIT = 16 * 1024 * 1024
 WINDOW_BYTES = 64 * 1024 * 1024
 THREADS = 2
 DISK_CHECK_EVERY = 64 * 1024 * 1024
+FLUSH_EVERY = 128 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
 # Already-compressed content gains nothing from deflate: store it.
@@ -211,16 +216,26 @@ class _HashingReader:
             pass
 
 
-def source_path(data_root: Path, relative: str) -> Path:
-    """The file behind a registry path, refusing anything that could leave the data root."""
+def source_path(data_root: Path, relative: str, checked: dict[str, bool] | None = None) -> str:
+    """The file behind a registry path, refusing anything that could leave the data root.
+
+    The final component is opened with O_NOFOLLOW; the directories above it are resolved
+    here, once per directory when ``checked`` (a cache owned by one build) is given.
+    """
     parts = relative.split("/")
     if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
         raise SourceFileError(f"{relative}: not a plain relative path; re-register the file")
-    path = data_root.joinpath(*parts)
-    real = Path(os.path.realpath(path))
-    if real != path or data_root not in real.parents:
+    root = str(data_root)
+    directory = root + "/" + relative.rpartition("/")[0] if len(parts) > 1 else root
+    safe = checked.get(directory) if checked is not None else None
+    if safe is None:
+        real = os.path.realpath(directory)
+        safe = real == directory and (real == root or real.startswith(root + "/"))
+        if checked is not None:
+            checked[directory] = safe
+    if not safe:
         raise SourceFileError(f"{relative}: leads outside the data root (a link); refused")
-    return path
+    return root + "/" + relative
 
 
 class PartBuilder:
@@ -245,6 +260,7 @@ class PartBuilder:
         self.progress = progress
         self.cancel = cancel
         self._last_progress = 0.0
+        self._dirs_checked: dict[str, bool] = {}
         self._partial = Path()
         self._checked_at = 0
         self._files_done = 0
@@ -256,24 +272,35 @@ class PartBuilder:
         if self.cancel is not None and self.cancel():
             raise ExportCancelled("The export was cancelled")
 
-    def _read(self, planned: PlannedFile) -> Iterator[bytes]:
-        """The entry's bytes, read once from the source, checked against the registry."""
+    def _read(self, planned: PlannedFile, digest: Any) -> Iterator[bytes]:
+        """The entry's bytes, read once from the source, checked against the registry.
+
+        ``digest`` receives the entry's SHA-256: without a transform the entry is the source,
+        so the source's hash (needed for the integrity check anyway) serves both.
+        """
         source = planned.source
-        path = source_path(self.data_root, source.path)
+        path = source_path(self.data_root, source.path, self._dirs_checked)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise SourceFileError(f"{source.path}: missing from storage") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SourceFileError(f"{source.path}: is a symbolic link; refused") from None
             raise SourceFileError(f"{source.path}: unreadable ({exc.strerror})") from None
-        with os.fdopen(fd, "rb") as raw:
+        with os.fdopen(fd, "rb", buffering=0) as raw:
             reader = _HashingReader(raw, self._check_cancel)
             if self.transform is None:
                 while chunk := reader.read(CHUNK):
                     yield chunk
+                digest.append(reader.sha.hexdigest())
             else:
-                yield from self.transform(planned, reader)  # type: ignore[arg-type]
+                entry_sha = hashlib.sha256()
+                for chunk in self.transform(planned, reader):  # type: ignore[arg-type]
+                    entry_sha.update(chunk)
+                    yield chunk
                 reader.drain()
+                digest.append(entry_sha.hexdigest())
         if reader.size != source.size or reader.sha.hexdigest() != source.sha256:
             raise SourceFileError(
                 f"{source.path}: changed since it was registered (size {reader.size} against "
@@ -284,9 +311,9 @@ class PartBuilder:
         try:
             level = compression_level(planned, self.options.compression)
             compressor = zlib.compressobj(level, zlib.DEFLATED, -15) if level is not None else None
-            sha, crc, size, chunks = hashlib.sha256(), 0, 0, []
-            for chunk in self._read(planned):
-                sha.update(chunk)
+            digest: list[str] = []
+            crc, size, chunks = 0, 0, []
+            for chunk in self._read(planned, digest):
                 crc = zlib.crc32(chunk, crc)
                 size += len(chunk)
                 out = compressor.compress(chunk) if compressor else chunk
@@ -301,7 +328,7 @@ class PartBuilder:
                 crc,
                 size,
                 sum(len(c) for c in chunks),
-                sha.hexdigest(),
+                digest[0],
                 planned.source.mtime_ns / 1e9,
             )
         except SourceFileError as exc:
@@ -313,7 +340,8 @@ class PartBuilder:
         """Write a large file's entry as it is read. A missing or unreadable file is noticed
         before the entry starts (and can be skipped); one that changed is noticed at its end,
         when the entry is written, and always fails the part."""
-        chunks = self._read(planned)
+        digest: list[str] = []
+        chunks = self._read(planned, digest)
         first = next(chunks, b"")
         chunks = itertools.chain([first], chunks)
         level = compression_level(planned, self.options.compression)
@@ -323,9 +351,7 @@ class PartBuilder:
             level=level or 0,
             mtime=planned.source.mtime_ns / 1e9,
         )
-        sha = hashlib.sha256()
         for chunk in chunks:
-            sha.update(chunk)
             entry.write(chunk)
             self._tick(writer, planned.patient_dir)
         entry.close()
@@ -336,7 +362,7 @@ class PartBuilder:
             entry.crc,
             entry.size,
             entry.compressed,
-            sha.hexdigest(),
+            digest[0],
             planned.source.mtime_ns / 1e9,
         )
 
@@ -383,9 +409,8 @@ class PartBuilder:
         folder = self.info.folder
         records: list[FileRecord] = []
         skipped: list[SkippedFile] = []
-        archive_sha = hashlib.sha256()
         with open(self._partial, "wb") as raw:
-            out = _HashingWriter(raw, archive_sha)
+            out = _HashingWriter(raw)
             writer = ZipWriter(out)  # type: ignore[arg-type]
             with ThreadPoolExecutor(THREADS, thread_name_prefix="export") as pool:
                 try:
@@ -415,6 +440,7 @@ class PartBuilder:
                         self._tick(writer, p.patient_dir, self._files_done == self._total_files)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
+                    out.close()
                     raise
             metadata = self._metadata(part, count, records, skipped)
             _add_bytes(writer, f"{folder}/metadata.json", metadata)
@@ -422,6 +448,7 @@ class PartBuilder:
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"
             _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
+            archive_sha = out.hexdigest()
             raw.flush()
             os.fsync(raw.fileno())
         self._partial.replace(dest)
@@ -431,7 +458,7 @@ class PartBuilder:
             count,
             dest,
             size,
-            archive_sha.hexdigest(),
+            archive_sha,
             records,
             skipped,
             part.patient_dirs,
@@ -542,15 +569,57 @@ def build_metadata(
 
 
 class _HashingWriter:
-    """A write-only file that hashes everything written: the archive's SHA-256 for free."""
+    """A write-only file that hashes what is written and starts its writeback early.
 
-    def __init__(self, fh: IO[bytes], sha: Any) -> None:
+    The archive's SHA-256 is computed on a thread of its own (hashlib releases the GIL), so
+    it costs the writer nothing; another thread asks the kernel to write back every
+    ``FLUSH_EVERY`` bytes, so the final fsync only waits for the tail. Both queues are
+    bounded: at most a few chunks wait to be hashed.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
-        self.sha = sha
+        self.sha = hashlib.sha256()
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self.flushes: queue.Queue[bool] = queue.Queue()
+        self.unflushed = 0
+        self.threads = [
+            threading.Thread(target=self._hash, name="archive-sha256", daemon=True),
+            threading.Thread(target=self._flush, name="archive-flush", daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _hash(self) -> None:
+        while (data := self.queue.get()) is not None:
+            self.sha.update(data)
+
+    def _flush(self) -> None:
+        while self.flushes.get():
+            with contextlib.suppress(OSError, ValueError):
+                os.fdatasync(self.fh.fileno())
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        return self.fh.write(data)
+        self.queue.put(data)
+        written = self.fh.write(data)
+        self.unflushed += written
+        if self.unflushed >= FLUSH_EVERY:
+            self.unflushed = 0
+            self.fh.flush()
+            self.flushes.put(True)
+        return written
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything written (waits for the hashing thread)."""
+        self.close()
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        if self.threads[0].is_alive():
+            self.queue.put(None)
+            self.flushes.put(False)
+            for thread in self.threads:
+                thread.join()
 
 
 def _add_bytes(writer: ZipWriter, name: str, data: bytes) -> None:
@@ -592,8 +661,30 @@ def check_free_space(export_root: Path, needed: int, reserve: int) -> None:
         )
 
 
-def write_manifest(export_dir: Path, info: ExportInfo, parts: list[PartResult]) -> Path:
+@dataclass(frozen=True)
+class ManifestPart:
+    """One part as ``manifest.json`` lists it."""
+
+    number: int
+    file: str
+    size: int
+    sha256: str
+    patients: list[str]
+    files: int
+    bytes: int
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, part: PartResult) -> ManifestPart:
+        return cls(
+            part.number, part.path.name, part.size, part.sha256, part.patients,
+            len(part.files), sum(r.size for r in part.files), len(part.skipped),
+        )  # fmt: skip
+
+
+def write_manifest(export_dir: Path, info: ExportInfo, parts: list[ManifestPart]) -> Path:
     """The export-level ``manifest.json``: every part's file, size and SHA-256."""
+    ordered = sorted(parts, key=lambda p: p.number)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "export": {
@@ -608,20 +699,20 @@ def write_manifest(export_dir: Path, info: ExportInfo, parts: list[PartResult]) 
         "parts": [
             {
                 "number": p.number,
-                "file": p.path.name,
+                "file": p.file,
                 "size": p.size,
                 "sha256": p.sha256,
                 "patients": p.patients,
-                "files": len(p.files),
-                "skipped": len(p.skipped),
+                "files": p.files,
+                "skipped": p.skipped,
             }
-            for p in sorted(parts, key=lambda p: p.number)
+            for p in ordered
         ],
         "totals": {
-            "parts": len(parts),
-            "files": sum(len(p.files) for p in parts),
-            "bytes": sum(sum(r.size for r in p.files) for p in parts),
-            "archive_bytes": sum(p.size for p in parts),
+            "parts": len(ordered),
+            "files": sum(p.files for p in ordered),
+            "bytes": sum(p.bytes for p in ordered),
+            "archive_bytes": sum(p.size for p in ordered),
         },
     }
     path = export_dir / "manifest.json"
@@ -688,7 +779,7 @@ def build_export(
         for part in parts:
             dest = export_dir / part_filename(info, part.number, len(parts))
             results.append(builder.build(part, len(parts), dest))
-        manifest = write_manifest(export_dir, info, results)
+        manifest = write_manifest(export_dir, info, [ManifestPart.of(r) for r in results])
     except BaseException:
         remove_outputs(export_dir)
         raise

@@ -201,11 +201,16 @@ def test_source_paths_that_leave_the_data_root_are_refused(
         build(demo_env, tmp_path, [escape])
     link = demo_env.data_root / "demo" / "link.dcm"
     link.symlink_to("/etc/hostname")
+    linked_dir = demo_env.data_root / "demo" / "linked"
+    linked_dir.symlink_to("/etc", target_is_directory=True)
     try:
-        with pytest.raises(SourceFileError, match="leads outside the data root"):
+        with pytest.raises(SourceFileError, match=r"demo/link\.dcm: is a symbolic link; refused"):
             build(demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")])
+        with pytest.raises(SourceFileError, match="leads outside the data root"):
+            build(demo_env, tmp_path, [replace(files[0], path="demo/linked/hostname")])
     finally:
         link.unlink()
+        linked_dir.unlink()
 
 
 def test_compression_policy_and_modification_times(demo_env: Settings, tmp_path: Path) -> None:
