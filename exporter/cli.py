@@ -6,14 +6,16 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from humanize import naturalsize
 
 from exporter import services
-from exporter.config import Settings
+from exporter.config import Settings, parse_size
 from exporter.errors import PortalError
+from exporter.exports import ExportRequest, ExportView
 
 
 def _size(n: int) -> str:
@@ -71,22 +73,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--admin", action="store_true", help="data manager of every project")
 
+    p = sub.add_parser("export", help="create, list, show, cancel and delete exports")
+    ex = p.add_subparsers(dest="export_command", required=True, metavar="ACTION")
+    p = ex.add_parser("create", help="create an export (runs on the queue)")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    _selection_args(p)
+    p.add_argument("--name", default="")
+    p.add_argument("--notes", default="")
+    p.add_argument("--compression", default="fast", choices=["store", "fast", "small"])
+    p.add_argument("--part-size", metavar="SIZE", help="e.g. 4GiB: whole patients per part")
+    p.add_argument("--labels", action="store_true", help="patient labels instead of pseudonyms")
+    p.add_argument("--skip-missing", action="store_true", help="skip (and list) missing files")
+    p.add_argument("--wait", action="store_true", help="wait, with progress; exit 1 unless done")
+    p.add_argument("--json", action="store_true")
+    for action, helptext in (
+        ("show", "one export's status, progress and parts"),
+        ("cancel", "cancel a pending or processing export"),
+        ("delete", "delete an export's files (its record stays)"),
+    ):
+        p = ex.add_parser(action, help=helptext)
+        p.add_argument("export_id", metavar="EXPORT_ID")
+        p.add_argument("--user", required=True, metavar="EMAIL")
+        p.add_argument("--json", action="store_true")
+    p = ex.add_parser("list", help="exports you may see, newest first")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--project", metavar="SLUG")
+    p.add_argument("--status")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser(
+        "cleanup", help="fail exports whose worker died, re-enqueue lost ones, expire old files"
+    )
+
     p = sub.add_parser("verify", help="re-hash an export (ZIP, export folder or extracted folder)")
     p.add_argument("target", metavar="ARCHIVE_OR_DIR", type=Path)
 
     p = sub.add_parser("estimate", help="patient/file count and size of a selection")
     p.add_argument("project", metavar="PROJECT_SLUG")
     p.add_argument("--user", required=True, metavar="EMAIL")
-    p.add_argument(
-        "--folder", action="append", metavar="PATH", help="folder path; '/' = whole project"
-    )
+    _selection_args(p)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folder", action="append", metavar="PATH", help="folder path; '/' = all")
     p.add_argument("--patient", action="append", metavar="LABEL")
     p.add_argument("--tag", action="append", metavar="TAG")
     p.add_argument("--tag-mode", default="any", choices=["any", "all"])
     p.add_argument("--modality", action="append", metavar="KEY")
     p.add_argument("--kind", action="append", choices=["raw", "processed"])
-    p.add_argument("--json", action="store_true")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +196,11 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         )
         verb = "Added" if user.created else "Updated"
         print(f"{verb} {user.email}: {user.role} of {user.project}")
+    elif command == "export":
+        return _export_command(settings, args)
+    elif command == "cleanup":
+        counts = services.housekeeping(settings)
+        print(", ".join(f"{v} {k}" for k, v in counts.items()))
     elif command == "estimate":
         selection = services.parse_selection(
             args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind
@@ -186,3 +228,85 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _export_command(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.export_command
+    if action == "create":
+        request = ExportRequest(
+            selection=services.parse_selection(
+                args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind
+            ),
+            name=args.name,
+            notes=args.notes,
+            compression=args.compression,
+            part_size=parse_size(args.part_size) if args.part_size else None,
+            pseudonyms=not args.labels,
+            skip_missing=args.skip_missing,
+        )
+        view = services.create_export(settings, args.user, args.project, request)
+        if args.wait:
+            view = _wait(settings, args.user, view, quiet=args.json)
+        _print_export(view, args.json)
+        return 0 if not args.wait or view.status == "completed" else 1
+    if action == "list":
+        views = services.list_exports(settings, args.user, args.project, args.status)
+        if args.json:
+            print(json.dumps([_jsonable(v) for v in views], indent=2))
+        for v in [] if args.json else views:
+            size = _size(v.archive_bytes or v.estimated_bytes)
+            print(f"{v.id}  {v.status:<10} {v.created_at:%Y-%m-%d %H:%M}  {size:>10}  {v.name}")
+        return 0
+    handler = {
+        "show": services.get_export,
+        "cancel": services.cancel_export,
+        "delete": services.delete_export,
+    }[action]
+    _print_export(handler(settings, args.user, args.export_id), args.json)
+    return 0
+
+
+def _wait(settings: Settings, user: str, view: ExportView, quiet: bool) -> ExportView:
+    """Poll until the export ends, drawing a progress bar on a terminal."""
+    tty = sys.stderr.isatty() and not quiet
+    while view.status in ("pending", "processing"):
+        if tty:
+            width = 30
+            done = int(view.progress * width)
+            bar = "#" * done + "-" * (width - done)
+            eta = f" ETA {view.eta_seconds:.0f} s" if view.eta_seconds is not None else ""
+            print(
+                f"\r[{bar}] {view.progress:5.1%} {view.files_done}/{view.file_count} files{eta} ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        time.sleep(1)
+        view = services.get_export(settings, user, view.id)
+    if tty:
+        print(file=sys.stderr)
+    return view
+
+
+def _jsonable(view: ExportView) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(view), default=str))  # type: ignore[no-any-return]
+
+
+def _print_export(view: ExportView, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_jsonable(view), indent=2))
+        return
+    print(f"{view.id}  {view.name}  [{view.status}]")
+    print(
+        f"  project {view.project}, by {view.creator}, created {view.created_at:%Y-%m-%d %H:%M} UTC"
+    )
+    estimated = _size(view.estimated_bytes)
+    print(f"  {view.patient_count} patients, {view.file_count} files, {estimated} estimated")
+    if view.status == "processing":
+        print(f"  progress {view.progress:.1%} ({view.files_done} files), now: {view.current_item}")
+    if view.archive_bytes is not None:
+        print(f"  archive {_size(view.archive_bytes)} sha256 {view.archive_sha256 or '(per part)'}")
+    for part in view.parts:
+        print(f"  part {part.number}: {part.status} {part.file or ''}")
+    if view.error_message:
+        print(f"  error: {view.error_message}")

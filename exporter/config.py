@@ -117,6 +117,33 @@ class Settings:
     retention_days: int = _setting(
         "EXPORT_RETENTION_DAYS", "14", "Days a completed export's files are kept.", "int"
     )
+    portal_url: str = _setting(
+        "PORTAL_URL",
+        "http://127.0.0.1:8501",
+        "Address of the portal as users reach it; used for links in e-mails.",
+    )
+    smtp_host: str = _setting(
+        "SMTP_HOST", "", "SMTP server for notifications; empty: no e-mail is sent (logged only)."
+    )
+    smtp_port: int = _setting(
+        "SMTP_PORT", "25", "SMTP port (587 for STARTTLS, 465 for TLS).", "int"
+    )
+    smtp_security: str = _setting(
+        "SMTP_SECURITY", "none", "`none`, `starttls` or `tls` (implicit TLS, usually port 465)."
+    )
+    smtp_user: str = _setting("SMTP_USER", "", "SMTP user name, if the server wants one.")
+    smtp_password: str = _setting(
+        "SMTP_PASSWORD", "", "SMTP password (set it in the environment or .env, never in code)."
+    )
+    mail_from: str = _setting(
+        "MAIL_FROM", "export-portal@localhost", "Sender address of notification e-mails."
+    )
+    stale_after_seconds: int = _setting(
+        "STALE_AFTER",
+        "60",
+        "Seconds without a heartbeat after which a processing export's worker counts as dead.",
+        "int",
+    )
     ui_row_cap: int = _setting(
         "UI_ROW_CAP", "5000", "Most rows any single UI query returns.", "int"
     )
@@ -162,6 +189,10 @@ class Settings:
             )
         if self.retention_days < 1:
             raise ConfigError("EXPORT_RETENTION_DAYS must be at least 1")
+        if self.smtp_security not in ("none", "starttls", "tls"):
+            raise ConfigError("SMTP_SECURITY must be 'none', 'starttls' or 'tls'")
+        if self.stale_after_seconds < 10:
+            raise ConfigError("STALE_AFTER must be at least 10 seconds")
 
     @property
     def is_development(self) -> bool:

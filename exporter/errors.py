@@ -42,3 +42,11 @@ class ExportCancelled(PortalError):
 
 class NotDicom(PortalError):
     """A file meant to be DICOM does not parse as DICOM."""
+
+
+class LimitExceeded(PortalError):
+    """An export is over the size limit or the user's quota (HTTP 413)."""
+
+
+class InvalidState(PortalError):
+    """The export is not in a state that allows this (e.g. downloading a failed export)."""

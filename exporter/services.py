@@ -6,17 +6,31 @@ permission checks happen here (and below), never only in a transport.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from sqlalchemy import func, select
 
-from exporter import accounts, db, ingest, registry
+from exporter import accounts, db, exports, ingest, jobs, registry
+from exporter.archive import remove_outputs
+from exporter.audit import record
 from exporter.config import Settings
-from exporter.errors import InvalidSelection
+from exporter.errors import InvalidSelection, InvalidState, NotEnoughSpace
+from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
-from exporter.models import Patient, Project
+from exporter.models import DatasetExport, ExportStatus, Patient, Project
+from exporter.queue import connect
 from exporter.registry import Estimate, ProjectOverview, Selection
+
+log = logging.getLogger(__name__)
 
 DEMO_PROJECT = "demo"
 OTHER_PROJECT = "other"
@@ -194,3 +208,121 @@ def parse_selection(
         modalities=clean(modalities),
         kinds=clean(kinds) or ("raw", "processed"),
     )
+
+
+# --- exports ----------------------------------------------------------------------------
+
+
+def preflight_export(
+    settings: Settings, user_email: str, project_slug: str, request: ExportRequest
+) -> Preflight:
+    """Whether ``request`` would be accepted now, with the estimate and quota behind it."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        check = exports.preflight(
+            session, user, project_slug, request, settings.max_export_bytes,
+            settings.user_quota_bytes,
+        )  # fmt: skip
+        if check.refusal is None:
+            needed = check.estimate.total_bytes + settings.disk_reserve_bytes
+            settings.export_root.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(settings.export_root).free < needed:
+                check = dataclasses.replace(
+                    check,
+                    refusal="Not enough free space at the export root for this export: "
+                    "choose fewer patients or modalities, or ask an administrator",
+                )
+        return check
+
+
+def create_export(
+    settings: Settings, user_email: str, project_slug: str, request: ExportRequest
+) -> ExportView:
+    """Validate and save an export, enqueue its job, and return at once.
+
+    A double submit of the same request within a few seconds returns the first export.
+    """
+    check = preflight_export(settings, user_email, project_slug, request)
+    if check.refusal and "space" in check.refusal:
+        raise NotEnoughSpace(check.refusal)
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row, created = exports.create(
+            session, user, project_slug, request, settings.max_export_bytes,
+            settings.user_quota_bytes,
+        )  # fmt: skip
+        export_id = row.id
+    if created:
+        try:
+            job_id = jobs.enqueue(settings, row)
+        except RedisError as exc:  # the reconciler enqueues it when the queue is back
+            log.warning("export %s saved but not queued: %s", export_id, exc)
+            job_id = None
+        with db.session_scope(settings) as session:
+            saved = session.get(DatasetExport, export_id)
+            if saved is not None:
+                saved.job_id = job_id
+    return get_export(settings, user_email, export_id)
+
+
+def get_export(settings: Settings, user_email: str, export_id: str) -> ExportView:
+    """One export the user may see."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return exports.view(session, exports.get_row(session, user, export_id))
+
+
+def list_exports(
+    settings: Settings,
+    user_email: str,
+    project_slug: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[ExportView]:
+    """Exports the user may see, newest first: researchers their own, data managers all."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        rows = exports.list_rows(session, user, project_slug, status, limit, offset)
+        return [exports.view(session, row) for row in rows]
+
+
+def cancel_export(settings: Settings, user_email: str, export_id: str) -> ExportView:
+    """Cancel a pending or processing export; a processing one stops within 2 seconds."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        if not exports.mark_cancelled(session, user, row):
+            raise InvalidState(f"Export {row.name!r} is {row.status.value}: nothing to cancel")
+        job_id = row.job_id
+    if job_id:
+        with contextlib.suppress(RedisError, NoSuchJobError):
+            job = Job.fetch(job_id, connection=connect(settings))
+            if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                job.cancel()
+    jobs.cancel_running(settings, export_id)
+    return get_export(settings, user_email, export_id)
+
+
+def delete_export(settings: Settings, user_email: str, export_id: str) -> ExportView:
+    """Remove an export's files at once (cancelling it first if it runs); keep its record."""
+    view = get_export(settings, user_email, export_id)
+    if view.status in ("pending", "processing"):
+        cancel_export(settings, user_email, export_id)
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        if row.status is ExportStatus.DELETED:
+            raise InvalidState(f"Export {row.name!r} is already deleted")
+        remove_outputs(settings.export_root / row.id)
+        row.status = ExportStatus.DELETED
+        row.deleted_at = datetime.now(UTC)
+        record(session, "delete", user.id, row.project_id, row.id, {})
+    return get_export(settings, user_email, export_id)
+
+
+def housekeeping(settings: Settings) -> dict[str, int]:
+    """Fail exports whose worker died, re-enqueue lost ones, expire old files."""
+    counts = jobs.reconcile(settings)
+    counts["expired"] = jobs.expire(settings)
+    return counts

@@ -1,0 +1,353 @@
+"""Export records: create, read, cancel, delete. The database row is the record of an export.
+
+Everything here takes the acting user and checks what they may do: researchers see and act on
+their own exports; data managers on every export of their projects. An export of a project
+the user does not belong to is "not found", never "forbidden", so that ids reveal nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from exporter.accounts import Principal, ProjectAccess, accessible_projects, require_project
+from exporter.archive import COMPRESSION_LEVELS, ExportOptions
+from exporter.audit import record
+from exporter.errors import InvalidSelection, InvalidState, LimitExceeded, NotFound
+from exporter.layout import export_folder_name, sanitize_component
+from exporter.models import DatasetExport, ExportPart, ExportStatus, Project, Role, User
+from exporter.registry import Estimate, Selection, estimate
+
+LIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
+ACTIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING)
+DOUBLE_SUBMIT_SECONDS = 10
+MAX_NAME = 120
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What a researcher asks for (input model: UI, API and CLI build one)."""
+
+    selection: Selection
+    name: str = ""
+    notes: str = ""
+    compression: str = "fast"
+    part_size: int | None = None
+    pseudonyms: bool = True
+    skip_missing: bool = False
+
+    def options(self) -> ExportOptions:
+        return ExportOptions(
+            compression=self.compression,
+            pseudonyms=self.pseudonyms,
+            skip_missing=self.skip_missing,
+            max_part_bytes=self.part_size,
+        )
+
+
+@dataclass(frozen=True)
+class PartView:
+    number: int
+    status: str
+    file: str | None
+    size: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class ExportView:
+    """An export as pages, API and CLI show it (output model: no ORM object leaves)."""
+
+    id: str
+    project: str
+    name: str
+    notes: str
+    status: str
+    creator: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    expires_at: datetime | None
+    patient_count: int
+    file_count: int
+    estimated_bytes: int
+    archive_bytes: int | None
+    archive_sha256: str | None
+    files_done: int
+    bytes_done: int
+    current_item: str | None
+    eta_seconds: float | None
+    error_message: str | None
+    criteria: dict[str, Any]
+    options: dict[str, Any]
+    parts: list[PartView] = field(default_factory=list)
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.bytes_done / self.estimated_bytes) if self.estimated_bytes else 0.0
+
+
+def default_name(now: datetime | None = None) -> str:
+    return export_folder_name(now or datetime.now(UTC))
+
+
+def clean_name(name: str) -> str:
+    """The export's name as it will be used for folders: sanitised, bounded."""
+    text = name.strip()
+    if not text:
+        return default_name()
+    if len(text) > MAX_NAME:
+        raise InvalidSelection(f"The export name is longer than {MAX_NAME} characters: shorten it")
+    cleaned = sanitize_component(text, "")
+    if not cleaned:
+        raise InvalidSelection(
+            f"The export name {name!r} has no usable characters: use letters, digits, '-' or '_'"
+        )
+    return cleaned
+
+
+def fingerprint(user: Principal, project: str, request: ExportRequest) -> str:
+    data = {"u": user.id, "p": project, "s": request.selection.as_dict(),
+            "o": request.options().__dict__, "n": request.name, "t": request.notes}  # fmt: skip
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def held_bytes(session: Session, user_id: int) -> int:
+    """Bytes the user holds in live exports (archive size when known, else the estimate)."""
+    total = session.scalar(
+        select(
+            func.coalesce(
+                func.sum(
+                    func.coalesce(DatasetExport.archive_size_bytes, DatasetExport.estimated_bytes)
+                ),
+                0,
+            )
+        ).where(DatasetExport.created_by_id == user_id, DatasetExport.status.in_(LIVE))
+    )
+    return int(total or 0)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Whether a request would be accepted, and the figures behind the answer."""
+
+    estimate: Estimate
+    name: str
+    quota_left: int
+    refusal: str | None
+
+
+def preflight(
+    session: Session,
+    user: Principal,
+    project: str,
+    request: ExportRequest,
+    max_bytes: int,
+    quota: int,
+) -> Preflight:
+    """Validate a request without creating anything (the UI's live check and the API's
+    estimate endpoint use this; create_export uses it too)."""
+    if request.compression not in COMPRESSION_LEVELS:
+        raise InvalidSelection(
+            f"Compression {request.compression!r} is not known: use store, fast or small"
+        )
+    request.options()  # validates the part size
+    est = estimate(session, user, project, request.selection)
+    name = clean_name(request.name)
+    left = quota - held_bytes(session, user.id)
+    refusal = None
+    if not request.selection.modalities:
+        refusal = "Choose at least one modality"
+    elif est.file_count == 0:
+        refusal = "The selection has no files: choose other patients, modalities or kinds"
+    elif est.total_bytes > max_bytes:
+        refusal = (
+            f"The export would be {est.total_bytes} bytes, over the limit of {max_bytes}: "
+            "select fewer patients or modalities"
+        )
+    elif est.total_bytes > left:
+        refusal = (
+            f"The export would be {est.total_bytes} bytes but your quota has {max(left, 0)} "
+            "left: delete exports you no longer need"
+        )
+    return Preflight(est, name, left, refusal)
+
+
+def create(
+    session: Session,
+    user: Principal,
+    project: str,
+    request: ExportRequest,
+    max_bytes: int,
+    quota: int,
+) -> tuple[DatasetExport, bool]:
+    """Save a pending export; returns (row, created). A double submit returns the first."""
+    check = preflight(session, user, project, request, max_bytes, quota)
+    if check.refusal:
+        error = LimitExceeded if "limit" in check.refusal or "quota" in check.refusal else None
+        raise (error or InvalidSelection)(check.refusal)
+    access = require_project(session, user, project)
+    print_ = fingerprint(user, project, request)
+    recent = session.scalar(
+        select(DatasetExport)
+        .where(
+            DatasetExport.created_by_id == user.id,
+            DatasetExport.request_fingerprint == print_,
+            DatasetExport.status.in_(ACTIVE),
+            DatasetExport.created_at
+            >= datetime.now(UTC) - timedelta(seconds=DOUBLE_SUBMIT_SECONDS),
+        )
+        .order_by(DatasetExport.created_at.desc())
+    )
+    if recent is not None:
+        return recent, False
+    est = check.estimate
+    row = DatasetExport(
+        project_id=access.project_id,
+        created_by_id=user.id,
+        name=check.name,
+        notes=request.notes.strip(),
+        status=ExportStatus.PENDING,
+        criteria=request.selection.as_dict(),
+        options=request.options().__dict__,
+        request_fingerprint=print_,
+        patient_count=est.patient_count,
+        file_count=est.file_count,
+        estimated_bytes=est.total_bytes,
+    )
+    session.add(row)
+    session.flush()
+    record(session, "create", user.id, access.project_id, row.id, {"name": row.name})
+    return row, True
+
+
+def _visible(session: Session, user: Principal) -> dict[int, ProjectAccess]:
+    return {a.project_id: a for a in accessible_projects(session, user)}
+
+
+def get_row(session: Session, user: Principal, export_id: str) -> DatasetExport:
+    """The export if the user may see it: its creator, or a data manager of its project."""
+    row = session.get(DatasetExport, export_id) if isinstance(export_id, str) else None
+    access = _visible(session, user).get(row.project_id) if row is not None else None
+    if (
+        row is None
+        or access is None
+        or (access.role is not Role.DATA_MANAGER and row.created_by_id != user.id)
+    ):
+        raise NotFound(f"No export {export_id!r} that you can see")
+    return row
+
+
+def view(session: Session, row: DatasetExport) -> ExportView:
+    """The plain-data view of an export row."""
+    creator = session.get(User, row.created_by_id)
+    project = session.get(Project, row.project_id)
+    parts = session.scalars(
+        select(ExportPart).where(ExportPart.export_id == row.id).order_by(ExportPart.number)
+    ).all()
+    eta = None
+    if row.status is ExportStatus.PROCESSING and row.started_at and row.bytes_done:
+        elapsed = (datetime.now(UTC) - _aware(row.started_at)).total_seconds()
+        eta = max(0.0, elapsed * (row.estimated_bytes - row.bytes_done) / row.bytes_done)
+    return ExportView(
+        id=row.id,
+        project=project.slug if project else "",
+        name=row.name,
+        notes=row.notes,
+        status=row.status.value,
+        creator=creator.email if creator else "",
+        created_at=_aware(row.created_at),
+        started_at=_aware(row.started_at),
+        completed_at=_aware(row.completed_at),
+        expires_at=_aware(row.expires_at),
+        patient_count=row.patient_count,
+        file_count=row.file_count,
+        estimated_bytes=row.estimated_bytes,
+        archive_bytes=row.archive_size_bytes,
+        archive_sha256=row.archive_sha256,
+        files_done=row.files_done,
+        bytes_done=row.bytes_done,
+        current_item=row.current_item,
+        eta_seconds=eta,
+        error_message=row.error_message,
+        criteria=dict(row.criteria),
+        options=dict(row.options),
+        parts=[
+            PartView(
+                p.number,
+                p.status.value,
+                p.path.rpartition("/")[2] if p.path else None,
+                p.size_bytes,
+                p.sha256,
+            )
+            for p in parts
+        ],
+    )
+
+
+def _aware(value: datetime | None) -> Any:
+    """SQLite hands back naive datetimes; every time the portal shows is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def list_rows(
+    session: Session,
+    user: Principal,
+    project: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[DatasetExport]:
+    """Exports the user may see, newest first (researchers: their own)."""
+    visible = _visible(session, user)
+    query = select(DatasetExport).order_by(DatasetExport.created_at.desc())
+    if project is not None:
+        access = require_project(session, user, project)
+        visible = {access.project_id: access}
+    managed = [pid for pid, a in visible.items() if a.role is Role.DATA_MANAGER]
+    own = [pid for pid, a in visible.items() if a.role is not Role.DATA_MANAGER]
+    from sqlalchemy import and_, or_
+
+    query = query.where(
+        or_(
+            DatasetExport.project_id.in_(managed),
+            and_(DatasetExport.project_id.in_(own), DatasetExport.created_by_id == user.id),
+        )
+    )
+    if status:
+        try:
+            query = query.where(DatasetExport.status == ExportStatus(status))
+        except ValueError:
+            allowed = ", ".join(s.value for s in ExportStatus)
+            raise InvalidSelection(
+                f"Status {status!r} is not known: use one of {allowed}"
+            ) from None
+    return list(session.scalars(query.limit(min(limit, 1000)).offset(offset)))
+
+
+def mark_cancelled(session: Session, user: Principal, row: DatasetExport) -> bool:
+    """Cancel a pending or processing export (the job notices within a second or two).
+
+    Returns False when the export had already finished.
+    """
+    if row.status not in ACTIVE:
+        return False
+    row.status = ExportStatus.CANCELLED
+    row.completed_at = datetime.now(UTC)
+    row.error_message = "Cancelled by " + user.email
+    record(session, "cancel", user.id, row.project_id, row.id, {})
+    return True
+
+
+def require_downloadable(row: DatasetExport) -> None:
+    if row.status is not ExportStatus.COMPLETED:
+        raise InvalidState(f"Export {row.name!r} is {row.status.value}: only completed exports "
+                           "can be downloaded")  # fmt: skip

@@ -1,0 +1,384 @@
+"""Export jobs end to end: a real Redis (the suite's own), real workers, a real SMTP server."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from redis import Redis
+from rq import SimpleWorker
+from sqlalchemy import select
+
+from exporter import db, jobs, services
+from exporter.config import PROJECT_ROOT, Settings
+from exporter.errors import InvalidSelection, InvalidState, LimitExceeded, NotEnoughSpace, NotFound
+from exporter.exports import ExportRequest
+from exporter.models import AuditEvent, DatasetExport, ExportPatient
+from exporter.queue import export_queue
+from exporter.redis_server import PrivateRedis, free_port
+from exporter.verify import verify
+from tests.conftest import make_settings
+
+ME = "researcher@demo.example"
+MANAGER = "manager@demo.example"
+OUTSIDER = "outsider@other.example"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    """A real SMTP server on loopback that keeps what it receives."""
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller.port, inbox
+    controller.stop()
+
+
+@pytest.fixture
+def portal(
+    tmp_path: Path,
+    database_url: str,
+    redis_server: PrivateRedis,
+    smtp: tuple[int, Inbox],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """Demo data, a flushed Redis, and the environment the jobs (and worker processes) read."""
+    Redis.from_url(redis_server.url).flushall()
+    smtp[1].messages.clear()
+    env = {
+        "DATABASE_URL": database_url,
+        "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"),
+        "REDIS_URL": redis_server.url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp[0]),
+        "PORTAL_URL": "https://portal.example.org",
+        "DISK_RESERVE": "1MiB",
+        "STALE_AFTER": "10",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=4, seed=3)
+    return settings
+
+
+def text_of(message: Message) -> str:
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
+def request(**kw: object) -> ExportRequest:
+    sel = services.parse_selection(
+        folders=kw.pop("folders", ["/"]),  # type: ignore[arg-type]
+        modalities=kw.pop("modalities", ["cbct", "ios", "intraoral-photo"]),  # type: ignore[arg-type]
+        patients=kw.pop("patients", None),  # type: ignore[arg-type]
+    )
+    return ExportRequest(selection=sel, **kw)  # type: ignore[arg-type]
+
+
+def work(settings: Settings) -> None:
+    """Run every queued job in this process (RQ's burst SimpleWorker)."""
+    connection = Redis.from_url(settings.redis_url)
+    SimpleWorker([export_queue(settings, connection)], connection=connection).work(burst=True)
+
+
+def row_of(settings: Settings, export_id: str) -> DatasetExport:
+    with db.session_scope(settings) as session:
+        row = session.get(DatasetExport, export_id)
+        assert row is not None
+        return row
+
+
+def test_happy_path_completes_verifies_and_mails(portal: Settings, smtp: tuple[int, Inbox]) -> None:
+    view = services.create_export(portal, ME, "demo", request(name="my cohort", notes="n"))
+    assert view.status == "pending" and view.name == "my cohort"
+    assert view.patient_count == 4 and view.file_count > 0
+    job_id = row_of(portal, view.id).job_id
+    assert job_id is not None
+    job = export_queue(portal).fetch_job(job_id)
+    assert job is not None and job.timeout is not None and job.timeout >= 900
+    work(portal)
+    done = services.get_export(portal, ME, view.id)
+    assert done.status == "completed", done.error_message
+    assert done.files_done == done.file_count and done.archive_bytes
+    assert done.expires_at is not None and (done.expires_at - done.completed_at).days == 14  # type: ignore[operator]
+    zip_path = portal.export_root / view.id / "my cohort.zip"
+    assert verify(zip_path).ok and verify(portal.export_root / view.id).ok
+    import hashlib
+
+    assert hashlib.sha256(zip_path.read_bytes()).hexdigest() == done.archive_sha256
+    with db.session_scope(portal) as session:
+        pseudonyms = sorted(
+            session.scalars(
+                select(ExportPatient.pseudonym).where(ExportPatient.export_id == view.id)
+            )
+        )
+        actions = list(
+            session.scalars(select(AuditEvent.action).where(AuditEvent.export_id == view.id))
+        )
+    assert pseudonyms == ["patient_001", "patient_002", "patient_003", "patient_004"]
+    assert actions == ["create", "complete"]
+    (message,) = smtp[1].messages
+    assert message["To"] == ME and message["Subject"] == "Export my cohort is ready"
+    body = text_of(message)
+    assert "Patients: 4" in body and f"https://portal.example.org/exports?export={view.id}" in body
+
+
+def test_refusals_say_what_to_change(portal: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(NotFound, match="No project 'demo' that you can access"):
+        services.create_export(portal, OUTSIDER, "demo", request())
+    with pytest.raises(InvalidSelection, match="No patient 'P0004' in project 'other'"):
+        services.create_export(portal, OUTSIDER, "other", request(folders=[], patients=["P0004"]))
+    with pytest.raises(InvalidSelection, match="Nothing selected"):
+        services.create_export(portal, ME, "demo", request(folders=[]))
+    with pytest.raises(InvalidSelection, match="Choose at least one modality"):
+        services.create_export(portal, ME, "demo", request(modalities=[]))
+    small = Settings.load(environ={**os.environ, "MAX_EXPORT_SIZE": "1KiB"})
+    with pytest.raises(LimitExceeded, match="over the limit of 1024: select fewer"):
+        services.create_export(small, ME, "demo", request())
+    tight = Settings.load(environ={**os.environ, "USER_QUOTA": "3MiB"})
+    services.create_export(tight, ME, "demo", request(modalities=["cbct"]))
+    with pytest.raises(LimitExceeded, match=r"your quota has .* left: delete exports"):
+        services.create_export(tight, ME, "demo", request(modalities=["cbct", "ios"], name="b"))
+    full = Settings.load(environ={**os.environ, "DISK_RESERVE": "100000TiB"})
+    with pytest.raises(NotEnoughSpace, match="Not enough free space at the export root"):
+        services.create_export(full, ME, "demo", request(name="c"))
+    with pytest.raises(InvalidSelection, match="has no usable characters"):
+        services.create_export(portal, ME, "demo", request(name="///"))
+    with db.session_scope(portal) as session:
+        assert len(session.scalars(select(DatasetExport)).all()) == 1  # only the one accepted
+
+
+def test_double_submit_gives_one_export(portal: Settings) -> None:
+    first = services.create_export(portal, ME, "demo", request(name="x"))
+    second = services.create_export(portal, ME, "demo", request(name="x"))
+    assert first.id == second.id
+    third = services.create_export(portal, ME, "demo", request(name="y"))
+    assert third.id != first.id
+
+
+def test_cancel_pending_is_immediate_and_the_job_never_runs(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request())
+    cancelled = services.cancel_export(portal, ME, view.id)
+    assert cancelled.status == "cancelled"
+    work(portal)
+    assert services.get_export(portal, ME, view.id).status == "cancelled"
+    assert not (portal.export_root / view.id).exists()
+    with pytest.raises(InvalidState, match="is cancelled: nothing to cancel"):
+        services.cancel_export(portal, ME, view.id)
+
+
+def test_failure_names_the_file_removes_partials_and_mails(
+    portal: Settings, smtp: tuple[int, Inbox]
+) -> None:
+    view = services.create_export(portal, ME, "demo", request(modalities=["ios"]))
+    victim = next((portal.data_root / "demo").rglob("upper.stl"))
+    victim.unlink()
+    work(portal)
+    failed = services.get_export(portal, ME, view.id)
+    assert failed.status == "failed"
+    assert (
+        failed.error_message is not None
+        and "upper.stl: missing from storage" in failed.error_message
+    )
+    assert "Traceback" in (row_of(portal, view.id).error_detail or "")
+    assert not (portal.export_root / view.id).exists()
+    (message,) = smtp[1].messages
+    assert message["Subject"] == f"Export {view.name} failed"
+    assert "upper.stl: missing from storage" in text_of(message)
+
+
+def test_mail_failure_never_fails_the_export(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMTP_PORT", str(free_port()))  # nothing listens there
+    view = services.create_export(portal, ME, "demo", request(modalities=["ios"]))
+    work(portal)
+    assert services.get_export(portal, ME, view.id).status == "completed"
+
+
+def test_parts_run_as_separate_jobs_and_finish_with_a_manifest(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request(part_size=1024 * 1024))
+    work(portal)
+    done = services.get_export(portal, ME, view.id)
+    assert done.status == "completed", done.error_message
+    assert len(done.parts) >= 2 and all(p.status == "completed" for p in done.parts)
+    report = verify(portal.export_root / view.id)
+    assert report.ok and report.archives == len(done.parts)
+
+
+def test_visibility_researcher_manager_outsider(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request())
+    assert [v.id for v in services.list_exports(portal, MANAGER)] == [view.id]
+    assert services.list_exports(portal, OUTSIDER) == []
+    with pytest.raises(NotFound):
+        services.get_export(portal, OUTSIDER, view.id)
+    with pytest.raises(NotFound):
+        services.cancel_export(portal, OUTSIDER, view.id)
+    services.add_user(portal, "peer@demo.example", "demo", "researcher")
+    assert services.list_exports(portal, "peer@demo.example") == []
+
+
+def test_delete_and_expiry_remove_files_and_keep_the_record(portal: Settings) -> None:
+    a = services.create_export(portal, ME, "demo", request(name="a", modalities=["ios"]))
+    b = services.create_export(portal, ME, "demo", request(name="b", modalities=["cbct"]))
+    work(portal)
+    deleted = services.delete_export(portal, ME, a.id)
+    assert deleted.status == "deleted" and not (portal.export_root / a.id).exists()
+    with db.session_scope(portal) as session:
+        row = session.get(DatasetExport, b.id)
+        assert row is not None and row.expires_at is not None
+        row.expires_at = row.expires_at.replace(year=2000)
+    assert services.housekeeping(portal)["expired"] == 1
+    assert services.get_export(portal, ME, b.id).status == "expired"
+    assert not (portal.export_root / b.id).exists()
+    with db.session_scope(portal) as session:
+        actions = sorted(session.scalars(select(AuditEvent.action)))
+    assert actions.count("delete") == 1 and actions.count("expire") == 1
+
+
+def test_redis_flushed_pending_export_runs_after_reconcile(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = services.create_export(portal, ME, "demo", request(modalities=["ios"]))
+    Redis.from_url(portal.redis_url).flushall()
+    work(portal)
+    assert services.get_export(portal, ME, view.id).status == "pending"
+    monkeypatch.setattr(jobs, "PENDING_GRACE_SECONDS", 0)
+    assert services.housekeeping(portal)["requeued"] == 1
+    work(portal)
+    assert services.get_export(portal, ME, view.id).status == "completed"
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "worker.py")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def slow_portal(
+    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Enough data that a 'small' (level 6) export takes several seconds."""
+    Redis.from_url(redis_server.url).flushall()
+    for key, value in {
+        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB", "STALE_AFTER": "10",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=6, seed=4, scale="medium")
+    return settings
+
+
+@pytest.mark.slow
+def test_real_workers_two_at_once_cancel_and_a_killed_worker(
+    slow_portal: Settings, tmp_path: Path
+) -> None:
+    env = dict(os.environ)
+    workers = [start_worker(env, tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        slow = request(compression="small")
+        a = services.create_export(slow_portal, ME, "demo", dataclass_replace(slow, name="a"))
+        b = services.create_export(slow_portal, ME, "demo", dataclass_replace(slow, name="b"))
+
+        def both_processing() -> bool:
+            return all(
+                services.get_export(slow_portal, ME, x.id).status == "processing" for x in (a, b)
+            )
+
+        wait_for(both_processing, 30, "both exports to be processing on two workers")
+        assert row_of(slow_portal, a.id).worker_id != row_of(slow_portal, b.id).worker_id
+        # cancel a while it runs: stopped and cleaned within 2 seconds
+        wait_for(
+            lambda: any((slow_portal.export_root / a.id).glob(".*.partial")), 20, "a's partial"
+        )
+        started = time.monotonic()
+        assert services.cancel_export(slow_portal, ME, a.id).status == "cancelled"
+        assert not (slow_portal.export_root / a.id).exists()
+        assert time.monotonic() - started < 2.0
+        # kill b's worker outright: the export fails (not stuck in processing), no partial left
+        wait_for(lambda: row_of(slow_portal, b.id).bytes_done > 0, 20, "b to make progress")
+        b_worker = row_of(slow_portal, b.id).worker_id
+        for w in workers:  # the machine dies: work-horses (own process groups) and workers
+            horses = subprocess.run(["pgrep", "-P", str(w.pid)], capture_output=True, text=True)
+            for pid in horses.stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
+        assert b_worker
+        assert services.get_export(slow_portal, ME, b.id).status == "processing"
+        time.sleep(11)  # STALE_AFTER
+        replacement = start_worker(env, tmp_path / "w3.log")  # reconciles at start
+        workers = [replacement]
+        wait_for(
+            lambda: services.get_export(slow_portal, ME, b.id).status == "failed", 60,
+            "the killed worker's export to fail",
+        )  # fmt: skip
+        failed = services.get_export(slow_portal, ME, b.id)
+        assert failed.error_message == jobs.WORKER_DIED
+        wait_for(lambda: not (slow_portal.export_root / b.id).exists(), 10, "b's files removed")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+
+
+def dataclass_replace(req: ExportRequest, **kw: object) -> ExportRequest:
+    from dataclasses import replace
+
+    return replace(req, **kw)  # type: ignore[arg-type]
+
+
+def test_cli_create_list_show(portal: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from exporter.cli import main
+
+    assert main(["export", "create", "demo", "--user", ME, "--folder", "/", "--modality", "ios",
+                 "--name", "cli export", "--json"]) == 0  # fmt: skip
+    created = json.loads(capsys.readouterr().out)
+    assert created["status"] == "pending" and created["name"] == "cli export"
+    work(portal)
+    assert main(["export", "show", created["id"], "--user", ME, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "completed" and shown["archive_bytes"] > 0
+    assert main(["export", "list", "--user", ME]) == 0
+    assert created["id"] in capsys.readouterr().out
+    assert main(["export", "show", created["id"], "--user", OUTSIDER]) == 1
+    assert "No export" in capsys.readouterr().err
+    _ = make_settings
