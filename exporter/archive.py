@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 import zlib
@@ -281,13 +282,17 @@ class PartBuilder:
         source = planned.source
         path = source_path(self.data_root, source.path, self._dirs_checked)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a FIFO at a registered path must not hang the job.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise SourceFileError(f"{source.path}: missing from storage") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise SourceFileError(f"{source.path}: is a symbolic link; refused") from None
             raise SourceFileError(f"{source.path}: unreadable ({exc.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SourceFileError(f"{source.path}: not a regular file; refused")
         with os.fdopen(fd, "rb", buffering=0) as raw:
             reader = _HashingReader(raw, self._check_cancel)
             if self.transform is None:
@@ -345,11 +350,11 @@ class PartBuilder:
         first = next(chunks, b"")
         chunks = itertools.chain([first], chunks)
         level = compression_level(planned, self.options.compression)
+        # Deflate at level 0 (stored blocks) rather than STORED: a streamed entry's sizes
+        # follow its data, which readers that walk local headers (Java's ZipInputStream)
+        # accept only for deflated entries. It costs 5 bytes per 64 KiB.
         entry = writer.open_entry(
-            name,
-            method=DEFLATED if level is not None else STORED,
-            level=level or 0,
-            mtime=planned.source.mtime_ns / 1e9,
+            name, method=DEFLATED, level=level or 0, mtime=planned.source.mtime_ns / 1e9
         )
         for chunk in chunks:
             entry.write(chunk)
@@ -525,7 +530,14 @@ def build_metadata(
     records: list[FileRecord],
     skipped: list[SkippedFile],
 ) -> dict[str, Any]:
-    """The ``metadata.json`` document of one part (schema in docs/metadata.md)."""
+    """The ``metadata.json`` document of one part (schema in docs/metadata.md).
+
+    With pseudonyms on, the patient labels of the selection are left out (only their count
+    is kept): the archive must not carry what links a pseudonym to a person.
+    """
+    criteria = dict(info.criteria)
+    if options.pseudonyms and criteria.get("patients"):
+        criteria["patients"] = f"{len(criteria['patients'])} selected by label"
     patients: dict[str, dict[str, Any]] = {}
     modalities: dict[str, dict[str, int]] = {}
     for r in records:
@@ -553,7 +565,7 @@ def build_metadata(
             "folder": info.folder,
         },
         "part": {"number": number, "count": count},
-        "criteria": info.criteria,
+        "criteria": criteria,
         "options": {**asdict(options), **info.options},
         "patients": list(patients.values()),
         "modalities": [{"modality": k, **v} for k, v in sorted(modalities.items())],
@@ -741,12 +753,12 @@ class ExportResult:
 
 
 def plan_export(
-    files: list[FileEntry], options: ExportOptions
+    files: list[FileEntry], options: ExportOptions, seed: int | None = None
 ) -> tuple[list[PlannedPart], dict[str, str]]:
     """Entry names and parts for these files, and the folder each patient label got."""
     if not files:
         raise InvalidSelection("The selection has no files: choose other patients or modalities")
-    planned = plan_files(files, options.pseudonyms)
+    planned = plan_files(files, options.pseudonyms, seed)
     folders = {p.source.patient_label: p.patient_dir for p in planned}
     return split_parts(planned, options.max_part_bytes), folders
 

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", "one export's status, progress and parts"),
         ("cancel", "cancel a pending or processing export"),
         ("delete", "delete an export's files (its record stays)"),
+        ("retry", "re-run the failed parts of a failed multi-part export"),
     ):
         p = ex.add_parser(action, help=helptext)
         p.add_argument("export_id", metavar="EXPORT_ID")
@@ -261,6 +262,7 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
         "show": services.get_export,
         "cancel": services.cancel_export,
         "delete": services.delete_export,
+        "retry": services.retry_export,
     }[action]
     _print_export(handler(settings, args.user, args.export_id), args.json)
     return 0

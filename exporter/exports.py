@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, ProjectAccess, accessible_projects, require_project
@@ -338,13 +338,33 @@ def mark_cancelled(session: Session, user: Principal, row: DatasetExport) -> boo
 
     Returns False when the export had already finished.
     """
-    if row.status not in ACTIVE:
-        return False
-    row.status = ExportStatus.CANCELLED
-    row.completed_at = datetime.now(UTC)
-    row.error_message = "Cancelled by " + user.email
-    record(session, "cancel", user.id, row.project_id, row.id, {})
-    return True
+    # One conditional UPDATE: a job completing at the same moment either wins (and the
+    # cancel reports "nothing to cancel") or loses (and finds the export cancelled).
+    won = transition(
+        session, row.id, ACTIVE, ExportStatus.CANCELLED,
+        completed_at=datetime.now(UTC), error_message="Cancelled by " + user.email,
+    )  # fmt: skip
+    if won:
+        record(session, "cancel", user.id, row.project_id, row.id, {})
+        session.refresh(row)
+    return won
+
+
+def transition(
+    session: Session,
+    export_id: str,
+    from_statuses: tuple[ExportStatus, ...],
+    to_status: ExportStatus,
+    **values: Any,
+) -> bool:
+    """Move an export to ``to_status`` only if it is in one of ``from_statuses`` (atomic)."""
+    result = session.execute(
+        update(DatasetExport)
+        .where(DatasetExport.id == export_id, DatasetExport.status.in_(from_statuses))
+        .values(status=to_status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def require_downloadable(row: DatasetExport) -> None:

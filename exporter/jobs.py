@@ -17,6 +17,7 @@ import time
 import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from rq.exceptions import NoSuchJobError
@@ -24,7 +25,7 @@ from rq.job import Dependency, Job, JobStatus
 from sqlalchemy import select, update
 
 from exporter import db, exports, mail
-from exporter.accounts import Principal
+from exporter.accounts import Principal, require_project
 from exporter.archive import (
     ExportInfo,
     ExportOptions,
@@ -41,14 +42,15 @@ from exporter.archive import (
 from exporter.audit import record
 from exporter.config import Settings
 from exporter.errors import ExportCancelled, PortalError
-from exporter.layout import PlannedPart
+from exporter.layout import PlannedFile, PlannedPart
 from exporter.models import DatasetExport, ExportPart, ExportPatient, ExportStatus, User
 from exporter.queue import connect, export_queue
-from exporter.registry import FileEntry, select_files
+from exporter.registry import FileEntry, files_by_id, select_files
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
 WORKER_DIED = "The worker stopped unexpectedly while building this export; create it again"
+LOST_IN_QUEUE = "The export could not be queued after several tries; create it again later"
 PENDING_GRACE_SECONDS = 30
 MAX_REQUEUES = 3
 
@@ -140,9 +142,10 @@ def _info(row: DatasetExport, project: str, creator: str) -> ExportInfo:
 
 
 def _context(
-    settings: Settings, export_id: str
+    settings: Settings, export_id: str, with_files: bool = True
 ) -> tuple[ExportInfo, ExportOptions, list[FileEntry], int]:
-    """What a job needs, read fresh from the database with the creator's permissions."""
+    """What a job needs, read fresh from the database with the creator's permissions
+    (a creator who lost access to the project makes the job fail)."""
     from exporter.services import parse_selection
 
     with db.session_scope(settings) as session:
@@ -153,12 +156,15 @@ def _context(
         assert user is not None
         principal = Principal(user.id, user.email, user.name, user.is_admin)
         view = exports.view(session, row)
-        c = row.criteria
-        selection = parse_selection(
-            c.get("folders"), c.get("patients"), c.get("tags"), c.get("tag_mode", "any"),
-            c.get("modalities"), c.get("kinds"),
-        )  # fmt: skip
-        files = select_files(session, principal, view.project, selection)
+        require_project(session, principal, view.project)
+        files: list[FileEntry] = []
+        if with_files:
+            c = row.criteria
+            selection = parse_selection(
+                c.get("folders"), c.get("patients"), c.get("tags"), c.get("tag_mode", "any"),
+                c.get("modalities"), c.get("kinds"),
+            )  # fmt: skip
+            files = select_files(session, principal, view.project, selection)
         options = ExportOptions(**row.options)
         return _info(row, view.project, user.email), options, files, row.estimated_bytes
 
@@ -241,10 +247,8 @@ def _save_pseudonyms(
 
 
 def _fan_out(settings: Settings, export_id: str, parts: list[PlannedPart]) -> None:
-    """One job per part on whichever workers are free, then one job to finish."""
-    connection = connect(settings)
-    queue = export_queue(settings, connection)
-    jobs: list[Job] = []
+    """One job per part on whichever workers are free, then one job to finish. Each part's
+    plan (file ids and entry names) is saved first: parts never re-plan."""
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, export_id)
         assert row is not None
@@ -256,52 +260,95 @@ def _fan_out(settings: Settings, export_id: str, parts: list[PlannedPart]) -> No
                     export_id=export_id, number=part.number, status=ExportStatus.PENDING,
                     patient_ids=part.patient_dirs, file_count=len(part.files),
                     estimated_bytes=part.bytes,
+                    plan=[[f.source.id, f.arcname, f.patient_dir] for f in part.files],
                 )
             )  # fmt: skip
-    for part in parts:
-        jobs.append(
-            queue.enqueue(
-                "exporter.jobs.run_part", export_id, part.number,
-                job_id=f"export-{export_id}-part-{part.number}",
-                job_timeout=job_timeout(part.bytes), failure_ttl=7 * 86400,
+    _enqueue_parts(settings, export_id, [(p.number, p.bytes) for p in parts], attempt=0)
+
+
+def _enqueue_parts(
+    settings: Settings, export_id: str, parts: list[tuple[int, int]], attempt: int
+) -> None:
+    """Queue part jobs and the finishing job; job ids are unique per attempt (a retry never
+    reuses an id whose old result is about to expire in Redis)."""
+    queue = export_queue(settings)
+    jobs_ = [
+        queue.enqueue(
+            "exporter.jobs.run_part", export_id, number,
+            job_id=part_job_id(export_id, number, attempt), job_timeout=job_timeout(size),
+            failure_ttl=7 * 86400,
+        )
+        for number, size in parts
+    ]  # fmt: skip
+    with db.session_scope(settings) as session:
+        for (number, _), job in zip(parts, jobs_, strict=True):
+            session.execute(
+                update(ExportPart)
+                .where(ExportPart.export_id == export_id, ExportPart.number == number)
+                .values(job_id=job.id)
             )
-        )  # fmt: skip
     queue.enqueue(
         "exporter.jobs.finish_export", export_id,
-        job_id=f"export-{export_id}-finish",
-        depends_on=Dependency(jobs=jobs, allow_failure=True), job_timeout=600,
+        job_id=f"export-{export_id}-finish-{attempt}",
+        depends_on=Dependency(jobs=jobs_, allow_failure=True), job_timeout=600,
     )  # fmt: skip
 
 
 def run_part(export_id: str, number: int) -> str:
-    """The RQ job for one part of a multi-part export."""
+    """The RQ job for one part of a multi-part export, built from its frozen plan."""
     settings = Settings.load()
     db.engine_for(settings.database_url).dispose(close=False)
     with db.session_scope(settings) as session:
+        claimed = session.execute(  # pending -> processing, once: a duplicate job does nothing
+            update(ExportPart)
+            .where(
+                ExportPart.export_id == export_id,
+                ExportPart.number == number,
+                ExportPart.status == ExportStatus.PENDING,
+            )
+            .values(
+                status=ExportStatus.PROCESSING,
+                started_at=datetime.now(UTC),
+                heartbeat_at=datetime.now(UTC),
+                worker_id=_worker_name(),
+            )
+        )
         part = session.scalar(
             select(ExportPart).where(ExportPart.export_id == export_id, ExportPart.number == number)
         )
         status = session.scalar(select(DatasetExport.status).where(DatasetExport.id == export_id))
-        if part is None or status is not ExportStatus.PROCESSING:
-            return "not processing"
-        part.status = ExportStatus.PROCESSING
-        part.started_at = datetime.now(UTC)
-        part.worker_id = _worker_name()
-        part_id = part.id
+        if not getattr(claimed, "rowcount", 0) or part is None:
+            return "not pending"
+        part_id, plan, count = (
+            part.id,
+            list(part.plan),
+            session.scalar(select(DatasetExport.part_count).where(DatasetExport.id == export_id)),
+        )
+    if status is not ExportStatus.PROCESSING:
+        _set_part(settings, part_id, ExportStatus.CANCELLED)
+        return "not processing"
     watch = _Watch(settings, export_id, part_id)
     try:
-        info, options, files, _ = _context(settings, export_id)
-        parts, _ = plan_export(files, options)
-        plan = parts[number - 1]
+        info, options, _, _ = _context(settings, export_id, with_files=False)
+        with db.session_scope(settings) as session:
+            entries = files_by_id(session, [item[0] for item in plan])
+        planned = [PlannedFile(entries[fid], arcname, folder) for fid, arcname, folder in plan]
+        if len(planned) != len(plan):
+            raise PortalError(f"Part {number}: files of this part are no longer registered")
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
             progress=watch.progress, cancel=watch.cancelled,
         )  # fmt: skip
-        dest = settings.export_root / export_id / part_filename(info, number, len(parts))
-        result = builder.build(plan, len(parts), dest)
+        part_plan = PlannedPart(number, planned, sum(p.source.size for p in planned))
+        dest = settings.export_root / export_id / part_filename(info, number, count or 1)
+        result = builder.build(part_plan, count or 1, dest)
     except ExportCancelled:
         _set_part(settings, part_id, ExportStatus.CANCELLED)
         return "cancelled"
+    except KeyError:
+        error = PortalError(f"Part {number}: files of this part are no longer registered")
+        _set_part(settings, part_id, ExportStatus.FAILED, error=error)
+        raise error from None
     except Exception as exc:
         _set_part(settings, part_id, ExportStatus.FAILED, error=exc)
         raise
@@ -356,12 +403,16 @@ def finish_export(export_id: str) -> str:
             for p in parts
         ]
     if failed:
-        remove_outputs(export_dir)
+        remove_partials(export_dir)  # finished parts stay: a retry rebuilds only the others
         reason = failed[0].error_message or "did not complete"
         _fail(settings, export_id, PortalError(f"Part {failed[0].number} failed: {reason}"))
         return "failed"
-    info, _, _, _ = _context(settings, export_id)
-    write_manifest(export_dir, info, done)
+    try:
+        info, _, _, _ = _context(settings, export_id, with_files=False)
+        write_manifest(export_dir, info, done)
+    except Exception as exc:
+        _fail(settings, export_id, exc)
+        raise
     _complete(settings, export_id, done)
     return "completed"
 
@@ -370,39 +421,47 @@ def _complete(settings: Settings, export_id: str, results: list[ManifestPart]) -
     now = datetime.now(UTC)
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, export_id)
-        if row is None or row.status is not ExportStatus.PROCESSING:
-            remove_outputs(settings.export_root / export_id)  # cancelled at the last moment
-            return
-        row.status = ExportStatus.COMPLETED
-        row.completed_at = now
-        row.expires_at = now + timedelta(days=settings.retention_days)
-        row.output_dir = str(settings.export_root / export_id)
-        row.output_paths = [str(settings.export_root / export_id / r.file) for r in results]
-        row.part_count = len(results)
-        row.archive_size_bytes = sum(r.size for r in results)
-        row.archive_sha256 = results[0].sha256 if len(results) == 1 else None
-        row.actual_bytes = row.bytes_done
-        row.files_done = sum(r.files for r in results)
-        row.heartbeat_at = now
-        row.current_item = None
-        record(session, "complete", None, row.project_id, row.id, {"parts": len(results)})
+        assert row is not None
+        won = exports.transition(
+            session, export_id, (ExportStatus.PROCESSING,), ExportStatus.COMPLETED,
+            completed_at=now,
+            expires_at=now + timedelta(days=settings.retention_days),
+            output_dir=str(settings.export_root / export_id),
+            output_paths=[str(settings.export_root / export_id / r.file) for r in results],
+            part_count=len(results),
+            archive_size_bytes=sum(r.size for r in results),
+            archive_sha256=results[0].sha256 if len(results) == 1 else None,
+            actual_bytes=row.bytes_done,
+            files_done=sum(r.files for r in results),
+            heartbeat_at=now,
+            current_item=None,
+        )  # fmt: skip
+        if won:
+            record(session, "complete", None, row.project_id, row.id, {"parts": len(results)})
+    if not won:  # cancelled (or failed by the reconciler) at the last moment
+        remove_outputs(settings.export_root / export_id)
+        return
     _notify(settings, export_id)
 
 
 def _fail(
     settings: Settings, export_id: str, exc: BaseException, message: str | None = None
 ) -> None:
+    text = message or (str(exc) if isinstance(exc, PortalError) else UNEXPECTED)
     with db.session_scope(settings) as session:
-        row = session.get(DatasetExport, export_id)
-        if row is None or row.status not in exports.ACTIVE:
-            return
-        row.status = ExportStatus.FAILED
-        row.completed_at = datetime.now(UTC)
-        row.error_message = message or (str(exc) if isinstance(exc, PortalError) else UNEXPECTED)
-        row.error_detail = "".join(traceback.format_exception(exc))
-        record(session, "fail", None, row.project_id, row.id, {"error": row.error_message})
-    log.warning("export %s failed: %s", export_id, exc)
-    _notify(settings, export_id)
+        won = exports.transition(
+            session, export_id, exports.ACTIVE, ExportStatus.FAILED,
+            completed_at=datetime.now(UTC), error_message=text,
+            error_detail="".join(traceback.format_exception(exc)),
+        )  # fmt: skip
+        project_id = session.scalar(
+            select(DatasetExport.project_id).where(DatasetExport.id == export_id)
+        )
+        if won:
+            record(session, "fail", None, project_id, export_id, {"error": text})
+    if won:
+        log.warning("export %s failed: %s", export_id, exc)
+        _notify(settings, export_id)
 
 
 def _notify(settings: Settings, export_id: str) -> None:
@@ -425,30 +484,69 @@ def reconcile(settings: Settings, connection: Redis | None = None) -> dict[str, 
     stale_before = now - timedelta(seconds=settings.stale_after_seconds)
     counts = {"failed": 0, "requeued": 0}
     with db.session_scope(settings) as session:
-        stale = session.scalars(
-            select(DatasetExport.id).where(
+        candidates = session.execute(
+            select(DatasetExport.id, DatasetExport.part_count).where(
                 DatasetExport.status == ExportStatus.PROCESSING,
                 DatasetExport.heartbeat_at < stale_before,
             )
         ).all()
+        stale = [
+            (export_id, parts > 1)
+            for export_id, parts in candidates
+            if not _parts_alive(session, connection, export_id, stale_before)
+        ]
         pending = session.scalars(
             select(DatasetExport).where(
                 DatasetExport.status == ExportStatus.PENDING,
                 DatasetExport.created_at < now - timedelta(seconds=PENDING_GRACE_SECONDS),
             )
         ).all()
-        lost = [row for row in pending if not _job_alive(connection, row.job_id)]
-        for row in lost:
+        unqueueable = []
+        for row in pending:
+            if _job_alive(connection, row.job_id):
+                continue
             if row.retry_count >= MAX_REQUEUES:
+                unqueueable.append(row.id)
                 continue
             row.retry_count += 1
             row.job_id = enqueue(settings, row, connection)
             counts["requeued"] += 1
-    for export_id in stale:
-        remove_outputs(settings.export_root / export_id)
+    for export_id, multi in stale:
+        if multi:
+            remove_partials(settings.export_root / export_id)  # finished parts stay for a retry
+        else:
+            remove_outputs(settings.export_root / export_id)
         _fail(settings, export_id, RuntimeError("stale heartbeat"), WORKER_DIED)
         counts["failed"] += 1
+    for export_id in unqueueable:
+        _fail(settings, export_id, RuntimeError("queue entry lost"), LOST_IN_QUEUE)
+        counts["failed"] += 1
     return counts
+
+
+def _parts_alive(session: Any, connection: Redis, export_id: str, stale_before: datetime) -> bool:
+    """Whether a multi-part export still has work under way: a queued part, a part whose
+    heartbeat is fresh, or the finishing job waiting for its turn."""
+    parts = session.scalars(select(ExportPart).where(ExportPart.export_id == export_id)).all()
+    for part in parts:
+        if part.status is ExportStatus.PENDING and _job_alive(connection, part.job_id):
+            return True
+        beat = exports._aware(part.heartbeat_at or part.started_at)
+        if part.status is ExportStatus.PROCESSING and beat is not None and beat >= stale_before:
+            return True
+    attempt = session.scalar(select(DatasetExport.retry_count).where(DatasetExport.id == export_id))
+    return bool(parts) and _job_alive(connection, f"export-{export_id}-finish-{attempt or 0}")
+
+
+def part_job_id(export_id: str, number: int, attempt: int = 0) -> str:
+    return f"export-{export_id}-part-{number}-{attempt}"
+
+
+def remove_partials(export_dir: Path) -> None:
+    """Remove unfinished (``.partial``) files; finished parts stay for a retry."""
+    if export_dir.is_dir():
+        for partial in export_dir.glob(".*.partial"):
+            partial.unlink(missing_ok=True)
 
 
 def _job_alive(connection: Redis, job_id: str | None) -> bool:
@@ -464,7 +562,11 @@ def _job_alive(connection: Redis, job_id: str | None) -> bool:
 
 
 def expire(settings: Settings) -> int:
-    """Remove the files of completed exports past their retention; mark them expired."""
+    """Remove the files of completed exports past their retention; mark them expired.
+
+    Files left by failed or cancelled exports (finished parts kept for a retry) are removed
+    after the same retention.
+    """
     now = datetime.now(UTC)
     with db.session_scope(settings) as session:
         rows = session.scalars(
@@ -476,7 +578,47 @@ def expire(settings: Settings) -> int:
             remove_outputs(settings.export_root / row.id)
             row.status = ExportStatus.EXPIRED
             record(session, "expire", None, row.project_id, row.id, {})
-        return len(rows)
+        leftovers = session.scalars(
+            select(DatasetExport.id).where(
+                DatasetExport.status.in_((ExportStatus.FAILED, ExportStatus.CANCELLED)),
+                DatasetExport.completed_at < now - timedelta(days=settings.retention_days),
+            )
+        ).all()
+    for export_id in leftovers:
+        remove_outputs(settings.export_root / export_id)
+    return len(rows)
+
+
+def retry_parts(settings: Settings, export_id: str) -> int:
+    """Re-run the parts of a failed multi-part export that did not complete; returns how many.
+
+    The caller has checked the user's right to do this. Two retries at once start it once.
+    """
+    with db.session_scope(settings) as session:
+        row = session.get(DatasetExport, export_id)
+        parts = session.scalars(
+            select(ExportPart).where(ExportPart.export_id == export_id).order_by(ExportPart.number)
+        ).all()
+        redo = [p for p in parts if p.status is not ExportStatus.COMPLETED]
+        if row is None or not parts or not redo:
+            return 0
+        attempt = row.retry_count + 1
+        won = exports.transition(
+            session, export_id, (ExportStatus.FAILED,), ExportStatus.PROCESSING,
+            error_message=None, error_detail=None, completed_at=None,
+            heartbeat_at=datetime.now(UTC), retry_count=attempt,
+            files_done=row.files_done - sum(p.files_done for p in redo),
+            bytes_done=row.bytes_done - sum(p.bytes_done for p in redo),
+        )  # fmt: skip
+        if not won:
+            return 0
+        for part in redo:
+            part.status = ExportStatus.PENDING
+            part.error_message = part.error_detail = None
+            part.files_done = part.bytes_done = 0
+        numbers = [(p.number, p.estimated_bytes) for p in redo]
+    _enqueue_parts(settings, export_id, numbers, attempt)
+    return len(numbers)
 
 
 def cancel_running(settings: Settings, export_id: str, wait: float = 5.0) -> None:

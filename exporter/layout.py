@@ -10,7 +10,9 @@ names are used throughout.
 
 from __future__ import annotations
 
+import random
 import re
+import secrets
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,7 +22,9 @@ from datetime import datetime
 from exporter.registry import FileEntry
 
 MAX_COMPONENT = 100
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+# Separators, reserved punctuation, C0/C1 controls, and bidirectional overrides (which make
+# a name display differently from what it is).
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|\u200e\u200f\u202a-\u202e\u2066-\u2069]+')
 _RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 _EXTENSION = re.compile(r"^(\.[a-z0-9]{1,8}){1,2}$")
 RAW_STEMS = {"cbct": "slice", "intraoral-photo": "photo", "facial-photo": "photo"}
@@ -59,9 +63,16 @@ def export_folder_name(created: datetime) -> str:
     return created.strftime("export_%Y-%m-%d_%H%M%S")
 
 
-def pseudonyms(labels: Iterable[str]) -> dict[str, str]:
-    """``patient_001``, ``patient_002``, ... in the order of the labels (sorted, stable)."""
+def pseudonyms(labels: Iterable[str], seed: int | None = None) -> dict[str, str]:
+    """``patient_001``, ``patient_002``, ... assigned in a random order.
+
+    Not in label order: with sorted labels anyone who knows the cohort could rebuild the
+    key. The assignment is made once per export and recorded (``export_patient``), which is
+    where it stays stable; ``seed`` makes it reproducible for tests.
+    """
     ordered = sorted(set(labels))
+    rng = random.Random(seed) if seed is not None else secrets.SystemRandom()  # noqa: S311 (seeded: tests only)
+    rng.shuffle(ordered)
     width = max(3, len(str(len(ordered))))
     return {label: f"patient_{i:0{width}d}" for i, label in enumerate(ordered, start=1)}
 
@@ -91,6 +102,8 @@ class _Names:
 
     def __init__(self) -> None:
         self.used: dict[str, set[str]] = defaultdict(set)
+        # the archive's own files at the top: a patient folder may not take their names
+        self.used[""] |= {"metadata.json", "sha256sums", "dicom_changes.csv"}
 
     def claim(self, folder: str, name: str) -> str:
         taken = self.used[folder]
@@ -103,9 +116,11 @@ class _Names:
         return f"{folder}/{candidate}" if folder else candidate
 
 
-def plan_files(files: Sequence[FileEntry], use_pseudonyms: bool = True) -> list[PlannedFile]:
+def plan_files(
+    files: Sequence[FileEntry], use_pseudonyms: bool = True, seed: int | None = None
+) -> list[PlannedFile]:
     """Entry names for every file, grouped by patient in pseudonym order."""
-    names = pseudonyms(f.patient_label for f in files) if use_pseudonyms else {}
+    names = pseudonyms((f.patient_label for f in files), seed) if use_pseudonyms else {}
     by_patient: dict[str, list[FileEntry]] = defaultdict(list)
     for f in files:
         by_patient[f.patient_label].append(f)
@@ -188,7 +203,7 @@ def unsafe_reason(name: str) -> str | None:
         return "parent directory (..)"
     if "\\" in name:
         return "backslash"
-    if re.search(r"[\x00-\x1f\x7f]", name):
+    if re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", name):
         return "control character"
     if any(len(part) > MAX_COMPONENT + 20 for part in name.split("/")):
         return "component too long"

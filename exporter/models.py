@@ -325,6 +325,9 @@ class ExportPart(Base):
     number: Mapped[int] = mapped_column(Integer)
     status: Mapped[ExportStatus] = mapped_column(_enum(ExportStatus), default=ExportStatus.PENDING)
     patient_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # The part's plan, frozen when the export fans out: [file id, entry name, patient folder]
+    # per file, so a part built later (or retried days later) holds exactly the same files.
+    plan: Mapped[list[Any]] = mapped_column(default=list)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     estimated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     path: Mapped[str | None] = mapped_column(String(1024))

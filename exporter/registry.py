@@ -244,6 +244,22 @@ def estimate(session: Session, user: Principal, project: str, sel: Selection) ->
     )
 
 
+_FILE_COLUMNS = select(
+    FileRegistry.id,
+    FileRegistry.patient_id,
+    Patient.label,
+    Modality.key,
+    FileRegistry.kind,
+    FileRegistry.subtype,
+    FileRegistry.path,
+    FileRegistry.size_bytes,
+    FileRegistry.sha256,
+    FileRegistry.media_type,
+    FileRegistry.series_label,
+    FileRegistry.mtime_ns,
+)
+
+
 def select_files(
     session: Session, user: Principal, project: str, sel: Selection
 ) -> list[FileEntry]:
@@ -253,21 +269,7 @@ def select_files(
         raise InvalidSelection("Choose at least one modality")
     # Columns, not ORM objects: the header JSON and the identity map cost ~10 KB a file.
     rows = session.execute(
-        select(
-            FileRegistry.id,
-            FileRegistry.patient_id,
-            Patient.label,
-            Modality.key,
-            FileRegistry.kind,
-            FileRegistry.subtype,
-            FileRegistry.path,
-            FileRegistry.size_bytes,
-            FileRegistry.sha256,
-            FileRegistry.media_type,
-            FileRegistry.series_label,
-            FileRegistry.mtime_ns,
-        )
-        .join(Patient, Patient.id == FileRegistry.patient_id)
+        _FILE_COLUMNS.join(Patient, Patient.id == FileRegistry.patient_id)
         .join(Modality, Modality.id == FileRegistry.modality_id)
         .where(
             FileRegistry.patient_id.in_(r.patient_ids),
@@ -281,6 +283,22 @@ def select_files(
         FileEntry(fid, pid, label, key, kind.value, sub, path, size, sha, media, series, mtime)
         for fid, pid, label, key, kind, sub, path, size, sha, media, series, mtime in rows
     ]
+
+
+def files_by_id(session: Session, ids: list[int]) -> dict[int, FileEntry]:
+    """Registered files by id (for a frozen export plan); the caller checked permissions."""
+    found: dict[int, FileEntry] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            _FILE_COLUMNS.join(Patient, Patient.id == FileRegistry.patient_id)
+            .join(Modality, Modality.id == FileRegistry.modality_id)
+            .where(FileRegistry.id.in_(ids[start : start + 500]))
+        )
+        for fid, pid, label, key, kind, sub, path, size, sha, media, series, mtime in rows:
+            found[fid] = FileEntry(
+                fid, pid, label, key, kind.value, sub, path, size, sha, media, series, mtime
+            )
+    return found
 
 
 def refresh_summaries(session: Session, patient_ids: Iterable[int]) -> None:

@@ -100,7 +100,7 @@ def read_facts(candidate: Candidate) -> Facts | Issue:
     name = candidate.abs_path.rpartition("/")[2]
     suffix = file_suffix(name)
     try:
-        fd = os.open(candidate.abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(candidate.abs_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         return Issue(candidate.rel_path, f"unreadable: {exc.strerror or exc}")
     with os.fdopen(fd, "rb") as fh:

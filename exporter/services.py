@@ -294,7 +294,7 @@ def cancel_export(settings: Settings, user_email: str, export_id: str) -> Export
         row = exports.get_row(session, user, export_id)
         if not exports.mark_cancelled(session, user, row):
             raise InvalidState(f"Export {row.name!r} is {row.status.value}: nothing to cancel")
-        job_id = row.job_id
+        job_id, export_id = row.job_id, row.id
     if job_id:
         with contextlib.suppress(RedisError, NoSuchJobError):
             job = Job.fetch(job_id, connection=connect(settings))
@@ -326,3 +326,19 @@ def housekeeping(settings: Settings) -> dict[str, int]:
     counts = jobs.reconcile(settings)
     counts["expired"] = jobs.expire(settings)
     return counts
+
+
+def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportView:
+    """Re-run only the failed parts of a failed multi-part export (finished parts are kept)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        if row.status is not ExportStatus.FAILED or row.part_count < 2:
+            raise InvalidState(
+                f"Export {row.name!r} is {row.status.value}: only a failed export of several "
+                "parts can be retried; create a new export instead"
+            )
+        record(session, "retry", user.id, row.project_id, row.id, {})
+    if jobs.retry_parts(settings, export_id) == 0:
+        raise InvalidState("Nothing to retry: the finished parts of this export are gone")
+    return get_export(settings, user_email, export_id)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from typing import Any
 
+from redis import Redis
 from rq import Worker
 
 from exporter import jobs
@@ -20,6 +22,7 @@ from exporter.config import Settings
 from exporter.queue import QUEUE_NAME, connect, export_queue
 
 MAINTENANCE_SECONDS = 30
+LOCK = "exporter:housekeeping"
 log = logging.getLogger(__name__)
 
 
@@ -34,14 +37,29 @@ class PortalWorker(Worker):
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
-        try:
-            settings = Settings.load()
-            counts = jobs.reconcile(settings, self.connection)
-            counts["expired"] = jobs.expire(settings)
-            if any(counts.values()):
-                log.info("housekeeping: %s", counts)
-        except Exception:  # housekeeping must never stop the worker
-            log.exception("housekeeping failed")
+        housekeep(self.connection, force=self.last_cleaned_at is None)
+
+
+def housekeep(connection: Redis, force: bool = False) -> None:
+    """Reconcile and expire, by one worker at a time across all machines (a Redis lock);
+    ``force`` runs it regardless (a worker that just started)."""
+    if not force and not connection.set(LOCK, "1", nx=True, ex=MAINTENANCE_SECONDS - 5):
+        return
+    try:
+        settings = Settings.load()
+        counts = jobs.reconcile(settings, connection)
+        counts["expired"] = jobs.expire(settings)
+        if any(counts.values()):
+            log.info("housekeeping: %s", counts)
+    except Exception:  # housekeeping must never stop the worker
+        log.exception("housekeeping failed")
+
+
+def _housekeeping_thread(connection: Redis, stop: threading.Event) -> None:
+    # RQ runs maintenance only between jobs; a worker busy with a 40-minute export must
+    # still notice, within a minute, that another machine died mid-export.
+    while not stop.wait(MAINTENANCE_SECONDS):
+        housekeep(connection)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,5 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         [export_queue(settings, connection)], connection=connection, name=args.name
     )
     log.info("listening on queue %r at %s", QUEUE_NAME, settings.redis_url)
-    worker.work(burst=args.burst, with_scheduler=False)
+    stop = threading.Event()
+    threading.Thread(
+        target=_housekeeping_thread, args=(connection, stop), name="housekeeping", daemon=True
+    ).start()
+    try:
+        worker.work(burst=args.burst, with_scheduler=False)
+    finally:
+        stop.set()
     return 0

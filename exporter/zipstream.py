@@ -43,7 +43,7 @@ class _Record:
 
 
 def _dos_datetime(mtime: float) -> tuple[int, int]:
-    t = time.localtime(max(mtime, 315532800))  # DOS time starts in 1980
+    t = time.localtime(min(max(mtime, 315532800), 4354819199))  # DOS time: 1980 to 2107
     dos_time = t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2
     dos_date = (t.tm_year - 1980) << 9 | t.tm_mon << 5 | t.tm_mday
     return dos_time, dos_date

@@ -19,7 +19,7 @@ import pytest
 
 from exporter import archive, db, services
 from exporter.accounts import principal_for
-from exporter.archive import ExportInfo, ExportOptions, build_export
+from exporter.archive import ExportInfo, ExportOptions, build_export, plan_export
 from exporter.config import Settings
 from exporter.errors import ExportCancelled, NotEnoughSpace, SourceFileError
 from exporter.layout import PlannedFile, plan_files, sanitize_component, unsafe_reason
@@ -109,9 +109,12 @@ def test_pseudonymised_layout_leaks_no_label_or_stored_path(
     for name in names:
         for part in name.split("/"):
             assert part not in labels | stored_dirs, name
-    assert result.pseudonyms == {
-        label: f"patient_{i:03d}" for i, label in enumerate(sorted(labels), 1)
-    }
+    assert sorted(result.pseudonyms) == sorted(labels)
+    assert sorted(result.pseudonyms.values()) == [f"patient_{i:03d}" for i in range(1, 7)]
+    orders = {tuple(plan_export(files, ExportOptions())[1].items()) for _ in range(5)}
+    assert len(orders) > 1, "pseudonyms are assigned at random, not in label order"
+    meta = json.loads(zipfile.ZipFile(result.parts[0].path).read(f"{info().folder}/metadata.json"))
+    assert not any(label in json.dumps(meta) for label in labels)
 
 
 def test_labels_instead_of_pseudonyms_are_sanitised(demo_env: Settings, tmp_path: Path) -> None:
@@ -224,7 +227,10 @@ def test_compression_policy_and_modification_times(demo_env: Settings, tmp_path:
         assert dcm.compress_type == dcm_method and jpg.compress_type == zipfile.ZIP_STORED
         if compression == "fast":
             assert dcm.compress_size < dcm.file_size * 0.65  # CBCT deflates about 2x
-        source = next(f for f in files if f.path.endswith("0001.dcm"))
+        first = next(
+            label for label, folder in result.pseudonyms.items() if folder == "patient_001"
+        )
+        source = next(f for f in files if f.patient_label == first and f.path.endswith("0001.dcm"))
         local = time.localtime(source.mtime_ns / 1e9)
         assert dcm.date_time == (*local[:5], local.tm_sec // 2 * 2)
 
@@ -302,7 +308,8 @@ def test_transform_hook_output_is_what_gets_hashed(demo_env: Settings, tmp_path:
     with zipfile.ZipFile(result.parts[0].path) as zf:
         data = zf.read(f"{info().folder}/patient_001/ios/upper.stl")
     assert data.startswith(b"STAMPED")
-    upper = next(f for f in files if f.patient_label == "P0001" and f.subtype == "upper")
+    first = next(label for label, folder in result.pseudonyms.items() if folder == "patient_001")
+    upper = next(f for f in files if f.patient_label == first and f.subtype == "upper")
     source = (demo_env.data_root / upper.path).read_bytes()
     assert data == b"STAMPED" + source
     assert verify(result.parts[0].path).ok
@@ -356,3 +363,16 @@ def test_verify_reports_unsafe_missing_and_extra_entries(tmp_path: Path) -> None
     ]
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     assert "not a readable ZIP" in verify(tmp_path / "junk.zip").problems[0]
+
+
+def test_a_fifo_at_a_registered_path_is_refused_not_waited_on(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env)
+    fifo = demo_env.data_root / "demo" / "pipe.dcm"
+    os.mkfifo(fifo)
+    try:
+        with pytest.raises(SourceFileError, match=r"demo/pipe\.dcm: not a regular file"):
+            build(demo_env, tmp_path, [replace(files[0], path="demo/pipe.dcm")])
+    finally:
+        fifo.unlink()

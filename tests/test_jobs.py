@@ -382,3 +382,72 @@ def test_cli_create_list_show(portal: Settings, capsys: pytest.CaptureFixture[st
     assert main(["export", "show", created["id"], "--user", OUTSIDER]) == 1
     assert "No export" in capsys.readouterr().err
     _ = make_settings
+
+
+def test_a_failed_part_fails_the_export_and_can_be_retried_alone(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request(part_size=1024 * 1024))
+    victim = next((portal.data_root / "demo").rglob("P0004/ios/upper.stl"))
+    hidden = victim.with_name("upper.stl.away")
+    victim.rename(hidden)
+    work(portal)
+    failed = services.get_export(portal, ME, view.id)
+    assert failed.status == "failed" and failed.error_message is not None
+    assert (
+        failed.error_message.startswith("Part ")
+        and "upper.stl: missing from storage" in failed.error_message
+    )
+    done_parts = [p for p in failed.parts if p.status == "completed"]
+    assert done_parts and len(done_parts) < len(failed.parts)
+    kept = portal.export_root / view.id / (done_parts[0].file or "")
+    assert kept.is_file() and not list((portal.export_root / view.id).glob(".*.partial"))
+    kept_mtime = kept.stat().st_mtime_ns
+    with pytest.raises(InvalidState, match="only a failed export of several parts"):
+        services.retry_export(
+            portal, ME, services.create_export(portal, ME, "demo", request(name="z")).id
+        )
+    hidden.rename(victim)
+    assert services.retry_export(portal, ME, view.id).status == "processing"
+    work(portal)
+    done = services.get_export(portal, ME, view.id)
+    assert done.status == "completed", done.error_message
+    assert kept.stat().st_mtime_ns == kept_mtime, "finished parts are not rebuilt"
+    assert verify(portal.export_root / view.id).ok
+
+
+def test_parts_waiting_for_a_free_worker_are_not_taken_for_dead(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request(part_size=1024 * 1024))
+    connection = Redis.from_url(portal.redis_url)
+    queue = export_queue(portal, connection)
+    job = queue.fetch_job(row_of(portal, view.id).job_id or "")
+    assert job is not None
+    job.perform()  # run_export alone: fans out the parts, which now wait in the queue
+    with db.session_scope(portal) as session:
+        row = session.get(DatasetExport, view.id)
+        assert row is not None and row.status.value == "processing"
+        row.heartbeat_at = row.heartbeat_at.replace(year=2000)  # type: ignore[union-attr]
+    assert services.housekeeping(portal)["failed"] == 0
+    work(portal)
+    assert services.get_export(portal, ME, view.id).status == "completed"
+
+
+def test_cli_wait_shows_the_outcome_in_the_exit_status(
+    portal: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from exporter.cli import main
+
+    worker = start_worker(dict(os.environ), tmp_path / "w.log")
+    try:
+        code = main(["export", "create", "demo", "--user", ME, "--folder", "/",
+                     "--modality", "ios", "--wait", "--json"])  # fmt: skip
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "completed"
+        next((portal.data_root / "demo").rglob("lower.stl")).unlink()
+        code = main(["export", "create", "demo", "--user", ME, "--folder", "/",
+                     "--modality", "ios", "--name", "again", "--wait", "--json"])  # fmt: skip
+        assert code == 1
+        assert json.loads(capsys.readouterr().out)["status"] == "failed"
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
