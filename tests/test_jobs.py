@@ -451,3 +451,15 @@ def test_cli_wait_shows_the_outcome_in_the_exit_status(
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
+
+
+def test_rq_worker_pool_with_the_portal_worker_class(portal: Settings) -> None:
+    views = [services.create_export(portal, ME, "demo", request(name=n)) for n in ("p1", "p2")]
+    pool = subprocess.run(
+        [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", "2", "-b",
+         "-w", "exporter.worker.PortalWorker", "-u", portal.redis_url, "-P", str(PROJECT_ROOT),
+         "exports"],
+        env=dict(os.environ), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pool.returncode == 0, pool.stderr[-2000:]
+    assert [services.get_export(portal, ME, v.id).status for v in views] == ["completed"] * 2
