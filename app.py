@@ -1,10 +1,10 @@
-"""Streamlit entry point: navigation over pages/ (see DESIGN.md)."""
+"""Entry point: ``streamlit run app.py`` serves the pages (portal.py) and the /api routes.
+
+One process for the UI and HTTP downloads (Starlette underneath Streamlit 1.67).
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
+from exporter.api import routes
 
-navigation = st.navigation(
-    [st.Page("pages/home.py", title="Registry", icon=":material/home:", default=True)]
-)
-navigation.run()
+app = st.App("portal.py", routes=routes())

@@ -50,3 +50,11 @@ class LimitExceeded(PortalError):
 
 class InvalidState(PortalError):
     """The export is not in a state that allows this (e.g. downloading a failed export)."""
+
+
+class Gone(PortalError):
+    """The export's file should be there but is not (HTTP 410)."""
+
+
+class NotSignedIn(PortalError):
+    """No identity reached the portal (HTTP 401)."""

@@ -23,7 +23,7 @@ from exporter import accounts, db, exports, ingest, jobs, registry
 from exporter.archive import remove_outputs
 from exporter.audit import record
 from exporter.config import Settings
-from exporter.errors import InvalidSelection, InvalidState, NotEnoughSpace
+from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace, NotFound
 from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
 from exporter.models import DatasetExport, ExportStatus, Patient, Project
@@ -342,3 +342,49 @@ def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportV
     if jobs.retry_parts(settings, export_id) == 0:
         raise InvalidState("Nothing to retry: the finished parts of this export are gone")
     return get_export(settings, user_email, export_id)
+
+
+@dataclass(frozen=True)
+class DownloadTarget:
+    path: Path
+    filename: str
+    size: int
+
+
+def download_target(
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    export_id: str,
+    part: int | None = None,
+    detail: dict[str, str] | None = None,
+) -> DownloadTarget:
+    """The file to send for a download, after the permission checks; records the download.
+
+    ``part`` is 1-based; without it the export must have a single part.
+    """
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        project = session.get(Project, row.project_id)
+        if project is None or project.slug != project_slug:
+            raise NotFound(f"No export {export_id!r} that you can see")
+        exports.require_downloadable(row)
+        paths = [Path(p) for p in row.output_paths]
+        number = part or 1
+        if part is None and len(paths) > 1:
+            raise InvalidState(
+                f"Export {row.name!r} has {len(paths)} parts: download them one by one"
+            )
+        if not 1 <= number <= len(paths):
+            raise NotFound(f"Export {row.name!r} has no part {number}")
+        path = paths[number - 1]
+        export_dir = (settings.export_root / row.id).resolve()
+        if path.parent.resolve() != export_dir or not path.is_file():
+            raise Gone(
+                f"The file of export {row.name!r} is no longer on the server: create the "
+                "export again"
+            )
+        record(session, "download", user.id, row.project_id, row.id,
+               {"part": number, **(detail or {})})  # fmt: skip
+        return DownloadTarget(path, path.name, path.stat().st_size)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -60,6 +62,13 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/_stcore/health"), 90, "the UI")
         text = log.read_text()
         assert "Demo data loaded: 15 patients in 2 projects" in text
+        # the /api routes are served by the same process as the pages
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/demo/exports/nope/download/")
+            raise AssertionError("an unknown export must not download")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            assert json.loads(exc.read())["error"]["type"] == "NotFound"
         match = re.search(r"started a private one at (redis://\S+)", text)
         assert match, text
         private = match.group(1)
