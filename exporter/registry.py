@@ -351,3 +351,55 @@ def overview(session: Session, user: Principal) -> list[ProjectOverview]:
             )
         )
     return result
+
+
+@dataclass(frozen=True)
+class TreePatient:
+    label: str
+    folder: str  # "" at the project's root
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProjectTree:
+    """What the selection page shows: folders, patients and tags of one project."""
+
+    project: str
+    folders: list[str]  # every folder path, parents before children
+    patients: list[TreePatient]
+    tags: list[str]
+    truncated: bool
+
+
+def project_tree(session: Session, user: Principal, project: str, cap: int) -> ProjectTree:
+    """Folders, patients (at most ``cap``) and tags of a project the user belongs to."""
+    access = require_project(session, user, project)
+    pid = access.project_id
+    folders = list(
+        session.scalars(
+            select(PatientFolder.path)
+            .where(PatientFolder.project_id == pid)
+            .order_by(PatientFolder.path)
+        )
+    )
+    rows = session.execute(
+        select(Patient.id, Patient.label, PatientFolder.path)
+        .outerjoin(PatientFolder, PatientFolder.id == Patient.folder_id)
+        .where(Patient.project_id == pid)
+        .order_by(Patient.label)
+        .limit(cap + 1)
+    ).all()
+    tag_rows = session.execute(
+        select(PatientTag.patient_id, Tag.name)
+        .join(Tag, Tag.id == PatientTag.tag_id)
+        .where(Tag.project_id == pid)
+    ).all()
+    tags_of: dict[int, list[str]] = {}
+    for patient_id, name in tag_rows:
+        tags_of.setdefault(patient_id, []).append(name)
+    patients = [
+        TreePatient(label, path or "", tuple(sorted(tags_of.get(patient_id, []))))
+        for patient_id, label, path in rows[:cap]
+    ]
+    tags = sorted(session.scalars(select(Tag.name).where(Tag.project_id == pid)))
+    return ProjectTree(access.slug, folders, patients, tags, len(rows) > cap)

@@ -388,3 +388,43 @@ def download_target(
         record(session, "download", user.id, row.project_id, row.id,
                {"part": number, **(detail or {})})  # fmt: skip
         return DownloadTarget(path, path.name, path.stat().st_size)
+
+
+def project_tree(settings: Settings, user_email: str, project_slug: str) -> registry.ProjectTree:
+    """Folders, patients and tags for the selection page (bounded by UI_ROW_CAP)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return registry.project_tree(session, user, project_slug, settings.ui_row_cap)
+
+
+def projects_of(settings: Settings, user_email: str) -> list[accounts.ProjectAccess]:
+    """The projects the user may work in, with their role."""
+    with db.session_scope(settings) as session:
+        return accounts.accessible_projects(session, accounts.principal_for(session, user_email))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    action: str
+    user: str
+    detail: dict[str, object]
+
+
+def export_audit(settings: Settings, user_email: str, export_id: str) -> list[AuditEntry]:
+    """Who did what to an export, oldest first (for anyone who may see the export)."""
+    from exporter.models import AuditEvent, User
+
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        events = session.execute(
+            select(AuditEvent, User.email)
+            .outerjoin(User, User.id == AuditEvent.user_id)
+            .where(AuditEvent.export_id == row.id)
+            .order_by(AuditEvent.at, AuditEvent.id)
+        ).all()
+        return [
+            AuditEntry(exports._aware(e.at), e.action, email or "portal", dict(e.detail))
+            for e, email in events
+        ]

@@ -13,7 +13,7 @@ from exporter import services
 from exporter.config import PROJECT_ROOT, Settings
 from tests.builders import small_tree
 
-APP = str(PROJECT_ROOT / "portal.py")
+APP = str(PROJECT_ROOT / "exporter" / "ui" / "navigation.py")
 
 
 @pytest.fixture

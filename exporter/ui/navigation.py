@@ -1,0 +1,21 @@
+"""The Streamlit script: navigation over the top-level pages/ (app.py serves it with /api).
+
+It lives here rather than next to pages/ on purpose: Streamlit treats a pages/ directory
+beside the main script as old-style multipage navigation, and a page opened by its URL
+(a link in an e-mail) then skipped this script and showed the wrong sidebar.
+"""
+
+import streamlit as st
+
+from exporter.ui.links import EXPORTS, HOME, NEW_EXPORT
+
+st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
+
+navigation = st.navigation(
+    [
+        st.Page(HOME, title="Registry", icon=":material/home:", default=True),
+        st.Page(NEW_EXPORT, title="New export", icon=":material/add_box:"),
+        st.Page(EXPORTS, title="Exports", icon=":material/folder_zip:"),
+    ]
+)
+navigation.run()

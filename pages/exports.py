@@ -1,0 +1,107 @@
+"""Exports: status and live progress, download, cancel, delete, export again, details."""
+
+import streamlit as st
+from humanize import naturaldelta, naturalsize
+
+from exporter import services
+from exporter.errors import PortalError
+from exporter.exports import ExportView
+from exporter.ui import links
+from exporter.ui.session import require_identity, settings
+
+ICONS = {
+    "pending": ":material/schedule:",
+    "processing": ":material/sync:",
+    "completed": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/block:",
+    "expired": ":material/history:",
+    "deleted": ":material/delete:",
+}
+
+who = require_identity()
+st.title("Exports")
+
+
+def size(n: int | None) -> str:
+    return naturalsize(n or 0, binary=True)
+
+
+@st.fragment(run_every=2)
+def live_progress(export_id: str, status: str) -> None:
+    """Reruns alone every 2 s while the export runs; the page reruns when it ends."""
+    view = services.get_export(settings(), who.email, export_id)
+    if view.status != status:
+        st.rerun()
+    eta = f", about {naturaldelta(view.eta_seconds)} left" if view.eta_seconds is not None else ""
+    text = (
+        f"{view.files_done:,} of {view.file_count:,} files, {size(view.bytes_done)} of "
+        f"{size(view.estimated_bytes)}{eta}"
+        if view.status == "processing"
+        else "Waiting for a worker…"
+    )
+    st.progress(view.progress, text=text)
+
+
+def actions(view: ExportView) -> None:
+    cols = st.columns(4)
+    if view.status in ("pending", "processing") and cols[0].button(
+        "Cancel", key=f"cancel-{view.id}", icon=":material/block:"
+    ):
+        services.cancel_export(settings(), who.email, view.id)
+        st.rerun()
+    if view.status == "completed":
+        base = f"/api/{view.project}/exports/{view.id}/download/"
+        if len(view.parts) > 1:
+            for part in view.parts:
+                cols[0].link_button(f"Download part {part.number}", f"{base}{part.number}")
+        else:
+            cols[0].link_button("Download", base, icon=":material/download:", type="primary")
+    if view.status not in ("pending", "processing", "deleted"):
+        with cols[1].popover("Delete", icon=":material/delete:"):
+            st.write(f"Delete the files of **{view.name}**? The record stays.")
+            if st.button("Delete files", key=f"delete-{view.id}", type="primary"):
+                services.delete_export(settings(), who.email, view.id)
+                st.rerun()
+    if cols[2].button("Export again", key=f"again-{view.id}", icon=":material/replay:"):
+        st.session_state["prefill"] = {"project": view.project, "criteria": view.criteria}
+        st.switch_page(str(links.NEW_EXPORT))
+
+
+try:
+    views = services.list_exports(settings(), who.email, limit=200)
+except PortalError as exc:
+    st.error(str(exc))
+    st.stop()
+if not views:
+    st.info("No exports yet.")
+    st.page_link(str(links.NEW_EXPORT), label="Create one", icon=":material/add:")
+
+for view in views:
+    with st.container(border=True):
+        head, status = st.columns([4, 1])
+        head.markdown(f"**{view.name}** · project `{view.project}`")
+        status.markdown(f"{ICONS.get(view.status, '')} {view.status}")
+        st.caption(
+            f"by {view.creator} · created {view.created_at:%Y-%m-%d %H:%M} UTC · "
+            f"{view.patient_count:,} patients · {view.file_count:,} files · "
+            f"{size(view.archive_bytes or view.estimated_bytes)}"
+            + (f" · available until {view.expires_at:%Y-%m-%d}" if view.expires_at else "")
+        )
+        if view.status in ("pending", "processing"):
+            live_progress(view.id, view.status)
+        if view.status == "failed" and view.error_message:
+            st.error(view.error_message)
+        actions(view)
+        with st.expander("Details"):
+            st.json({"id": view.id, "criteria": view.criteria, "options": view.options,
+                     "notes": view.notes, "sha256": view.archive_sha256,
+                     "parts": [p.__dict__ for p in view.parts]}, expanded=False)  # fmt: skip
+            trail = services.export_audit(settings(), who.email, view.id)
+            st.dataframe(
+                [
+                    {"when": e.at.strftime("%Y-%m-%d %H:%M:%S"), "what": e.action, "who": e.user}
+                    for e in trail
+                ],
+                hide_index=True,
+            )

@@ -1,0 +1,140 @@
+"""New export: pick patients (tree, tags, search), modalities and options; see the estimate."""
+
+import streamlit as st
+from humanize import naturalsize
+
+from exporter import services
+from exporter.errors import PortalError
+from exporter.exports import ExportRequest, archive_bytes_estimate, default_name
+from exporter.ui import data, links
+from exporter.ui.session import require_identity, settings
+from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
+
+GIB = 1024**3
+
+
+def size(n: int) -> str:
+    return naturalsize(n, binary=True)
+
+
+who = require_identity()
+st.title("New export")
+prefill = st.session_state.pop("prefill", None) or {}
+
+try:
+    projects = data.projects(who.email)
+except PortalError as exc:
+    st.error(str(exc))
+    st.stop()
+if not projects:
+    st.info("You are not a member of any project yet: ask a data manager to add you.")
+    st.stop()
+
+names = {p.slug: p.name for p in projects}
+slugs = list(names)
+slug = st.selectbox(
+    "Project",
+    slugs,
+    index=slugs.index(prefill["project"]) if prefill.get("project") in slugs else 0,
+    format_func=lambda s: f"{names[s]} ({s})",
+)
+tree = data.tree(who.email, slug)
+criteria = prefill.get("criteria", {})
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.subheader("Patients")
+    search = st.text_input("Search patient labels", placeholder="e.g. P00")
+    tag_col, mode_col = st.columns([3, 1])
+    tags = tag_col.multiselect("Tags", tree.tags, default=criteria.get("tags", []))
+    tag_mode = mode_col.radio("Match", ["any", "all"], horizontal=True)
+    if tree.truncated:
+        st.warning(f"Only the first {len(tree.patients):,} patients are listed: use search.")
+    shown = visible_patients(tree, search, tags, tag_mode)
+    initial = [FOLDER + f for f in criteria.get("folders", [])] + [
+        PATIENT + p for p in criteria.get("patients", [])
+    ]
+    checked = patient_tree(tree, shown, key=f"tree-{slug}", checked=initial)
+    folders, patients = selection(checked, tree)
+    if not checked and tags:
+        st.caption("No patient ticked: every patient of the project with these tags.")
+        folders = [""]
+
+with right:
+    st.subheader("Modalities")
+    kind_cols = st.columns(2)
+    wanted_kinds = criteria.get("kinds", ["raw", "processed"])
+    kinds = [
+        kind
+        for kind, col in zip(("raw", "processed"), kind_cols, strict=True)
+        if col.toggle(f"{kind.capitalize()} files", value=kind in wanted_kinds)
+    ]
+    base = services.parse_selection(folders, patients, tags, tag_mode, None, kinds or ["raw"])
+    try:
+        overview = services.estimate(settings(), who.email, slug, base) if checked or tags else None
+    except PortalError as exc:
+        overview = None
+        st.error(str(exc))
+    chosen = []
+    if overview is None or not overview.by_modality:
+        st.caption("Tick patients (or choose tags) to see their modalities.")
+    else:
+        for m in overview.by_modality:
+            label = f"{m.label} — {m.files:,} files, {size(m.bytes)} ({m.patients} patients)"
+            if st.checkbox(
+                label, value=m.key in criteria.get("modalities", [m.key]), key=f"mod-{slug}-{m.key}"
+            ):
+                chosen.append(m.key)
+
+    st.subheader("Options")
+    name = st.text_input("Name", value=criteria.get("name") or default_name())
+    notes = st.text_area("Notes", height=80)
+    compression = st.selectbox(
+        "Compression",
+        ["fast", "small", "store"],
+        format_func={"fast": "Fast (default)", "small": "Smaller, slower", "store": "None"}.get,
+    )
+    part_gib = st.number_input("Split into parts of at most (GiB, 0 = one file)", 0, 10_000, 0)
+    pseudonyms = st.toggle("Pseudonymised folder names (patient_001, ...)", value=True)
+
+request = ExportRequest(
+    selection=services.parse_selection(folders, patients, tags, tag_mode, chosen, kinds or ["raw"]),
+    name=name,
+    notes=notes,
+    compression=compression,
+    part_size=int(part_gib * GIB) or None,
+    pseudonyms=pseudonyms,
+)
+check = None
+if (checked or tags) and kinds:
+    try:
+        check = services.preflight_export(settings(), who.email, slug, request)
+    except PortalError as exc:
+        st.error(str(exc))
+
+st.divider()
+cols = st.columns(4)
+est = check.estimate if check else None
+cols[0].metric("Patients", f"{est.patient_count if est else 0:,}")
+cols[1].metric("Files", f"{est.file_count if est else 0:,}")
+cols[2].metric("Size", size(est.total_bytes if est else 0))
+cols[3].metric("Archive (about)", size(archive_bytes_estimate(est, compression) if est else 0))
+if check:
+    st.caption(f"Quota left: {size(max(check.quota_left, 0))}")
+reason = (
+    "Tick patients or choose tags" if not (checked or tags)
+    else "Choose raw and/or processed files" if not kinds
+    else check.refusal if check else "The selection cannot be exported"
+)  # fmt: skip
+if reason:
+    st.warning(reason)
+if st.button("Create export", type="primary", disabled=bool(reason)):
+    try:
+        view = services.create_export(settings(), who.email, slug, request)
+    except PortalError as exc:
+        st.error(str(exc))
+    else:
+        st.success(f"Export **{view.name}** is queued (id `{view.id}`).")
+        st.page_link(
+            str(links.EXPORTS), label="Follow it on the Exports page", icon=":material/list:"
+        )

@@ -1,0 +1,113 @@
+"""The export pages in AppTest: the tree's value is injected through its key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from redis import Redis
+from rq import SimpleWorker
+from streamlit.testing.v1 import AppTest
+
+from exporter import services
+from exporter.config import PROJECT_ROOT, Settings
+from exporter.exports import ExportRequest
+from exporter.queue import export_queue
+from exporter.redis_server import PrivateRedis
+
+APP = str(PROJECT_ROOT / "exporter" / "ui" / "navigation.py")
+ME = "researcher@demo.example"
+
+
+@pytest.fixture
+def portal(
+    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    Redis.from_url(redis_server.url).flushall()
+    for key, value in {
+        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB", "PORTAL_DEV_USER": ME,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=4, seed=6)
+    yield settings
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def new_export_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.user = {}
+    at.run()
+    at.switch_page(str(PROJECT_ROOT / "pages" / "new_export.py"))
+    return at.run()
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_ticking_a_folder_updates_count_and_modalities_then_submits(portal: Settings) -> None:
+    at = new_export_page()
+    assert not at.exception
+    create = next(b for b in at.button if b.label == "Create export")
+    assert create.disabled and "Tick patients or choose tags" in at.warning[-1].value
+    at.session_state["tree-demo"] = {
+        "checked": ["p:P0001", "p:P0002", "p:P0003", "p:P0004"], "expanded": []
+    }  # fmt: skip
+    at.run()
+    assert metric(at, "Patients") == "4"
+    labels = [c.label for c in at.checkbox]
+    assert any(label.startswith("CBCT — ") for label in labels)
+    assert any(label.startswith("IOS — 8 files") for label in labels)
+    ios = next(c for c in at.checkbox if c.label.startswith("IOS"))
+    ios.uncheck().run()
+    files_without_ios = int(metric(at, "Files").replace(",", ""))
+    ios = next(c for c in at.checkbox if c.label.startswith("IOS"))
+    ios.check().run()
+    assert int(metric(at, "Files").replace(",", "")) == files_without_ios + 8
+    next(b for b in at.button if b.label == "Create export").click().run()
+    assert "is queued" in at.success[0].value
+    (view,) = services.list_exports(portal, ME)
+    assert view.status == "pending" and view.patient_count == 4
+    assert view.criteria["folders"] or view.criteria["patients"]
+
+
+def test_refusal_disables_submit_and_says_why(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_EXPORT_SIZE", "1KiB")
+    st.cache_resource.clear()
+    at = new_export_page()
+    at.session_state["tree-demo"] = {"checked": ["p:P0001"], "expanded": []}
+    at.run()
+    assert any("over the limit of 1024" in w.value for w in at.warning)
+    assert next(b for b in at.button if b.label == "Create export").disabled
+
+
+def test_exports_page_lists_progress_download_and_cancel(portal: Settings) -> None:
+    sel = services.parse_selection(folders=["/"], modalities=["ios"])
+    done = services.create_export(portal, ME, "demo", ExportRequest(selection=sel, name="done"))
+    connection = Redis.from_url(portal.redis_url)
+    SimpleWorker([export_queue(portal, connection)], connection=connection).work(burst=True)
+    waiting = services.create_export(portal, ME, "demo", ExportRequest(selection=sel, name="wait"))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.user = {}
+    at.run()
+    at.switch_page(str(PROJECT_ROOT / "pages" / "exports.py"))
+    at.run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "**done**" in text and "**wait**" in text
+    assert "Waiting for a worker" in " ".join(str(p.proto.text) for p in at.get("progress"))
+    cancel = next(b for b in at.button if b.key == f"cancel-{waiting.id}")
+    cancel.click().run()
+    assert services.get_export(portal, ME, waiting.id).status == "cancelled"
+    links = [e.proto.url for e in at.get("link_button")]
+    assert f"/api/demo/exports/{done.id}/download/" in links
