@@ -1,0 +1,176 @@
+"""The whole flow in headless Chromium against the real portal (launcher, worker, Redis).
+
+Identity comes from the proxy header (production mode), set per browser context, so two
+users can be checked side by side. Screenshots of each page go to test-output/screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from exporter import services
+from exporter.config import PROJECT_ROOT, Settings
+from exporter.redis_server import free_port
+from exporter.verify import verify
+
+SHOTS = PROJECT_ROOT / "test-output" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+RESEARCHER = "researcher@demo.example"
+OUTSIDER = "outsider@other.example"
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
+    """`python -m exporter run` in production mode on a free port, with demo data."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORTAL_ENV": "production",
+        "DATABASE_URL": f"sqlite:///{tmp / 'portal.db'}",
+        "DATA_ROOT": str(tmp / "data"),
+        "EXPORT_ROOT": str(tmp / "exports"),
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing there: a private Redis
+        "DISK_RESERVE": "1MiB",
+    }
+    log = open(tmp / "portal.log", "wb")  # noqa: SIM115 (closed at teardown)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while not _up(base + "/_stcore/health"):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "portal.log").read_text()
+        time.sleep(0.5)
+    settings = Settings.load(environ=env, env_file=tmp / "none.env")
+    yield base, settings
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def page_as(browser: Browser, email: str) -> Page:
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000},
+        extra_http_headers={"X-Forwarded-User": email},
+        accept_downloads=True,
+    )
+    return context.new_page()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def metric(page: Page, label: str) -> str:
+    box = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return box.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+@pytest.mark.slow
+def test_researcher_selects_exports_downloads_and_verifies(
+    portal: tuple[str, Settings], browser: Browser, tmp_path: Path
+) -> None:
+    base, settings = portal
+    page = page_as(browser, RESEARCHER)
+    page.goto(base + "/")
+    expect(page.get_by_text("Demo cohort").first).to_be_visible(timeout=60_000)
+    shot(page, "1-registry")
+
+    page.goto(base + "/new_export")
+    expect(page.get_by_role("heading", name="New export")).to_be_visible(timeout=60_000)
+    assert metric(page, "Patients") == "0"
+    tree = page.frame_locator("iframe").first
+    tree.locator("label:has-text('site-a') .rct-checkbox").first.click()
+    expect(page.get_by_text(re.compile(r"^CBCT — "))).to_be_visible(timeout=20_000)
+    expect(page.locator('[data-testid="stMetricValue"]').first).to_have_text("6", timeout=20_000)
+    files_all = int(metric(page, "Files").replace(",", ""))
+    page.get_by_text(re.compile(r"^IOP — ")).click()  # untick the intraoral photos
+    expect(page.locator('[data-testid="stMetricValue"]').nth(1)).not_to_have_text(
+        str(files_all), timeout=20_000
+    )
+    assert int(metric(page, "Files").replace(",", "")) < files_all
+    shot(page, "2-new-export")
+    page.get_by_role("button", name="Create export").click()
+    expect(page.get_by_text("is queued")).to_be_visible(timeout=30_000)
+    shot(page, "3-created")
+
+    page.goto(base + "/exports")
+    expect(page.get_by_text("completed").first).to_be_visible(timeout=90_000)
+    shot(page, "4-exports")
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("link", name="Download").first.click()
+    target = tmp_path / info.value.suggested_filename
+    info.value.save_as(target)
+    assert target.suffix == ".zip"
+    assert verify(target).ok
+    (view,) = services.list_exports(settings, RESEARCHER)
+    assert view.status == "completed" and view.patient_count == 6
+
+
+@pytest.mark.slow
+def test_a_member_of_another_project_sees_none_of_it(
+    portal: tuple[str, Settings], browser: Browser
+) -> None:
+    base, settings = portal
+    exports = services.list_exports(settings, RESEARCHER)
+    page = page_as(browser, OUTSIDER)
+    page.goto(base + "/exports")
+    expect(page.get_by_role("heading", name="Exports")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("No exports yet.")).to_be_visible(timeout=20_000)
+    page.goto(base + "/new_export")
+    project = page.get_by_role("combobox", name="Project")
+    expect(project).to_have_value("Other study (other)", timeout=60_000)
+    project.click()
+    expect(page.get_by_role("option").first).to_be_visible(timeout=10_000)
+    options = page.get_by_role("option").all_inner_texts()
+    assert options == ["Other study (other)"], options
+    page.keyboard.press("Escape")
+    shot(page, "5-outsider")
+    for view in exports:
+        response = page.request.get(f"{base}/api/demo/exports/{view.id}/download/")
+        assert response.status == 404
+
+
+@pytest.mark.slow
+def test_no_identity_in_production_shows_not_signed_in(
+    portal: tuple[str, Settings], browser: Browser
+) -> None:
+    base, _ = portal
+    page = browser.new_page()
+    page.goto(base + "/")
+    expect(page.get_by_role("heading", name="Not signed in")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("could not tell who you are")).to_be_visible(timeout=20_000)
+    assert page.get_by_text("Demo cohort").count() == 0
+    assert page.get_by_role("link", name="Exports").count() == 0
+    shot(page, "6-not-signed-in")
