@@ -125,6 +125,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-mode", default="any", choices=["any", "all"])
     p.add_argument("--modality", action="append", metavar="KEY")
     p.add_argument("--kind", action="append", choices=["raw", "processed"])
+    p.add_argument(
+        "--not-exported", action="store_true", help="only patients no export has carried yet"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +207,13 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
     elif command == "estimate":
         selection = services.parse_selection(
-            args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind
+            args.folder,
+            args.patient,
+            args.tag,
+            args.tag_mode,
+            args.modality,
+            args.kind,
+            args.not_exported,
         )
         est = services.estimate(settings, args.user, args.project, selection)
         if args.json:
@@ -236,7 +245,13 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
     if action == "create":
         request = ExportRequest(
             selection=services.parse_selection(
-                args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind
+                args.folder,
+                args.patient,
+                args.tag,
+                args.tag_mode,
+                args.modality,
+                args.kind,
+                args.not_exported,
             ),
             name=args.name,
             notes=args.notes,

@@ -45,7 +45,7 @@ from exporter.errors import ExportCancelled, PortalError
 from exporter.layout import PlannedFile, PlannedPart
 from exporter.models import DatasetExport, ExportPart, ExportPatient, ExportStatus, User
 from exporter.queue import connect, export_queue
-from exporter.registry import FileEntry, files_by_id, select_files
+from exporter.registry import FileEntry, files_by_id, select_files, tag_exported
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
@@ -162,7 +162,7 @@ def _context(
             c = row.criteria
             selection = parse_selection(
                 c.get("folders"), c.get("patients"), c.get("tags"), c.get("tag_mode", "any"),
-                c.get("modalities"), c.get("kinds"),
+                c.get("modalities"), c.get("kinds"), bool(c.get("not_exported")),
             )  # fmt: skip
             files = select_files(session, principal, view.project, selection)
         options = ExportOptions(**row.options)
@@ -438,6 +438,12 @@ def _complete(settings: Settings, export_id: str, results: list[ManifestPart]) -
         )  # fmt: skip
         if won:
             record(session, "complete", None, row.project_id, row.id, {"parts": len(results)})
+            carried = list(
+                session.scalars(
+                    select(ExportPatient.patient_id).where(ExportPatient.export_id == export_id)
+                )
+            )
+            tag_exported(session, row.project_id, export_id, carried)
     if not won:  # cancelled (or failed by the reconciler) at the last moment
         remove_outputs(settings.export_root / export_id)
         return

@@ -30,6 +30,26 @@ from exporter.models import (
 )
 
 TAG_MODES = ("any", "all")
+EXPORTED_TAG = "EXPORTED"  # a system tag: set on a patient by each completed export
+
+
+def tag_exported(session: Session, project_id: int, export_id: str, patient_ids: list[int]) -> None:
+    """Tag these patients EXPORTED, linked to the export (a queue-like workflow)."""
+    tag = session.scalar(select(Tag).where(Tag.project_id == project_id, Tag.name == EXPORTED_TAG))
+    if tag is None:
+        tag = Tag(project_id=project_id, name=EXPORTED_TAG, is_system=True)
+        session.add(tag)
+        session.flush()
+    have = set(
+        session.scalars(
+            select(PatientTag.patient_id).where(
+                PatientTag.tag_id == tag.id, PatientTag.patient_id.in_(patient_ids)
+            )
+        )
+    )
+    for patient_id in patient_ids:
+        if patient_id not in have:
+            session.add(PatientTag(patient_id=patient_id, tag_id=tag.id, export_id=export_id))
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class Selection:
     tag_mode: str = "any"
     modalities: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("raw", "processed")
+    not_exported: bool = False  # only patients no completed export has carried yet
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +72,7 @@ class Selection:
             "tag_mode": self.tag_mode,
             "modalities": list(self.modalities),
             "kinds": list(self.kinds),
+            "not_exported": self.not_exported,
         }
 
 
@@ -196,6 +218,15 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
                     PatientTag.tag_id.in_(list(tag_ids.values())),
                 )
             )
+    if sel.not_exported:
+        conditions.append(
+            ~exists().where(
+                PatientTag.patient_id == Patient.id,
+                PatientTag.tag_id.in_(
+                    select(Tag.id).where(Tag.project_id == pid, Tag.name == EXPORTED_TAG)
+                ),
+            )
+        )
     return _Resolved(access, select(Patient.id).where(*conditions), enabled, chosen, kinds)
 
 

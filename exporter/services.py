@@ -188,6 +188,7 @@ def parse_selection(
     tag_mode: str = "any",
     modalities: list[str] | None = None,
     kinds: list[str] | None = None,
+    not_exported: bool = False,
 ) -> Selection:
     """A Selection from transport-level lists, with duplicates and blanks removed."""
 
@@ -207,6 +208,7 @@ def parse_selection(
         tag_mode=tag_mode,
         modalities=clean(modalities),
         kinds=clean(kinds) or ("raw", "processed"),
+        not_exported=not_exported,
     )
 
 

@@ -50,7 +50,10 @@ with left:
     tag_mode = mode_col.radio("Match", ["any", "all"], horizontal=True)
     if tree.truncated:
         st.warning(f"Only the first {len(tree.patients):,} patients are listed: use search.")
-    shown = visible_patients(tree, search, tags, tag_mode)
+    not_exported = st.checkbox(
+        "Only patients not yet exported", value=bool(criteria.get("not_exported"))
+    )
+    shown = visible_patients(tree, search, tags, tag_mode, not_exported)
     initial = [FOLDER + f for f in criteria.get("folders", [])] + [
         PATIENT + p for p in criteria.get("patients", [])
     ]
@@ -69,7 +72,9 @@ with right:
         for kind, col in zip(("raw", "processed"), kind_cols, strict=True)
         if col.toggle(f"{kind.capitalize()} files", value=kind in wanted_kinds)
     ]
-    base = services.parse_selection(folders, patients, tags, tag_mode, None, kinds or ["raw"])
+    base = services.parse_selection(
+        folders, patients, tags, tag_mode, None, kinds or ["raw"], not_exported
+    )
     try:
         overview = services.estimate(settings(), who.email, slug, base) if checked or tags else None
     except PortalError as exc:
@@ -98,7 +103,9 @@ with right:
     pseudonyms = st.toggle("Pseudonymised folder names (patient_001, ...)", value=True)
 
 request = ExportRequest(
-    selection=services.parse_selection(folders, patients, tags, tag_mode, chosen, kinds or ["raw"]),
+    selection=services.parse_selection(
+        folders, patients, tags, tag_mode, chosen, kinds or ["raw"], not_exported
+    ),
     name=name,
     notes=notes,
     compression=compression,

@@ -6,6 +6,7 @@ users can be checked side by side. Screenshots of each page go to test-output/sc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from exporter import services
 from exporter.config import PROJECT_ROOT, Settings
+from exporter.exports import ExportRequest
 from exporter.redis_server import free_port
 from exporter.verify import verify
 
@@ -53,6 +55,11 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing there: a private Redis
         "DISK_RESERVE": "1MiB",
     }
+    # Medium-sized demo data, loaded before the launcher starts (which then finds it): large
+    # enough that an export at level 6 runs for a few seconds and can be cancelled.
+    settings = Settings.load(environ=env, env_file=tmp / "none.env")
+    services.migrate(settings)
+    services.load_demo(settings, patients=12, seed=1, scale="medium")
     log = open(tmp / "portal.log", "wb")  # noqa: SIM115 (closed at teardown)
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "run", "--port", str(port)],
@@ -63,8 +70,9 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
     while not _up(base + "/_stcore/health"):
         assert proc.poll() is None and time.monotonic() < deadline, (tmp / "portal.log").read_text()
         time.sleep(0.5)
-    settings = Settings.load(environ=env, env_file=tmp / "none.env")
-    yield base, settings
+    private = re.search(r"started a private one at (redis://\S+)", (tmp / "portal.log").read_text())
+    assert private, "the launcher should have started its own Redis"
+    yield base, dataclasses.replace(settings, redis_url=private.group(1))
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
     log.close()
@@ -174,3 +182,29 @@ def test_no_identity_in_production_shows_not_signed_in(
     assert page.get_by_text("Demo cohort").count() == 0
     assert page.get_by_role("link", name="Exports").count() == 0
     shot(page, "6-not-signed-in")
+
+
+@pytest.mark.slow
+def test_cancel_a_running_export_from_the_exports_page(
+    portal: tuple[str, Settings], browser: Browser
+) -> None:
+    base, settings = portal
+    selection = services.parse_selection(folders=["/"], modalities=["cbct", "ios"])
+    view = services.create_export(
+        settings, RESEARCHER, "demo",
+        ExportRequest(selection=selection, name="to-cancel", compression="small"),
+    )  # fmt: skip
+    page = page_as(browser, RESEARCHER)
+    page.goto(base + "/exports")
+    cancel = page.locator(f".st-key-cancel-{view.id} button")  # the button's widget key
+    expect(cancel).to_be_visible(timeout=60_000)
+    deadline = time.monotonic() + 30
+    while services.get_export(settings, RESEARCHER, view.id).status != "processing":
+        assert time.monotonic() < deadline, "the export never started"
+        time.sleep(0.1)
+    cancel.click()
+    expect(page.get_by_text("cancelled").first).to_be_visible(timeout=15_000)
+    expect(cancel).to_have_count(0, timeout=15_000)
+    shot(page, "7-cancelled")
+    assert services.get_export(settings, RESEARCHER, view.id).status == "cancelled"
+    assert not (settings.export_root / view.id).exists()

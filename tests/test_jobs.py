@@ -462,4 +462,35 @@ def test_rq_worker_pool_with_the_portal_worker_class(portal: Settings) -> None:
         env=dict(os.environ), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert pool.returncode == 0, pool.stderr[-2000:]
-    assert [services.get_export(portal, ME, v.id).status for v in views] == ["completed"] * 2
+    done = [services.get_export(portal, ME, v.id) for v in views]
+    assert [v.status for v in done] == ["completed"] * 2, (
+        [v.error_message for v in done],
+        pool.stderr[-3000:],
+    )
+
+
+def test_completed_exports_tag_patients_and_not_yet_exported_selects_the_rest(
+    portal: Settings,
+) -> None:
+    first = services.create_export(
+        portal, ME, "demo", request(folders=[], patients=["P0001", "P0002"])
+    )
+    work(portal)
+    from exporter.models import PatientTag, Tag
+
+    with db.session_scope(portal) as session:
+        links = session.execute(
+            select(PatientTag.export_id, Tag.name, Tag.is_system)
+            .join(Tag, Tag.id == PatientTag.tag_id)
+            .where(Tag.name == "EXPORTED")
+        ).all()
+    assert len(links) == 2 and all(e == first.id and system for e, _, system in links)
+    rest = services.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
+    estimate = services.estimate(portal, ME, "demo", rest)
+    assert estimate.patients_selected == 2  # P0003 and P0004
+    second = services.create_export(portal, ME, "demo", ExportRequest(selection=rest, name="rest"))
+    work(portal)
+    assert services.get_export(portal, ME, second.id).patient_count == 2
+    everyone_done = services.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
+    with pytest.raises(InvalidSelection, match="has no files"):
+        services.create_export(portal, ME, "demo", ExportRequest(selection=everyone_done, name="x"))

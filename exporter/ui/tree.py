@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 from streamlit_tree_select import tree_select
 
-from exporter.registry import ProjectTree, TreePatient
+from exporter.registry import EXPORTED_TAG, ProjectTree, TreePatient
 
 FOLDER = "f:"
 PATIENT = "p:"
@@ -39,14 +39,17 @@ def nodes(tree: ProjectTree, patients: list[TreePatient]) -> list[dict[str, Any]
 
 
 def visible_patients(
-    tree: ProjectTree, search: str, tags: list[str], tag_mode: str
+    tree: ProjectTree, search: str, tags: list[str], tag_mode: str, not_exported: bool = False
 ) -> list[TreePatient]:
-    """The patients the tree shows: label contains ``search``; any/all of ``tags``."""
+    """The patients the tree shows: label contains ``search``; any/all of ``tags``; not
+    tagged EXPORTED when asked."""
     needle = search.strip().lower()
     wanted = set(tags)
     shown = []
     for patient in tree.patients:
         if needle and needle not in patient.label.lower():
+            continue
+        if not_exported and EXPORTED_TAG in patient.tags:
             continue
         have = wanted & set(patient.tags)
         if wanted and (not have or (tag_mode == "all" and have != wanted)):
