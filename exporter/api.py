@@ -8,7 +8,10 @@ held in memory.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from functools import cache
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -16,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from exporter import services
-from exporter.config import Settings
+from exporter.config import Settings, parse_size
 from exporter.errors import (
     Gone,
     InvalidSelection,
@@ -27,6 +30,7 @@ from exporter.errors import (
     PermissionDenied,
     PortalError,
 )
+from exporter.exports import ExportRequest, ExportView, archive_bytes_estimate
 
 USER_HEADER = "X-Forwarded-User"  # the reverse proxy's; same as .streamlit/config.toml
 STATUS = {
@@ -46,7 +50,11 @@ def settings() -> Settings:
 
 
 def identity(request: Request, config: Settings) -> str:
-    """The caller's e-mail: the proxy's header, else the development user in development."""
+    """The caller's e-mail: a bearer token, else the proxy's header, else the development
+    user in development. (Blocking: call it from a thread.)"""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return services.token_owner(config, auth[7:].strip())
     email = request.headers.get(USER_HEADER, "").strip().lower()
     if email:
         return email
@@ -55,8 +63,21 @@ def identity(request: Request, config: Settings) -> str:
     raise NotSignedIn("Not signed in: open the portal through your institution's sign-in")
 
 
+class InvalidRequest(PortalError):
+    """The request body does not fit: ``fields`` names each bad field and why."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
+
+
 def error_response(exc: PortalError) -> JSONResponse:
-    """Every portal error as ``{"error": {"type", "message"}}`` with its status code."""
+    """Every portal error as ``{"error": {"type", "message"[, "fields"]}}`` with its code."""
+    if isinstance(exc, InvalidRequest):
+        body: dict[str, Any] = {"type": "InvalidRequest", "message": str(exc)}
+        if exc.fields:
+            body["fields"] = exc.fields
+        return JSONResponse({"error": body}, status_code=422)
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     return JSONResponse(
         {"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status
@@ -67,7 +88,7 @@ async def download(request: Request) -> Response:
     """``GET /api/<project>/exports/<id>/download/[<part>]``: the archive, resumable."""
     config = settings()
     try:
-        email = identity(request, config)
+        email = await run_in_threadpool(identity, request, config)
         part = request.path_params.get("part")
         detail = {"range": request.headers["range"]} if "range" in request.headers else {}
         target = await run_in_threadpool(
@@ -89,10 +110,208 @@ async def download(request: Request) -> Response:
     )
 
 
+# --- JSON endpoints ------------------------------------------------------------------
+
+_LIST_FIELDS = ("folders", "patients", "tags", "modalities", "kinds")
+_BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options"}
+_OPTION_FIELDS = {"compression", "part_size", "pseudonyms", "skip_missing"}
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("The body is not JSON: send a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object")
+    return body
+
+
+def export_request(body: dict[str, Any]) -> ExportRequest:
+    """An ExportRequest from a JSON body, naming every field that does not fit."""
+    bad: dict[str, str] = {}
+    for key in body.keys() - _BODY_FIELDS:
+        bad[key] = "unknown field"
+    for key in _LIST_FIELDS:
+        value = body.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            bad[key] = "must be a list of strings"
+    for key in ("tag_mode", "name", "notes"):
+        if key in body and not isinstance(body[key], str):
+            bad[key] = "must be a string"
+    if "not_exported" in body and not isinstance(body["not_exported"], bool):
+        bad["not_exported"] = "must be true or false"
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        bad["options"] = "must be an object"
+        options = {}
+    for key in options.keys() - _OPTION_FIELDS:
+        bad[f"options.{key}"] = "unknown option"
+    for key in ("pseudonyms", "skip_missing"):
+        if key in options and not isinstance(options[key], bool):
+            bad[f"options.{key}"] = "must be true or false"
+    if "compression" in options and options["compression"] not in ("store", "fast", "small"):
+        bad["options.compression"] = "must be store, fast or small"
+    part_size = options.get("part_size")
+    if part_size is not None:
+        try:
+            part_size = parse_size(str(part_size)) if not isinstance(part_size, bool) else None
+        except PortalError:
+            part_size = None
+        if part_size is None:
+            bad["options.part_size"] = "must be a size in bytes or like '4GiB'"
+    if bad:
+        raise InvalidRequest("Some fields do not fit: see 'fields'", bad)
+    try:
+        selection = services.parse_selection(
+            body.get("folders"), body.get("patients"), body.get("tags"),
+            body.get("tag_mode", "any"), body.get("modalities"), body.get("kinds"),
+            bool(body.get("not_exported", False)),
+        )  # fmt: skip
+    except InvalidSelection as exc:
+        raise InvalidRequest(str(exc), {"tag_mode": str(exc)}) from None
+    return ExportRequest(
+        selection=selection,
+        name=body.get("name", ""),
+        notes=body.get("notes", ""),
+        compression=options.get("compression", "fast"),
+        part_size=part_size or None,
+        pseudonyms=options.get("pseudonyms", True),
+        skip_missing=options.get("skip_missing", False),
+    )
+
+
+def export_json(view: ExportView, base: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(view), default=str))
+    url = f"{base}/api/{view.project}/exports/{view.id}/"
+    data["url"] = url
+    data["progress"] = round(view.progress, 4)
+    if view.status == "completed":
+        data["downloads"] = (
+            [f"{url}download/{p.number}" for p in view.parts]
+            if len(view.parts) > 1
+            else [f"{url}download/"]
+        )
+    return data
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def _call(request: Request, work: Any) -> Response:
+    """Identify the caller, run ``work(settings, email)`` in a thread, map errors."""
+    config = settings()
+    try:
+        email = await run_in_threadpool(identity, request, config)
+        return await run_in_threadpool(work, config, email)
+    except PortalError as exc:
+        return error_response(exc)
+
+
+async def create_export(request: Request) -> Response:
+    """``POST /api/<project>/exports/create/``: 202 with the export's id, status and URL."""
+    project = request.path_params["project"]
+    try:
+        body = export_request(await _body(request))
+    except PortalError as exc:
+        return error_response(exc)
+
+    def work(config: Settings, email: str) -> Response:
+        view = services.create_export(config, email, project, body)
+        data = export_json(view, _base(request))
+        return JSONResponse(data, status_code=202, headers={"Location": data["url"]})
+
+    return await _call(request, work)
+
+
+async def estimate(request: Request) -> Response:
+    """``POST /api/<project>/estimate/``: counts, bytes and whether create would be refused."""
+    project = request.path_params["project"]
+    try:
+        body = export_request(await _body(request))
+    except PortalError as exc:
+        return error_response(exc)
+
+    def work(config: Settings, email: str) -> Response:
+        check = services.preflight_export(config, email, project, body)
+        est = check.estimate
+        return JSONResponse(
+            {
+                "patient_count": est.patient_count,
+                "patients_selected": est.patients_selected,
+                "file_count": est.file_count,
+                "bytes": est.total_bytes,
+                "archive_bytes_estimate": archive_bytes_estimate(est, body.compression),
+                "by_modality": [dataclasses.asdict(m) for m in est.by_modality],
+                "quota_left": check.quota_left,
+                "would_be_refused": check.refusal is not None,
+                "refusal": check.refusal,
+            }
+        )
+
+    return await _call(request, work)
+
+
+async def list_exports(request: Request) -> Response:
+    """``GET /api/<project>/exports/?status=&limit=&offset=``, newest first."""
+    project = request.path_params["project"]
+    try:
+        limit = int(request.query_params.get("limit", 50))
+        offset = int(request.query_params.get("offset", 0))
+        if not (1 <= limit <= 500 and offset >= 0):
+            raise ValueError
+    except ValueError:
+        return error_response(
+            InvalidRequest("limit must be 1 to 500 and offset 0 or more", {"limit": "1..500"})
+        )
+    status = request.query_params.get("status") or None
+
+    def work(config: Settings, email: str) -> Response:
+        views = services.list_exports(config, email, project, status, limit + 1, offset)
+        items = [export_json(v, _base(request)) for v in views[:limit]]
+        more = len(views) > limit
+        return JSONResponse(
+            {
+                "items": items,
+                "limit": limit,
+                "offset": offset,
+                "next_offset": offset + limit if more else None,
+            }
+        )
+
+    return await _call(request, work)
+
+
+def _export_action(action: Any, status_code: int = 200) -> Any:
+    async def endpoint(request: Request) -> Response:
+        project = request.path_params["project"]
+        export_id = request.path_params["export_id"]
+
+        def work(config: Settings, email: str) -> Response:
+            view = services.get_export(config, email, export_id)
+            if view.project != project:
+                raise NotFound(f"No export {export_id!r} that you can see")
+            if action is not None:
+                view = action(config, email, export_id)
+            return JSONResponse(export_json(view, _base(request)), status_code=status_code)
+
+        return await _call(request, work)
+
+    return endpoint
+
+
 def routes() -> list[BaseRoute]:
     """The portal's HTTP routes (under /api, outside Streamlit's reserved prefixes)."""
-    base = "/api/{project:str}/exports/{export_id:str}/download"
+    exports_base = "/api/{project:str}/exports"
+    one = exports_base + "/{export_id:str}"
     return [
-        Route(base + "/", download, methods=["GET", "HEAD"]),
-        Route(base + "/{part:int}", download, methods=["GET", "HEAD"]),
+        Route(exports_base + "/create/", create_export, methods=["POST"]),
+        Route(exports_base + "/", list_exports, methods=["GET"]),
+        Route(one + "/", _export_action(None), methods=["GET"]),
+        Route(one + "/", _export_action(services.delete_export), methods=["DELETE"]),
+        Route(one + "/cancel/", _export_action(services.cancel_export), methods=["POST"]),
+        Route(one + "/download/", download, methods=["GET", "HEAD"]),
+        Route(one + "/download/{part:int}", download, methods=["GET", "HEAD"]),
+        Route("/api/{project:str}/estimate/", estimate, methods=["POST"]),
     ]

@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup", help="fail exports whose worker died, re-enqueue lost ones, expire old files"
     )
 
+    p = sub.add_parser("token", help="personal API tokens (Authorization: Bearer ...)")
+    tok = p.add_subparsers(dest="key_action", required=True, metavar="ACTION")
+    p = tok.add_parser("create", help="create a token; it is printed once")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--name", required=True, help="what the token is for")
+    p = tok.add_parser("list", help="your tokens (never the secrets)")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p = tok.add_parser("revoke", help="revoke a token by its id")
+    p.add_argument("token_id", type=int, metavar="ID")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+
     p = sub.add_parser("verify", help="re-hash an export (ZIP, export folder or extracted folder)")
     p.add_argument("target", metavar="ARCHIVE_OR_DIR", type=Path)
 
@@ -202,6 +213,18 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         print(f"{verb} {user.email}: {user.role} of {user.project}")
     elif command == "export":
         return _export_command(settings, args)
+    elif command == "token":
+        if args.key_action == "create":
+            secret, token = services.create_token(settings, args.user, args.name)
+            print(secret)
+            print(f"token {token.id} ({token.name}): shown once, keep it secret", file=sys.stderr)
+        elif args.key_action == "list":
+            for t in services.list_tokens(settings, args.user):
+                state = "revoked" if t.revoked else "active"
+                print(f"{t.id}\t{t.prefix}…\t{state}\t{t.name}")
+        else:
+            token = services.revoke_token(settings, args.user, args.token_id)
+            print(f"token {token.id} ({token.name}) revoked")
     elif command == "cleanup":
         counts = services.housekeeping(settings)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -19,7 +19,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import func, select
 
-from exporter import accounts, db, exports, ingest, jobs, registry
+from exporter import accounts, db, exports, ingest, jobs, registry, tokens
 from exporter.archive import remove_outputs
 from exporter.audit import record
 from exporter.config import Settings
@@ -430,3 +430,25 @@ def export_audit(settings: Settings, user_email: str, export_id: str) -> list[Au
             AuditEntry(exports._aware(e.at), e.action, email or "portal", dict(e.detail))
             for e, email in events
         ]
+
+
+def create_token(settings: Settings, user_email: str, name: str) -> tuple[str, tokens.TokenView]:
+    """A personal API token for the user; the secret is returned once and never stored."""
+    with db.session_scope(settings) as session:
+        return tokens.create(session, accounts.principal_for(session, user_email), name)
+
+
+def list_tokens(settings: Settings, user_email: str) -> list[tokens.TokenView]:
+    with db.session_scope(settings) as session:
+        return tokens.list_for(session, accounts.principal_for(session, user_email))
+
+
+def revoke_token(settings: Settings, user_email: str, token_id: int) -> tokens.TokenView:
+    with db.session_scope(settings) as session:
+        return tokens.revoke(session, accounts.principal_for(session, user_email), token_id)
+
+
+def token_owner(settings: Settings, secret: str) -> str:
+    """The e-mail behind a bearer token (raises NotSignedIn)."""
+    with db.session_scope(settings) as session:
+        return tokens.email_for(session, secret)

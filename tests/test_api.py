@@ -1,0 +1,143 @@
+"""The JSON API in process: every endpoint, its errors, bearer tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from exporter import api, services
+from exporter.config import Settings
+from exporter.queue import export_queue
+from exporter.redis_server import PrivateRedis
+
+ME = "researcher@demo.example"
+BODY = {"folders": ["/"], "modalities": ["ios", "cbct"], "name": "api export"}
+
+
+@pytest.fixture
+def client(
+    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, Settings, dict[str, str]]]:
+    Redis.from_url(redis_server.url).flushall()
+    for key, value in {
+        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB", "PORTAL_ENV": "production",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    api.settings.cache_clear()
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=3, seed=2)
+    secret, _ = services.create_token(settings, ME, "notebook")
+    yield (
+        TestClient(Starlette(routes=api.routes())),
+        settings,
+        {"Authorization": f"Bearer {secret}"},
+    )
+    api.settings.cache_clear()
+
+
+def work(settings: Settings) -> None:
+    connection = Redis.from_url(settings.redis_url)
+    SimpleWorker([export_queue(settings, connection)], connection=connection).work(burst=True)
+
+
+def test_create_poll_list_download_cancel_delete(client) -> None:  # type: ignore[no-untyped-def]
+    http, settings, auth = client
+    created = http.post("/api/demo/exports/create/", json=BODY, headers=auth)
+    assert created.status_code == 202
+    data = created.json()
+    assert data["status"] == "pending" and data["name"] == "api export"
+    assert created.headers["location"] == data["url"].replace(
+        "http://testserver", "http://testserver"
+    )
+    export_id = data["id"]
+    work(settings)
+    shown = http.get(f"/api/demo/exports/{export_id}/", headers=auth).json()
+    assert shown["status"] == "completed" and shown["progress"] == 1.0
+    assert shown["downloads"] == [f"http://testserver/api/demo/exports/{export_id}/download/"]
+    assert http.get(shown["downloads"][0], headers=auth).status_code == 200
+    second = http.post(
+        "/api/demo/exports/create/", json={**BODY, "name": "two"}, headers=auth
+    ).json()
+    page = http.get("/api/demo/exports/?limit=1", headers=auth).json()
+    assert [i["id"] for i in page["items"]] == [second["id"]] and page["next_offset"] == 1
+    rest = http.get("/api/demo/exports/?limit=1&offset=1", headers=auth).json()
+    assert [i["id"] for i in rest["items"]] == [export_id] and rest["next_offset"] is None
+    assert (
+        http.get("/api/demo/exports/?status=pending", headers=auth).json()["items"][0]["id"]
+        == second["id"]
+    )
+    cancelled = http.post(f"/api/demo/exports/{second['id']}/cancel/", headers=auth)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = http.post(f"/api/demo/exports/{second['id']}/cancel/", headers=auth)
+    assert again.status_code == 409
+    deleted = http.delete(f"/api/demo/exports/{export_id}/", headers=auth)
+    assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+    assert http.get(shown["downloads"][0], headers=auth).status_code == 409
+
+
+def test_estimate_says_whether_create_would_be_refused(client) -> None:  # type: ignore[no-untyped-def]
+    http, _, auth = client
+    ok = http.post("/api/demo/estimate/", json=BODY, headers=auth).json()
+    assert ok["patient_count"] == 3 and ok["file_count"] > 0 and ok["would_be_refused"] is False
+    assert {m["key"] for m in ok["by_modality"]} >= {"cbct", "ios"}
+    none = http.post("/api/demo/estimate/", json={**BODY, "modalities": []}, headers=auth).json()
+    assert none["would_be_refused"] and none["refusal"] == "Choose at least one modality"
+
+
+def test_auth_401_and_404_for_what_you_may_not_see(client) -> None:  # type: ignore[no-untyped-def]
+    http, settings, auth = client
+    assert http.get("/api/demo/exports/").status_code == 401
+    bad = http.get("/api/demo/exports/", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["type"] == "NotSignedIn"
+    created = http.post("/api/demo/exports/create/", json=BODY, headers=auth).json()
+    outsider = {"X-Forwarded-User": "outsider@other.example"}
+    assert http.get(f"/api/demo/exports/{created['id']}/", headers=outsider).status_code == 404
+    assert http.get(f"/api/other/exports/{created['id']}/", headers=auth).status_code == 404
+    assert http.get("/api/nosuch/exports/", headers=auth).status_code == 404
+    assert http.post("/api/other/exports/create/", json=BODY, headers=auth).status_code == 404
+    (token,) = services.list_tokens(settings, ME)
+    services.revoke_token(settings, ME, token.id)
+    assert http.get("/api/demo/exports/", headers=auth).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**BODY, "modalities": "ios"}, "modalities"),
+        ({**BODY, "colour": "blue"}, "colour"),
+        ({**BODY, "options": {"compression": "zip"}}, "options.compression"),
+        ({**BODY, "options": {"part_size": "lots"}}, "options.part_size"),
+        ({**BODY, "options": {"pseudonyms": "yes"}}, "options.pseudonyms"),
+        ({**BODY, "name": 5}, "name"),
+        ({**BODY, "not_exported": "no"}, "not_exported"),
+    ],
+)
+def test_bad_bodies_get_422_naming_the_field(client, body, field) -> None:  # type: ignore[no-untyped-def]
+    http, _, auth = client
+    answer = http.post("/api/demo/exports/create/", json=body, headers=auth)
+    assert answer.status_code == 422
+    assert field in answer.json()["error"]["fields"]
+
+
+def test_bad_selections_and_limits_are_clear_4xx(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    http, _, auth = client
+    not_json = http.post("/api/demo/exports/create/", content=b"{nope", headers=auth)
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]["message"]
+    unknown = http.post(
+        "/api/demo/exports/create/", json={**BODY, "folders": ["mars"]}, headers=auth
+    )
+    assert unknown.status_code == 422 and "No folder 'mars'" in unknown.json()["error"]["message"]
+    monkeypatch.setenv("MAX_EXPORT_SIZE", "1KiB")
+    api.settings.cache_clear()
+    too_big = http.post("/api/demo/exports/create/", json=BODY, headers=auth)
+    assert too_big.status_code == 413 and "over the limit" in too_big.json()["error"]["message"]
+    assert http.get("/api/demo/exports/?limit=0", headers=auth).status_code == 422
+    assert http.get("/api/demo/exports/?status=weird", headers=auth).status_code == 422
