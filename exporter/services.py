@@ -452,3 +452,15 @@ def token_owner(settings: Settings, secret: str) -> str:
     """The e-mail behind a bearer token (raises NotSignedIn)."""
     with db.session_scope(settings) as session:
         return tokens.email_for(session, secret)
+
+
+def export_manifest(settings: Settings, user_email: str, export_id: str) -> dict[str, object]:
+    """The summary of a completed export's manifest.json (parts, files, bytes), or {}."""
+    import json
+
+    view = get_export(settings, user_email, export_id)
+    path = settings.export_root / view.id / "manifest.json"
+    if view.status != "completed" or not path.is_file():
+        return {}
+    manifest = json.loads(path.read_text())
+    return {"totals": manifest.get("totals", {}), "parts": manifest.get("parts", [])}

@@ -94,14 +94,19 @@ for view in views:
             st.error(view.error_message)
         actions(view)
         with st.expander("Details"):
-            st.json({"id": view.id, "criteria": view.criteria, "options": view.options,
-                     "notes": view.notes, "sha256": view.archive_sha256,
-                     "parts": [p.__dict__ for p in view.parts]}, expanded=False)  # fmt: skip
+            facts = {"id": view.id, "criteria": view.criteria, "options": view.options}
+            st.json({**facts, "notes": view.notes, "sha256": view.archive_sha256}, expanded=False)
+            manifest = services.export_manifest(settings(), who.email, view.id)
+            if manifest:
+                totals = dict(manifest["totals"])
+                st.caption(
+                    f"Archive: {totals.get('parts')} part(s), {totals.get('files', 0):,} files, "
+                    f"{size(totals.get('bytes'))} of data in {size(totals.get('archive_bytes'))}"
+                )
+                st.dataframe(manifest["parts"], hide_index=True)
             trail = services.export_audit(settings(), who.email, view.id)
-            st.dataframe(
-                [
-                    {"when": e.at.strftime("%Y-%m-%d %H:%M:%S"), "what": e.action, "who": e.user}
-                    for e in trail
-                ],
-                hide_index=True,
-            )
+            rows = [
+                {"when": e.at.strftime("%Y-%m-%d %H:%M:%S"), "what": e.action, "who": e.user}
+                for e in trail
+            ]
+            st.dataframe(rows, hide_index=True)

@@ -111,3 +111,5 @@ def test_exports_page_lists_progress_download_and_cancel(portal: Settings) -> No
     assert services.get_export(portal, ME, waiting.id).status == "cancelled"
     links = [e.proto.url for e in at.get("link_button")]
     assert f"/api/demo/exports/{done.id}/download/" in links
+    captions = " ".join(c.value for c in at.caption)
+    assert "Archive: 1 part(s)" in captions, "the manifest summary shows in the details"
