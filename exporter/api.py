@@ -209,31 +209,31 @@ async def _call(request: Request, work: Any) -> Response:
         return error_response(exc)
 
 
-async def create_export(request: Request) -> Response:
-    """``POST /api/<project>/exports/create/``: 202 with the export's id, status and URL."""
+async def _call_with_body(request: Request, work: Any) -> Response:
+    """Parse the body into an ExportRequest, then ``work(settings, email, project, body)``."""
     project = request.path_params["project"]
     try:
         body = export_request(await _body(request))
     except PortalError as exc:
         return error_response(exc)
+    return await _call(request, lambda config, email: work(config, email, project, body))
 
-    def work(config: Settings, email: str) -> Response:
+
+async def create_export(request: Request) -> Response:
+    """``POST /api/<project>/exports/create/``: 202 with the export's id, status and URL."""
+
+    def work(config: Settings, email: str, project: str, body: ExportRequest) -> Response:
         view = services.create_export(config, email, project, body)
         data = export_json(view, _base(request))
         return JSONResponse(data, status_code=202, headers={"Location": data["url"]})
 
-    return await _call(request, work)
+    return await _call_with_body(request, work)
 
 
 async def estimate(request: Request) -> Response:
     """``POST /api/<project>/estimate/``: counts, bytes and whether create would be refused."""
-    project = request.path_params["project"]
-    try:
-        body = export_request(await _body(request))
-    except PortalError as exc:
-        return error_response(exc)
 
-    def work(config: Settings, email: str) -> Response:
+    def work(config: Settings, email: str, project: str, body: ExportRequest) -> Response:
         check = services.preflight_export(config, email, project, body)
         est = check.estimate
         return JSONResponse(
@@ -250,7 +250,7 @@ async def estimate(request: Request) -> Response:
             }
         )
 
-    return await _call(request, work)
+    return await _call_with_body(request, work)
 
 
 async def list_exports(request: Request) -> Response:
