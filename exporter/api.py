@@ -13,12 +13,14 @@ import json
 from functools import cache
 from typing import Any
 
+import swagger_ui_bundle
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from exporter import services
+from exporter import openapi, services
 from exporter.config import Settings, parse_size
 from exporter.errors import (
     Gone,
@@ -301,6 +303,25 @@ def _export_action(action: Any, status_code: int = 200) -> Any:
     return endpoint
 
 
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Export Portal API</title>
+<link rel="stylesheet" href="/api/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/api/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/api/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+
+
+async def openapi_json(request: Request) -> Response:
+    """``GET /api/openapi.json``: the API description."""
+    return JSONResponse(openapi.document())
+
+
+async def docs(request: Request) -> Response:
+    """``GET /api/docs``: interactive documentation (Swagger UI, served from a wheel)."""
+    return HTMLResponse(DOCS_PAGE)
+
+
 def routes() -> list[BaseRoute]:
     """The portal's HTTP routes (under /api, outside Streamlit's reserved prefixes)."""
     exports_base = "/api/{project:str}/exports"
@@ -314,4 +335,7 @@ def routes() -> list[BaseRoute]:
         Route(one + "/download/", download, methods=["GET", "HEAD"]),
         Route(one + "/download/{part:int}", download, methods=["GET", "HEAD"]),
         Route("/api/{project:str}/estimate/", estimate, methods=["POST"]),
+        Route("/api/openapi.json", openapi_json, methods=["GET"]),
+        Route("/api/docs", docs, methods=["GET"]),
+        Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
     ]

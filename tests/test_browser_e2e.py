@@ -208,3 +208,21 @@ def test_cancel_a_running_export_from_the_exports_page(
     shot(page, "7-cancelled")
     assert services.get_export(settings, RESEARCHER, view.id).status == "cancelled"
     assert not (settings.export_root / view.id).exists()
+
+
+@pytest.mark.slow
+def test_curl_resumes_a_broken_download_with_a_token(
+    portal: tuple[str, Settings], tmp_path: Path
+) -> None:
+    base, settings = portal
+    secret, _ = services.create_token(settings, RESEARCHER, "curl")
+    view = next(v for v in services.list_exports(settings, RESEARCHER) if v.status == "completed")
+    url = f"{base}/api/demo/exports/{view.id}/download/"
+    auth = ["-H", f"Authorization: Bearer {secret}"]
+    target = tmp_path / "export.zip"
+    subprocess.run(["curl", "-fs", "-r", "0-4095", "-o", str(target), *auth, url], check=True)
+    assert target.stat().st_size == 4096  # a broken download
+    subprocess.run(["curl", "-fs", "-C", "-", "-o", str(target), *auth, url], check=True)
+    original = next((settings.export_root / view.id).glob("*.zip")).read_bytes()
+    assert target.read_bytes() == original
+    assert verify(target).ok

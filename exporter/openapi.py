@@ -1,0 +1,219 @@
+"""The OpenAPI 3.1 document of the portal's HTTP API (served at /api/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {401: "Not signed in", 404: "Not found or not yours to see", 409: "Wrong state",
+            410: "File gone", 413: "Over the size limit or quota",
+            422: "Body or parameters do not fit"}  # fmt: skip
+    return {
+        str(code): {
+            "description": text[code],
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+        for code in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
+_EXPORT_ID = {"name": "export_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_EXPORT = {"$ref": "#/components/schemas/Export"}
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            }
+        },
+    },
+    "ExportRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "folders": {**_STR_LIST, "description": 'folder paths; "/" is the whole project'},
+            "patients": {**_STR_LIST, "description": "patient labels"},
+            "tags": _STR_LIST,
+            "tag_mode": {"type": "string", "enum": ["any", "all"]},
+            "modalities": {**_STR_LIST, "description": "modality keys, e.g. cbct, ios"},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": ["raw", "processed"]}},
+            "not_exported": {"type": "boolean"},
+            "name": {"type": "string"},
+            "notes": {"type": "string"},
+            "options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "compression": {"type": "string", "enum": ["store", "fast", "small"]},
+                    "part_size": {
+                        "oneOf": [{"type": "integer", "minimum": 1048576}, {"type": "string"}],
+                        "description": "bytes, or like '4GiB'",
+                    },
+                    "pseudonyms": {"type": "boolean"},
+                    "skip_missing": {"type": "boolean"},
+                },
+            },
+        },
+    },
+    "Export": {
+        "type": "object",
+        "required": ["id", "project", "name", "status", "url"],
+        "properties": {
+            "id": {"type": "string"},
+            "project": {"type": "string"},
+            "name": {"type": "string"},
+            "notes": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "pending",
+                    "processing",
+                    "completed",
+                    "failed",
+                    "cancelled",
+                    "expired",
+                    "deleted",
+                ],
+            },
+            "creator": {"type": "string"},
+            "patient_count": {"type": "integer"},
+            "file_count": {"type": "integer"},
+            "estimated_bytes": {"type": "integer"},
+            "archive_bytes": {"type": ["integer", "null"]},
+            "files_done": {"type": "integer"},
+            "bytes_done": {"type": "integer"},
+            "progress": {"type": "number"},
+            "eta_seconds": {"type": ["number", "null"]},
+            "error_message": {"type": ["string", "null"]},
+            "url": {"type": "string"},
+            "downloads": _STR_LIST,
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The API description: paths, parameters, bodies, answers and the two ways to sign in."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Export Portal API", "version": "1"},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer"},
+                "proxy": {"type": "apiKey", "in": "header", "name": "X-Forwarded-User"},
+            },
+        },
+        "security": [{"token": []}, {"proxy": []}],
+        "paths": {
+            "/api/{project}/exports/create/": {
+                "post": {
+                    "summary": "Create an export (the work runs on the queue)",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {"202": _json(_EXPORT, "Accepted"), **_errors(401, 404, 413, 422)},
+                }
+            },
+            "/api/{project}/estimate/": {
+                "post": {
+                    "summary": "Counts, bytes, and whether create would be refused and why",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {
+                        "200": _json({"type": "object"}, "The estimate"),
+                        **_errors(401, 404, 422),
+                    },
+                }
+            },
+            "/api/{project}/exports/": {
+                "get": {
+                    "summary": "Exports you may see, newest first",
+                    "parameters": [
+                        _PROJECT,
+                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {"type": "array", "items": _EXPORT},
+                                    "limit": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "next_offset": {"type": ["integer", "null"]},
+                                },
+                            },
+                            "A page of exports",
+                        ),
+                        **_errors(401, 404, 422),
+                    },
+                }
+            },
+            "/api/{project}/exports/{export_id}/": {
+                "get": {
+                    "summary": "Status, progress, error and parts of one export",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {"200": _json(_EXPORT, "The export"), **_errors(401, 404)},
+                },
+                "delete": {
+                    "summary": "Delete the export's files (its record stays)",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {"200": _json(_EXPORT, "Deleted"), **_errors(401, 404, 409)},
+                },
+            },
+            "/api/{project}/exports/{export_id}/cancel/": {
+                "post": {
+                    "summary": "Cancel a pending or processing export",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {"200": _json(_EXPORT, "Cancelled"), **_errors(401, 404, 409)},
+                }
+            },
+            "/api/{project}/exports/{export_id}/download/": {
+                "get": {
+                    "summary": "The archive of a one-part export (Range, If-Range, ETag)",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {
+                        "200": {"description": "The ZIP", "content": {"application/zip": {}}},
+                        "206": {
+                            "description": "Part of the ZIP (Range)",
+                            "content": {"application/zip": {}},
+                        },
+                        "416": {"description": "Range not satisfiable"},
+                        **_errors(401, 404, 409, 410),
+                    },
+                }
+            },
+        },
+    }
