@@ -113,3 +113,22 @@ def test_exports_page_lists_progress_download_and_cancel(portal: Settings) -> No
     assert f"/api/demo/exports/{done.id}/download/" in links
     captions = " ".join(c.value for c in at.caption)
     assert "Archive: 1 part(s)" in captions, "the manifest summary shows in the details"
+
+
+def test_tokens_page_creates_once_lists_and_revokes(portal: Settings) -> None:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.user = {}
+    at.run()
+    at.switch_page(str(PROJECT_ROOT / "pages" / "tokens.py"))
+    at.run()
+    at.text_input[0].input("notebook")
+    at.button[0].click().run()
+    assert not at.exception
+    secret = at.code[0].value
+    assert secret.startswith("ep_") and "not shown again" in at.success[0].value
+    assert services.token_owner(portal, secret) == ME
+    (token,) = services.list_tokens(portal, ME)
+    at.run()
+    assert all(secret not in c.value for c in at.code), "the secret is shown only once"
+    next(b for b in at.button if b.key == f"revoke-{token.id}").click().run()
+    assert services.list_tokens(portal, ME)[0].revoked
