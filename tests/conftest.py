@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from sqlalchemy import create_engine, text
 
 from exporter import db, services
@@ -118,3 +119,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
             reporter.write_line(f"CI=true: {skipped} skipped test(s) count as failures", red=True)
+
+
+@pytest.fixture
+def portal_env(
+    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Settings]]:
+    """Make the process environment a test portal's (jobs and the API read it), with a
+    flushed Redis; call it with extra settings, e.g. ``portal_env(PORTAL_ENV="production")``."""
+    from exporter import api
+
+    def make(**extra: str) -> Settings:
+        Redis.from_url(redis_server.url).flushall()
+        env = {
+            "DATABASE_URL": database_url,
+            "DATA_ROOT": str(tmp_path / "data"),
+            "EXPORT_ROOT": str(tmp_path / "exports"),
+            "REDIS_URL": redis_server.url,
+            "DISK_RESERVE": "1MiB",
+            **extra,
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        api.settings.cache_clear()
+        return Settings.load(env_file=tmp_path / "none.env")
+
+    yield make
+    api.settings.cache_clear()

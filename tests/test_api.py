@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from redis import Redis
 from rq import SimpleWorker
@@ -14,33 +11,21 @@ from starlette.testclient import TestClient
 from exporter import api, services
 from exporter.config import Settings
 from exporter.queue import export_queue
-from exporter.redis_server import PrivateRedis
 
 ME = "researcher@demo.example"
 BODY = {"folders": ["/"], "modalities": ["ios", "cbct"], "name": "api export"}
 
 
 @pytest.fixture
-def client(
-    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[TestClient, Settings, dict[str, str]]]:
-    Redis.from_url(redis_server.url).flushall()
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "PORTAL_ENV": "production",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    api.settings.cache_clear()
-    settings = Settings.load(env_file=tmp_path / "none.env")
+def client(portal_env) -> tuple[TestClient, Settings, dict[str, str]]:  # type: ignore[no-untyped-def]
+    settings = portal_env(PORTAL_ENV="production")
     services.load_demo(settings, patients=3, seed=2)
     secret, _ = services.create_token(settings, ME, "notebook")
-    yield (
+    return (
         TestClient(Starlette(routes=api.routes())),
         settings,
         {"Authorization": f"Bearer {secret}"},
     )
-    api.settings.cache_clear()
 
 
 def work(settings: Settings) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from redis import Redis
 from rq import SimpleWorker
@@ -17,27 +14,15 @@ from exporter.config import Settings
 from exporter.exports import ExportRequest
 from exporter.models import AuditEvent
 from exporter.queue import export_queue
-from exporter.redis_server import PrivateRedis
 
 ME = "researcher@demo.example"
 
 
 @pytest.fixture
-def client(
-    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[TestClient, Settings]]:
-    Redis.from_url(redis_server.url).flushall()
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "PORTAL_ENV": "production",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    api.settings.cache_clear()
-    settings = Settings.load(env_file=tmp_path / "none.env")
+def client(portal_env) -> tuple[TestClient, Settings]:  # type: ignore[no-untyped-def]
+    settings = portal_env(PORTAL_ENV="production")
     services.load_demo(settings, patients=3, seed=2)
-    yield TestClient(Starlette(routes=api.routes())), settings
-    api.settings.cache_clear()
+    return TestClient(Starlette(routes=api.routes())), settings
 
 
 def completed_export(settings: Settings, **kw: object) -> str:
