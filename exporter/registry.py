@@ -34,22 +34,30 @@ EXPORTED_TAG = "EXPORTED"  # a system tag: set on a patient by each completed ex
 
 
 def tag_exported(session: Session, project_id: int, export_id: str, patient_ids: list[int]) -> None:
-    """Tag these patients EXPORTED, linked to the export (a queue-like workflow)."""
-    tag = session.scalar(select(Tag).where(Tag.project_id == project_id, Tag.name == EXPORTED_TAG))
-    if tag is None:
-        tag = Tag(project_id=project_id, name=EXPORTED_TAG, is_system=True)
-        session.add(tag)
-        session.flush()
-    have = set(
-        session.scalars(
-            select(PatientTag.patient_id).where(
-                PatientTag.tag_id == tag.id, PatientTag.patient_id.in_(patient_ids)
-            )
-        )
+    """Tag these patients EXPORTED, linked to the export (a queue-like workflow).
+
+    Two exports completing at once on two workers may both create the tag or tag the same
+    patient: the inserts ignore rows that already exist instead of failing the export.
+    """
+    _insert_ignore(
+        session, Tag, [{"project_id": project_id, "name": EXPORTED_TAG, "is_system": True}]
     )
-    for patient_id in patient_ids:
-        if patient_id not in have:
-            session.add(PatientTag(patient_id=patient_id, tag_id=tag.id, export_id=export_id))
+    tag_id = session.scalar(
+        select(Tag.id).where(Tag.project_id == project_id, Tag.name == EXPORTED_TAG)
+    )
+    rows = [{"patient_id": p, "tag_id": tag_id, "export_id": export_id} for p in patient_ids]
+    if rows:
+        _insert_ignore(session, PatientTag, rows)
+
+
+def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite alike."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    table = model.metadata.tables[model.__tablename__]
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    session.execute(statement.on_conflict_do_nothing(), rows)
 
 
 @dataclass(frozen=True)

@@ -494,3 +494,39 @@ def test_completed_exports_tag_patients_and_not_yet_exported_selects_the_rest(
     everyone_done = services.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
     with pytest.raises(InvalidSelection, match="has no files"):
         services.create_export(portal, ME, "demo", ExportRequest(selection=everyone_done, name="x"))
+
+
+def test_two_exports_tagging_the_same_patients_at_once_do_not_fail(portal: Settings) -> None:
+    """Two workers completing at the same moment both create EXPORTED and tag the same
+    patients; neither may fail (seen on PostgreSQL as a unique violation)."""
+    import threading
+
+    from exporter.models import Patient, PatientTag, Tag
+    from exporter.registry import tag_exported
+
+    a = services.create_export(portal, ME, "demo", request(name="a", modalities=["ios"]))
+    b = services.create_export(portal, ME, "demo", request(name="b", modalities=["cbct"]))
+    with db.session_scope(portal) as session:
+        ids = list(session.scalars(select(Patient.id).where(Patient.project_id == 1)))
+    errors: list[BaseException] = []
+    first = db.session_factory(portal)()
+    tag_exported(first, 1, a.id, ids)  # holds its inserts, uncommitted
+
+    def second() -> None:
+        try:
+            with db.session_scope(portal) as session:
+                tag_exported(session, 1, b.id, ids)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.5)
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert errors == []
+    with db.session_scope(portal) as session:
+        tags = session.scalars(select(Tag).where(Tag.name == "EXPORTED")).all()
+        links = session.scalars(select(PatientTag).where(PatientTag.tag_id == tags[0].id)).all()
+    assert len(tags) == 1 and sorted(link.patient_id for link in links) == sorted(ids)
