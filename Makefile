@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-dev run test lint format typecheck check bench clean
+.PHONY: install install-dev run test lint format typecheck check bench bench-export bench-ui clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -44,8 +44,15 @@ typecheck: install-dev
 
 check: lint typecheck test
 
+## bench: registry (register vs sha256sum, estimates); bench-export and bench-ui take longer
 bench: install-dev
 	$(PY) bench/registry_bench.py
+
+bench-export: install-dev
+	$(PY) bench/export_bench.py
+
+bench-ui: install-dev
+	$(PY) bench/ui_bench.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache
