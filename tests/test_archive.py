@@ -84,7 +84,7 @@ def test_archive_passes_unzip_verify_and_sha256sum(demo_env: Settings, tmp_path:
     assert meta["totals"] == {
         "patients": 6,
         "files": len(files),
-        "bytes": sum(f.size for f in files),
+        "bytes": sum(f["size"] for f in meta["files"]),  # DICOM headers carry the pseudonyms
         "skipped": 0,
     }
     assert meta["export"]["notes"] == "notes" and meta["criteria"] == {"x": 1}
@@ -376,3 +376,64 @@ def test_a_fifo_at_a_registered_path_is_refused_not_waited_on(
             build(demo_env, tmp_path, [replace(files[0], path="demo/pipe.dcm")])
     finally:
         fifo.unlink()
+
+
+def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    import csv
+    import io
+
+    import pydicom
+
+    files = demo_files(demo_env, modalities=["cbct"])
+    result = build(demo_env, tmp_path, files)
+    folder = info().folder
+    label = next(lbl for lbl, pseudo in result.pseudonyms.items() if pseudo == "patient_001")
+    source = next(f for f in files if f.patient_label == label and f.path.endswith("0001.dcm"))
+    original_bytes = (demo_env.data_root / source.path).read_bytes()
+    with zipfile.ZipFile(result.parts[0].path) as zf:
+        exported = zf.read(f"{folder}/patient_001/cbct/series_001/0001.dcm")
+        changes = list(csv.DictReader(io.StringIO(zf.read(f"{folder}/dicom_changes.csv").decode())))
+        zf.extract(f"{folder}/patient_001/cbct/series_001/0001.dcm", tmp_path / "x")
+    new = pydicom.dcmread(io.BytesIO(exported))
+    old = pydicom.dcmread(io.BytesIO(original_bytes))
+    assert (str(new.PatientName), new.PatientID) == ("patient_001", "patient_001")
+    # (Other identifying elements, e.g. the demo's private tag, stay until de-identification.)
+    assert new.PixelData == old.PixelData, "pixel data byte-identical to the source"
+    assert new.StudyInstanceUID == old.StudyInstanceUID, "UIDs are not changed"
+    dump = subprocess.run(
+        ["dcmdump", str(tmp_path / "x" / folder / "patient_001/cbct/series_001/0001.dcm")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "(0010,0010) PN [patient_001]" in dump.stdout
+    assert (
+        hashlib.sha256((demo_env.data_root / source.path).read_bytes()).hexdigest() == source.sha256
+    )
+    dcm_entries = {f.path for f in files if f.media_type == "application/dicom"}
+    assert len(changes) == 2 * len(dcm_entries)
+    assert {c["keyword"] for c in changes} == {"PatientID", "PatientName"}
+    assert all(
+        c["reason"] == "pseudonym" and c["new_value"].startswith("patient_") for c in changes
+    )
+    assert set(changes[0]) == {"path", "tag", "keyword", "new_value", "reason"}, "no old values"
+    assert verify(result.parts[0].path).ok
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_dicom_that_cannot_be_rewritten_fails_the_export_naming_it(
+    demo_env: Settings, tmp_path: Path
+) -> None:
+    files = demo_files(demo_env, modalities=["cbct"])
+    bad = demo_env.data_root / "demo" / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    entry = replace(
+        next(f for f in files if f.path.endswith(".dcm")), path="demo/broken.dcm",
+        size=bad.stat().st_size, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(),
+    )  # fmt: skip
+    try:
+        with pytest.raises(SourceFileError, match=r"demo/broken\.dcm: DICOM header cannot be"):
+            build(demo_env, tmp_path, [entry])
+    finally:
+        bad.unlink()
+    assert not (tmp_path / "e1").exists()

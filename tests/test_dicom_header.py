@@ -98,3 +98,24 @@ def test_unknown_vr_is_decoded_as_the_dictionary_says_and_bad_vrs_are_declined(
     assert fast is not None and fast["Rows"] == 8
     corrupt = raw[:at] + b"\x28\x00\x10\x00U\x11" + raw[at + 6 :]
     assert dicom.read_header_fast(corrupt) is None
+
+
+def test_byte_level_patch_equals_a_pydicom_rewrite(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    demo_data.write_demo_tree(tmp_path / "demo", patients=1, seed=4)
+    path = next((tmp_path / "demo").rglob("0001.dcm"))
+    raw = path.read_bytes()
+    patched = dicom.patch_patient_fields(raw, "patient_007", ("PatientID", "PatientName"))
+    assert patched is not None, "the demo's files take the fast path"
+    header, offset, old = patched
+    fast = dcmread(BytesIO(header + raw[offset:]))
+    slow = dcmread(BytesIO(raw))
+    slow.PatientID = slow.PatientName = "patient_007"
+    assert fast == slow and fast.PixelData == slow.PixelData
+    assert old["PatientName"] == str(dcmread(BytesIO(raw)).PatientName)
+    with_group_length = bytearray(raw)
+    assert dicom.patch_patient_fields(raw, "pätient", ("PatientID",)) is None  # not ASCII
+    assert dicom.patch_patient_fields(bytes(with_group_length[:300]), "p", ("PatientID",)) is None
