@@ -16,6 +16,7 @@ from exporter import services
 from exporter.config import Settings, parse_size
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, ExportView
+from exporter.registry import Selection
 
 
 def _size(n: int) -> str:
@@ -129,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _selection_from(args: argparse.Namespace) -> Selection:
+    """The Selection named by the options that _selection_args added."""
+    return services.parse_selection(
+        args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind,
+        args.not_exported,
+    )  # fmt: skip
+
+
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folder", action="append", metavar="PATH", help="folder path; '/' = all")
     p.add_argument("--patient", action="append", metavar="LABEL")
@@ -229,15 +238,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         counts = services.housekeeping(settings)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
     elif command == "estimate":
-        selection = services.parse_selection(
-            args.folder,
-            args.patient,
-            args.tag,
-            args.tag_mode,
-            args.modality,
-            args.kind,
-            args.not_exported,
-        )
+        selection = _selection_from(args)
         est = services.estimate(settings, args.user, args.project, selection)
         if args.json:
             print(json.dumps(dataclasses.asdict(est), indent=2))
@@ -267,15 +268,7 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
     action = args.export_command
     if action == "create":
         request = ExportRequest(
-            selection=services.parse_selection(
-                args.folder,
-                args.patient,
-                args.tag,
-                args.tag_mode,
-                args.modality,
-                args.kind,
-                args.not_exported,
-            ),
+            selection=_selection_from(args),
             name=args.name,
             notes=args.notes,
             compression=args.compression,

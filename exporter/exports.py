@@ -253,7 +253,7 @@ def view(session: Session, row: DatasetExport) -> ExportView:
     ).all()
     eta = None
     if row.status is ExportStatus.PROCESSING and row.started_at and row.bytes_done:
-        elapsed = (datetime.now(UTC) - _aware(row.started_at)).total_seconds()
+        elapsed = (datetime.now(UTC) - as_utc(row.started_at)).total_seconds()
         eta = max(0.0, elapsed * (row.estimated_bytes - row.bytes_done) / row.bytes_done)
     return ExportView(
         id=row.id,
@@ -262,10 +262,10 @@ def view(session: Session, row: DatasetExport) -> ExportView:
         notes=row.notes,
         status=row.status.value,
         creator=creator.email if creator else "",
-        created_at=_aware(row.created_at),
-        started_at=_aware(row.started_at),
-        completed_at=_aware(row.completed_at),
-        expires_at=_aware(row.expires_at),
+        created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at),
+        completed_at=as_utc(row.completed_at),
+        expires_at=as_utc(row.expires_at),
         patient_count=row.patient_count,
         file_count=row.file_count,
         estimated_bytes=row.estimated_bytes,
@@ -291,7 +291,7 @@ def view(session: Session, row: DatasetExport) -> ExportView:
     )
 
 
-def _aware(value: datetime | None) -> Any:
+def as_utc(value: datetime | None) -> Any:
     """SQLite hands back naive datetimes; every time the portal shows is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)

@@ -135,7 +135,7 @@ def _info(row: DatasetExport, project: str, creator: str) -> ExportInfo:
         name=row.name,
         project=project,
         creator=creator,
-        created_at=exports._aware(row.created_at),
+        created_at=exports.as_utc(row.created_at),
         notes=row.notes,
         criteria=dict(row.criteria),
     )
@@ -537,7 +537,7 @@ def _parts_alive(session: Any, connection: Redis, export_id: str, stale_before: 
     for part in parts:
         if part.status is ExportStatus.PENDING and _job_alive(connection, part.job_id):
             return True
-        beat = exports._aware(part.heartbeat_at or part.started_at)
+        beat = exports.as_utc(part.heartbeat_at or part.started_at)
         if part.status is ExportStatus.PROCESSING and beat is not None and beat >= stale_before:
             return True
     attempt = session.scalar(select(DatasetExport.retry_count).where(DatasetExport.id == export_id))

@@ -427,7 +427,7 @@ def export_audit(settings: Settings, user_email: str, export_id: str) -> list[Au
             .order_by(AuditEvent.at, AuditEvent.id)
         ).all()
         return [
-            AuditEntry(exports._aware(e.at), e.action, email or "portal", dict(e.detail))
+            AuditEntry(exports.as_utc(e.at), e.action, email or "portal", dict(e.detail))
             for e, email in events
         ]
 

@@ -38,6 +38,15 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def launch(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m exporter run` as `make run` starts it, its output in ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "exporter", "run", "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -> None:
     port = free_port()
@@ -50,14 +59,7 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         "REDIS_URL": dead_redis,
     }
     log = tmp_path / "launcher.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "run", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = launch(port, env, log)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/_stcore/health"), 90, "the UI")
         text = log.read_text()
@@ -86,14 +88,7 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         assert not redis_answers(private), "the private Redis outlived the launcher"
         assert not http_ok(f"http://127.0.0.1:{port}/_stcore/health")
         # a second start finds the demo data and does not load it again
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "run", "--port", str(port)],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = launch(port, env, log)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/_stcore/health"), 90, "the UI again")
         assert "Demo data already loaded (12 patients)" in log.read_text()
     finally:
