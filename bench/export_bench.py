@@ -12,7 +12,16 @@ each peer is timed up to a `sync` of what it wrote (cp -r without it is shown fo
 reference). Peak RSS of the export process is shown at two dataset sizes, with the RSS of
 the same process before the export began (Python, SQLAlchemy, the file list).
 
+Then, on the CBCT series of the smaller dataset (``--rewrite-only`` runs just this part):
+  export no-rewrite   the export with DICOM files copied as they are
+  export rewrite      curated values (2 fields) and the pseudonym written into every header
+  export deid         the PS3.15 Basic profile on every header (pydicom, header only)
+  dcmodify            DCMTK changing the same 4 fields on copies of the same files, in place
+  dcmodify deid       DCMTK making the de-identified export's changes (same tags) in place
+Targets: rewrite <= 1.5x no-rewrite; rewrite files/s >= dcmodify's.
+
 Usage: .venv/bin/python bench/export_bench.py [--patients 25] [--small-patients 8] [--rounds 3]
+       .venv/bin/python bench/export_bench.py --rewrite-only [--small-patients 8]
 """
 
 from __future__ import annotations
@@ -35,9 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 from exporter import db, services  # noqa: E402
 from exporter.accounts import principal_for  # noqa: E402
-from exporter.archive import ExportInfo, ExportOptions, build_export  # noqa: E402
+from exporter.archive import ExportInfo, ExportOptions, build_export, export_transform  # noqa: E402
 from exporter.config import Settings  # noqa: E402
-from exporter.registry import select_files  # noqa: E402
+from exporter.curation import CurationRules  # noqa: E402
+from exporter.dicom_rewrite import HeaderRewriter  # noqa: E402
+from exporter.layout import PlannedFile, plan_files  # noqa: E402
+from exporter.registry import FileEntry, select_files  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -68,18 +80,41 @@ def prepare(base: Path, patients: int) -> int:
     return manifest.bytes
 
 
-def child(base: Path, compression: str, out: Path) -> None:
-    """Run one export in this (fresh) process and print its time, size and peak RSS."""
+CURATED = {
+    0x00081030: ("StudyDescription", "Curated study"),
+    0x00080080: ("InstitutionName", "Site"),
+}
+
+
+class NoRewrite(HeaderRewriter):
+    """The baseline: every file copied as it is (one hash serves source and entry)."""
+
+    def applies_to(self, planned: PlannedFile) -> bool:
+        return False
+
+
+def child(base: Path, compression: str, out: Path, mode: str = "default") -> None:
+    """Run one export in this (fresh) process and print its time, size and peak RSS.
+
+    ``mode``: default (the whole dataset, as exports run), or on the CBCT series only:
+    none (no rewrite), rewrite (curated values + pseudonym), deid (the profile)."""
     settings = settings_for(base)
-    sel = services.parse_selection(folders=["/"], modalities=["cbct", "ios", "intraoral-photo"])
+    modalities = ["cbct", "ios", "intraoral-photo"] if mode == "default" else ["cbct"]
+    kinds = None if mode == "default" else ["raw"]
+    sel = services.parse_selection(folders=["/"], modalities=modalities, kinds=kinds)
     with db.session_scope(settings) as session:
         files = select_files(session, principal_for(session, USER), "bench", sel)
     info = ExportInfo("bench", "export_bench", "bench", USER, datetime.now(UTC))
+    options = ExportOptions(compression=compression, deidentify=mode == "deid")
+    transform: HeaderRewriter | None = None
+    if mode == "none":
+        transform = NoRewrite()
+    elif mode == "rewrite":
+        rules = CurationRules(by_patient={f.patient_id: dict(CURATED) for f in files})
+        transform = export_transform(options, [], rules)
     before_kib = peak_rss_kib()
     start = time.perf_counter()
-    result = build_export(
-        files, out, info, ExportOptions(compression=compression), settings.data_root
-    )
+    result = build_export(files, out, info, options, settings.data_root, transform=transform)
     seconds = time.perf_counter() - start
     rss_kib = peak_rss_kib()
     print(
@@ -89,6 +124,7 @@ def child(base: Path, compression: str, out: Path) -> None:
                 "size": result.parts[0].size,
                 "rss_mib": rss_kib / 1024,
                 "rss_before_mib": before_kib / 1024,
+                "files": result.files,
             }
         )
     )
@@ -117,9 +153,9 @@ def timed_cmd(cmd: list[str], cwd: Path | None = None, sync: bool = True) -> flo
     return time.perf_counter() - start
 
 
-def run_export(base: Path, compression: str, out: Path) -> dict[str, float]:
+def run_export(base: Path, compression: str, out: Path, mode: str = "default") -> dict[str, float]:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", str(base), compression, str(out)],
+        [sys.executable, __file__, "--child", str(base), compression, str(out), mode],
         check=True,
         capture_output=True,
         text=True,
@@ -192,6 +228,98 @@ def bench(base: Path, rounds: int) -> dict[str, float]:
     return {"rss": max(rss)}
 
 
+def cbct_files(base: Path) -> list[FileEntry]:
+    settings = settings_for(base)
+    sel = services.parse_selection(folders=["/"], modalities=["cbct"], kinds=["raw"])
+    with db.session_scope(settings) as session:
+        return select_files(session, principal_for(session, USER), "bench", sel)
+
+
+def dcmodify_args(base: Path, files: list[FileEntry], deid: bool) -> dict[str, list[str]]:
+    """dcmodify's arguments per series: the same fields the export changes.
+
+    For the rewrite: the 4 fields (2 curated, PatientID, PatientName). For the profile: the
+    changes the de-identified export makes to the series' first file, one dcmodify option per
+    changed element (-e to remove, -m to set), and -gin for the per-file SOP Instance UID."""
+    by_series: dict[str, list[FileEntry]] = {}
+    for f in files:
+        by_series.setdefault(f"{f.patient_label}/{f.series_label}", []).append(f)
+    args: dict[str, list[str]] = {}
+    planned = {p.source.id: p for p in plan_files(files)}
+    transform = export_transform(ExportOptions(deidentify=True), [])
+    for key, members in by_series.items():
+        item = planned[members[0].id]
+        if not deid:
+            pseudo = item.patient_dir
+            args[key] = ["-m", f"(0010,0010)={pseudo}", "-m", f"(0010,0020)={pseudo}"]
+            for tag, (_, value) in CURATED.items():
+                args[key] += ["-m", f"({tag >> 16:04x},{tag & 0xFFFF:04x})={value}"]
+            continue
+        with open(settings_for(base).data_root / item.source.path, "rb") as fh:
+            _, _, _, changes = transform.rewrite(item, fh.read(1 << 20), fh)
+        ops = ["-imt", "-gin"]
+        for c in changes:
+            path = c.tag.replace("](", "].(")
+            nested = "[" in c.tag or c.keyword.endswith("Sequence")
+            if c.keyword == "SOPInstanceUID" or (nested and c.action != "removed"):
+                continue
+            if c.new_value is None:
+                ops += ["-e", path]
+            else:
+                ops += ["-i" if c.action == "set" else "-m", f"{path}={c.new_value}"]
+        args[key] = ops
+    return args
+
+
+def bench_rewrite(base: Path, rounds: int) -> None:
+    """The header rewrite against no rewrite and against dcmodify, on the CBCT series."""
+    files = cbct_files(base)
+    scratch = base / "scratch"
+    plain_args = dcmodify_args(base, files, deid=False)
+    deid_args = dcmodify_args(base, files, deid=True)
+    source = base / "data"
+    results: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for case in ("none", "rewrite", "deid", "dcmodify", "dcmodify-deid"):
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            warm(source / "bench")
+            if case.startswith("dcmodify"):
+                copies = scratch / "copy"
+                shutil.copytree(source / "bench", copies)
+                subprocess.run(["sync"], check=True)
+                per_series = deid_args if case == "dcmodify-deid" else plain_args
+                start = time.perf_counter()
+                for key, ops in per_series.items():
+                    members = [f for f in files if f"{f.patient_label}/{f.series_label}" == key]
+                    paths = [str(copies / f.path.split("/", 1)[1]) for f in members]
+                    subprocess.run(
+                        ["dcmodify", "-nb", "-q", *ops, *paths], check=True,
+                        stdout=subprocess.DEVNULL,
+                    )  # fmt: skip
+                subprocess.run(["sync"], check=True)
+                results.setdefault(case, []).append(time.perf_counter() - start)
+            else:
+                figures = run_export(base, "store", scratch / "export", case)
+                assert int(figures["files"]) == len(files)
+                results.setdefault(case, []).append(figures["seconds"])
+    shutil.rmtree(scratch, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
+
+    print(f"\n== header rewrite: {len(files)} CBCT files, medians of {rounds} rounds (warm)")
+    for case, seconds in med.items():
+        print(f"  {case:<14} {seconds:7.2f} s  {len(files) / seconds:8.0f} files/s")
+    print(f"  rewrite / no-rewrite export        {ratio('rewrite', 'none'):.2f}x  (target <= 1.5)")
+    print(
+        f"  rewrite files/s / dcmodify files/s {ratio('dcmodify', 'rewrite'):.2f}x  (target >= 1.0)"
+    )
+    print(f"  deid / no-rewrite export           {ratio('deid', 'none'):.2f}x")
+    print(f"  deid files/s / dcmodify (deid) files/s {ratio('dcmodify-deid', 'deid'):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,25 +331,31 @@ def main() -> None:
         "--small-patients", type=int, default=8, help="patients in the smaller dataset"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rewrite-only", action="store_true", help="only the rewrite section")
     parser.add_argument(
-        "--child", nargs=3, metavar=("BASE", "COMPRESSION", "OUT"), help=argparse.SUPPRESS
+        "--child", nargs=4, metavar=("BASE", "COMPRESSION", "OUT", "MODE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), args.child[1], Path(args.child[2]))
+        child(Path(args.child[0]), args.child[1], Path(args.child[2]), args.child[3])
         return
     rss = {}
     for patients in (args.small_patients, args.patients):
+        if args.rewrite_only and patients != args.small_patients:
+            break
         base = Path(tempfile.mkdtemp(prefix="bench-export-", dir=os.environ.get("BENCH_DIR")))
         try:
             size = prepare(base, patients)
             print(f"\n== {patients} patients ({size / 1e9:.2f} GB)")
-            rss[patients] = bench(base, args.rounds)["rss"]
+            if patients == args.small_patients:
+                bench_rewrite(base, args.rounds)
+            if not args.rewrite_only:
+                rss[patients] = bench(base, args.rounds)["rss"]
         finally:
             shutil.rmtree(base, ignore_errors=True)
-    print(
-        f"\npeak RSS by dataset: {', '.join(f'{p} patients {r:.0f} MiB' for p, r in rss.items())}"
-    )
+    if rss:
+        by_size = ", ".join(f"{p} patients {r:.0f} MiB" for p, r in rss.items())
+        print(f"\npeak RSS by dataset: {by_size}")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,14 @@ async def download(request: Request) -> Response:
 
 # --- JSON endpoints ------------------------------------------------------------------
 
+MAX_OFFSET = 2**31 - 1  # beyond any list; bigger numbers overflow the databases' integers
 _LIST_FIELDS = ("folders", "patients", "tags", "modalities", "kinds")
 _BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options"}
-_OPTION_FIELDS = {"compression", "part_size", "pseudonyms", "skip_missing"}
+_FLAG_OPTIONS = (
+    "pseudonyms", "skip_missing", "deidentify", "retain_dates", "retain_uids", "remove_private",
+    "clean_descriptors",
+)  # fmt: skip
+_OPTION_FIELDS = {"compression", "part_size", *_FLAG_OPTIONS}
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -149,7 +154,7 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         options = {}
     for key in options.keys() - _OPTION_FIELDS:
         bad[f"options.{key}"] = "unknown option"
-    for key in ("pseudonyms", "skip_missing"):
+    for key in _FLAG_OPTIONS:
         if key in options and not isinstance(options[key], bool):
             bad[f"options.{key}"] = "must be true or false"
     if "compression" in options and options["compression"] not in ("store", "fast", "small"):
@@ -180,6 +185,11 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         part_size=part_size or None,
         pseudonyms=options.get("pseudonyms", True),
         skip_missing=options.get("skip_missing", False),
+        deidentify=options.get("deidentify", False),
+        retain_dates=options.get("retain_dates", False),
+        retain_uids=options.get("retain_uids", False),
+        remove_private=options.get("remove_private", True),
+        clean_descriptors=options.get("clean_descriptors", False),
     )
 
 
@@ -261,11 +271,13 @@ async def list_exports(request: Request) -> Response:
     try:
         limit = int(request.query_params.get("limit", 50))
         offset = int(request.query_params.get("offset", 0))
-        if not (1 <= limit <= 500 and offset >= 0):
+        if not (1 <= limit <= 500 and 0 <= offset <= MAX_OFFSET):
             raise ValueError
     except ValueError:
         return error_response(
-            InvalidRequest("limit must be 1 to 500 and offset 0 or more", {"limit": "1..500"})
+            InvalidRequest(
+                f"limit must be 1 to 500 and offset 0 to {MAX_OFFSET}", {"limit": "1..500"}
+            )
         )
     status = request.query_params.get("status") or None
 

@@ -32,7 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from exporter.dicom_rewrite import HeaderRewriter, changes_csv
+from exporter.curation import CurationRules
+from exporter.deid import Deidentifier, DeidOptions, new_date_shift, new_uid_key
+from exporter.dicom_rewrite import Change, HeaderRewriter, RewriteContext, changes_csv
 from exporter.errors import ExportCancelled, InvalidSelection, NotEnoughSpace, SourceFileError
 from exporter.layout import (
     PlannedFile,
@@ -86,8 +88,33 @@ class ExportOptions:
     pseudonyms: bool = True
     skip_missing: bool = False
     max_part_bytes: int | None = None
+    # The PS3.15 Basic profile on DICOM headers, and metadata stripped from other files.
+    deidentify: bool = False
+    retain_dates: bool = False
+    retain_uids: bool = False
+    remove_private: bool = True
+    clean_descriptors: bool = False
+
+    def deid_options(self) -> DeidOptions | None:
+        """The profile's options when the export is de-identified, else None."""
+        if not self.deidentify:
+            return None
+        return DeidOptions(
+            self.retain_dates, self.retain_uids, self.remove_private, self.clean_descriptors
+        )
 
     def __post_init__(self) -> None:
+        if self.deidentify and not self.pseudonyms:
+            raise InvalidSelection(
+                "De-identification needs pseudonyms: turn pseudonyms on, or export without "
+                "de-identification"
+            )
+        changed = self.retain_dates or self.retain_uids or self.clean_descriptors
+        if not self.deidentify and (changed or not self.remove_private):
+            raise InvalidSelection(
+                "The options retain dates, retain UIDs, keep private tags and clean "
+                "descriptors apply to de-identification: turn de-identification on"
+            )
         if self.compression not in COMPRESSION_LEVELS:
             raise InvalidSelection(
                 f"Compression {self.compression!r} is not known: use store, fast or small"
@@ -155,6 +182,7 @@ class PartResult:
     files: list[FileRecord]
     skipped: list[SkippedFile]
     patients: list[str]
+    changes: list[Change] = field(default_factory=list)  # with old values: database only
 
 
 @dataclass
@@ -250,6 +278,8 @@ class PartBuilder:
         self.data_root = data_root.resolve()
         self.disk_reserve = disk_reserve
         # By default DICOM headers carry the patient's pseudonym (or label), not the stored one.
+        if transform is None and options.deidentify:
+            raise ValueError("a de-identified export needs export_transform(...) as transform")
         self.transform = transform if transform is not None else HeaderRewriter()
         self.progress = progress
         self.cancel = cancel
@@ -447,10 +477,12 @@ class PartBuilder:
             _add_bytes(writer, f"{folder}/metadata.json", metadata)
             sums = "".join(f"{r.sha256}  {r.path}\n" for r in records)
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"
+            changes: list[Change] = []
             if isinstance(self.transform, HeaderRewriter):
-                changes = changes_csv(self.transform.take_changes())
-                _add_bytes(writer, f"{folder}/dicom_changes.csv", changes)
-                sums += f"{hashlib.sha256(changes).hexdigest()}  dicom_changes.csv\n"
+                changes = self.transform.take_changes()
+                table = changes_csv(changes)
+                _add_bytes(writer, f"{folder}/dicom_changes.csv", table)
+                sums += f"{hashlib.sha256(table).hexdigest()}  dicom_changes.csv\n"
             _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
             archive_sha = out.hexdigest()
@@ -467,6 +499,7 @@ class PartBuilder:
             records,
             skipped,
             part.patient_dirs,
+            changes,
         )
 
     def _ordered(
@@ -763,6 +796,26 @@ def plan_export(
     return split_parts(planned, options.max_part_bytes), folders
 
 
+def export_transform(
+    options: ExportOptions,
+    patient_dirs: list[str],
+    curated: CurationRules | None = None,
+    uid_key: str | None = None,
+    date_shifts: dict[str, int] | None = None,
+) -> HeaderRewriter:
+    """The per-file rewrite of one export: curated values, pseudonyms and, when chosen, the
+    de-identification profile with the export's UID key and per-patient date shifts (fresh
+    ones when not given)."""
+    deid = None
+    profile = options.deid_options()
+    if profile is not None:
+        shifts = date_shifts if date_shifts is not None else {}
+        if profile.retain_dates:
+            shifts = {d: shifts.get(d) or new_date_shift() for d in patient_dirs}
+        deid = Deidentifier(profile, bytes.fromhex(uid_key or new_uid_key()), shifts)
+    return HeaderRewriter(RewriteContext(curated or CurationRules(), deid))
+
+
 def build_export(
     files: list[FileEntry],
     export_dir: Path,
@@ -782,6 +835,8 @@ def build_export(
     """
     parts, folders = plan_export(files, options)
     check_free_space(export_dir.parent, sum(p.bytes for p in parts), disk_reserve)
+    if transform is None:
+        transform = export_transform(options, sorted(set(folders.values())))
     builder = PartBuilder(
         info, options, data_root, disk_reserve=disk_reserve, transform=transform,
         progress=progress, cancel=cancel,

@@ -14,8 +14,10 @@ from humanize import naturalsize
 
 from exporter import services
 from exporter.config import Settings, parse_size
+from exporter.curation import Target
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, ExportView
+from exporter.preview import Preview
 from exporter.registry import Selection
 
 
@@ -86,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", metavar="SIZE", help="e.g. 4GiB: whole patients per part")
     p.add_argument("--labels", action="store_true", help="patient labels instead of pseudonyms")
     p.add_argument("--skip-missing", action="store_true", help="skip (and list) missing files")
+    p.add_argument(
+        "--deidentify", action="store_true",
+        help="DICOM PS3.15 Basic profile; metadata stripped from photos, scans and volumes",
+    )  # fmt: skip
+    p.add_argument("--retain-dates", action="store_true", help="dates shifted per patient")
+    p.add_argument("--retain-uids", action="store_true", help="UIDs kept")
+    p.add_argument("--keep-private", action="store_true", help="private tags kept")
+    p.add_argument("--clean-descriptors", action="store_true", help="descriptions kept, cleaned")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="show the DICOM header changes for one file per series; create nothing",
+    )  # fmt: skip
     p.add_argument("--wait", action="store_true", help="wait, with progress; exit 1 unless done")
     p.add_argument("--json", action="store_true")
     for action, helptext in (
@@ -117,6 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, metavar="EMAIL")
     p = tok.add_parser("revoke", help="revoke a token by its id")
     p.add_argument("token_id", type=int, metavar="ID")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+
+    p = sub.add_parser("curate", help="curated DICOM header values (data managers)")
+    cur = p.add_subparsers(dest="curate_action", required=True, metavar="ACTION")
+    for action, helptext in (
+        ("set", "set a field on patients' DICOM files, a series, or one file"),
+        ("clear", "take a curation off (the files' own value applies again)"),
+    ):
+        p = cur.add_parser(action, help=helptext)
+        p.add_argument("project", metavar="PROJECT_SLUG")
+        p.add_argument("--user", required=True, metavar="EMAIL")
+        p.add_argument("--patient", action="append", required=True, metavar="LABEL")
+        p.add_argument("--series", metavar="LABEL", help="one series (by label) of each patient")
+        p.add_argument("--file-id", type=int, metavar="ID", help="one file (one patient only)")
+        p.add_argument("--field", required=True, help="keyword or tag, e.g. StudyDescription")
+        if action == "set":
+            p.add_argument("--value", required=True)
+    p = cur.add_parser("history", help="every edit of a patient's fields, newest first")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--patient", required=True, metavar="LABEL")
+    p = cur.add_parser("restore", help="put an earlier value (by its history id) back")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("value_id", type=int, metavar="ID")
     p.add_argument("--user", required=True, metavar="EMAIL")
 
     p = sub.add_parser("verify", help="re-hash an export (ZIP, export folder or extracted folder)")
@@ -234,6 +272,8 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         else:
             token = services.revoke_token(settings, args.user, args.token_id)
             print(f"token {token.id} ({token.name}) revoked")
+    elif command == "curate":
+        _curate_command(settings, args)
     elif command == "cleanup":
         counts = services.housekeeping(settings)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -258,6 +298,50 @@ def _print_estimate(est: Any) -> None:
         print(f"  [{mark}] {m.key:<16} {counts}")
 
 
+def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
+    action = args.curate_action
+    if action == "history":
+        for h in services.curation_history(settings, args.user, args.project, args.patient):
+            mark = "*" if h.in_force else " "
+            value = "(cleared)" if h.value is None else repr(h.value)
+            where = h.file_path or h.series_label or "patient"
+            print(f"{h.id:>6} {mark} {h.at:%Y-%m-%d %H:%M} {h.by:<28} {h.keyword:<28} "
+                  f"{h.scope:<7} {where}: {h.old_value!r} -> {value}")  # fmt: skip
+        return
+    if action == "restore":
+        done = [services.restore_curation(settings, args.user, args.project, args.value_id)]
+    else:
+        if args.file_id is not None and len(args.patient) > 1:
+            raise PortalError("--file-id names one file: give exactly one --patient")
+        targets = [Target(p, args.series, args.file_id) for p in args.patient]
+        new = args.value if action == "set" else None
+        done = services.curate(settings, args.user, args.project, targets, args.field, new)
+    for d in done:
+        shown = "(cleared)" if d.value is None else repr(d.value)
+        print(f"{d.patient} {d.scope} {d.keyword}: {d.old_value!r} -> {shown} (edit {d.id})")
+
+
+def _print_preview(preview: Preview, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(preview), indent=2))
+        return
+    print(
+        f"DICOM header changes, one file per series ({preview.series_shown} of "
+        f"{preview.series_total} series); pseudonyms and date shifts are drawn again when the "
+        "export runs. Nothing was created."
+    )
+    current = None
+    for row in preview.rows:
+        if row.file != current:
+            current = row.file
+            print(f"\n{row.patient} {row.series}  ->  {row.file}")
+        old = "(absent)" if row.old_value is None else row.old_value
+        new = "(removed)" if row.new_value is None else row.new_value
+        print(f"  {row.tag:<13} {row.keyword:<34} {old[:40]!r} -> {new[:40]!r}  [{row.reason}]")
+    if preview.other_files:
+        print(f"\n{preview.other_files} other files will have their metadata stripped.")
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -275,7 +359,17 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
             part_size=parse_size(args.part_size) if args.part_size else None,
             pseudonyms=not args.labels,
             skip_missing=args.skip_missing,
+            deidentify=args.deidentify,
+            retain_dates=args.retain_dates,
+            retain_uids=args.retain_uids,
+            remove_private=not args.keep_private,
+            clean_descriptors=args.clean_descriptors,
         )
+        if args.dry_run:
+            _print_preview(
+                services.preview_export(settings, args.user, args.project, request), args.json
+            )
+            return 0
         view = services.create_export(settings, args.user, args.project, request)
         if args.wait:
             view = _wait(settings, args.user, view, quiet=args.json)

@@ -244,27 +244,30 @@ def acquisition_date(header: dict[str, Any]) -> date | None:
     return None
 
 
-def patch_patient_fields(
-    buf: bytes, value: str, keywords: tuple[str, ...]
-) -> tuple[bytes, int, dict[str, str]] | None:
-    """Set top-level text elements (e.g. PatientID, PatientName) to ``value`` at byte level.
+# Text VRs with a 2-byte length whose value can be replaced in place (padded with a space).
+_PATCHABLE_VRS = frozenset({b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"LT", b"PN",
+                            b"SH", b"ST", b"TM"})  # fmt: skip
 
-    For explicit VR little endian files whose elements are all present with 2-byte lengths
-    and no group length in their group. Returns (new header bytes up to the pixel data, the
-    pixel data's offset in ``buf``, the old values), or None to let pydicom do it. About 20x
-    faster than a pydicom read and write of the header.
+
+def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, str]] | None:
+    """Set top-level text elements (``{tag: value}``) at byte level.
+
+    For explicit VR little endian files whose target elements are all present, with text VRs
+    and 2-byte lengths, and no group length in their groups; ASCII values only. Returns (new
+    header bytes up to the pixel data, the pixel data's offset in ``buf``, the old values by
+    tag), or None to let pydicom do it. About 20x faster than a pydicom read and write.
     """
-    if len(buf) < 132 or buf[128:132] != b"DICM" or not value.isascii():
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        return None
+    if not all(v.isascii() and len(v) < 0xFFFE for v in values.values()):
         return None
     try:
-        return _patch(buf, value, keywords)
+        return _patch(buf, values)
     except (_Unsupported, struct.error, UnicodeDecodeError, ValueError):
         return None
 
 
-def _patch(
-    buf: bytes, value: str, keywords: tuple[str, ...]
-) -> tuple[bytes, int, dict[str, str]] | None:
+def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, str]] | None:
     pos = 132
     syntax = ""
     while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
@@ -274,8 +277,7 @@ def _patch(
             syntax = buf[start + header_len : pos].decode("ascii").rstrip(" \0")
     if not syntax or syntax in _SLOW_SYNTAXES:
         return None
-    wanted = {int(pydicom.datadict.tag_for_keyword(k) or 0): k for k in keywords}
-    groups = {tag >> 16 for tag in wanted}
+    groups = {tag >> 16 for tag in values}
     found: dict[int, tuple[int, int, bytes]] = {}
     while True:
         if pos + 8 > len(buf):
@@ -291,19 +293,19 @@ def _patch(
         pos = _skip_element(buf, pos)
         if pos > len(buf):
             return None
-        if tag in wanted:
-            if vr in _LONG_VRS or vr not in (b"PN", b"LO", b"SH", b"CS"):
+        if tag in values:
+            if vr not in _PATCHABLE_VRS:
                 return None
             found[tag] = (start, pos, vr)
-    if len(found) != len(wanted):
+    if len(found) != len(values):
         return None  # an element to add: pydicom does that
-    encoded = value.encode("ascii")
-    if len(encoded) % 2:
-        encoded += b" "
     out, cursor, old = [], 0, {}
     for tag in sorted(found):
         start, end, vr = found[tag]
-        old[wanted[tag]] = buf[start + 8 : end].decode("latin-1").rstrip(" \0")
+        encoded = values[tag].encode("ascii")
+        if len(encoded) % 2:
+            encoded += b" "
+        old[tag] = buf[start + 8 : end].decode("latin-1").rstrip(" \0").strip()
         out.append(buf[cursor:start])
         out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(encoded)) + encoded)
         cursor = end

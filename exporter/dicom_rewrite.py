@@ -1,54 +1,78 @@
-"""The export's per-file DICOM transform: the patient's pseudonym (or label) goes into the
-header; the pixel data is copied byte for byte; the originals are never touched.
+"""The export's per-file transform: curated values and the pseudonym go into DICOM headers,
+the de-identification profile when the export asks for it, and identifying metadata out of
+photos, scans and volumes. The originals are never touched.
 
-The header is parsed without its pixel data from the bytes already read (one read per
-file), rewritten with pydicom, and followed by the rest of the source unchanged. A DICOM
-file whose header cannot be parsed or written fails the export with its name: it is never
-exported unmodified, since it may carry identifiers. Every changed field is recorded for
-``dicom_changes.csv`` (the new value only: old values are identifying).
+For a DICOM file the header is parsed without its pixel data from the bytes already read
+(one read per file), and changed in a fixed order: (a) the curated values in force, (b) the
+patient's pseudonym (or label) in PatientID and PatientName, (c) the de-identification
+profile. The new header is followed by the source's pixel data bytes unchanged. Where only
+text values of existing elements change, a byte-level patch does it; otherwise pydicom. A
+DICOM file whose header cannot be parsed or written fails the export with its name: it is
+never exported unmodified, since it may carry identifiers.
+
+Every changed field is recorded: ``dicom_changes.csv`` in the archive gets the new values
+(old ones are identifying), the database gets both.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 
 from exporter import dicom
+from exporter.curation import CurationRules
+from exporter.deid import Deidentifier, element_text, identifiers_of, tag_text
+from exporter.dicom_values import field_spec, to_element_value
 from exporter.errors import SourceFileError
 from exporter.layout import PlannedFile
+from exporter.scrub import Scrubbed, scrubber_for
 
 CHUNK = 1024 * 1024
 MAX_HEADER = 64 * 1024 * 1024
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
-PATIENT_FIELDS = ("PatientID", "PatientName")
+PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
+PSEUDONYM_FIELDS = {PATIENT_ID: "PatientID", PATIENT_NAME: "PatientName"}
+CSV_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
+
+
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
 class Change:
-    """One changed field of one exported file (what ``dicom_changes.csv`` lists)."""
+    """One changed field of one exported file."""
 
     path: str
     tag: str
     keyword: str
-    new_value: str
-    reason: str
+    new_value: str | None  # None: removed
+    reason: str  # curated | pseudonym | deidentified
+    action: str = "set"  # set | blanked | removed | replaced | shifted | cleaned
+    old_value: str | None = None  # for the database only, never for the archive
 
 
-def _tag(keyword: str) -> str:
-    value = int(tag_for_keyword(keyword) or 0)
-    return f"({value >> 16:04X},{value & 0xFFFF:04X})"
+@dataclass(frozen=True)
+class RewriteContext:
+    """What an export's rewrite needs besides the file: curated values, the profile."""
+
+    curated: CurationRules = field(default_factory=CurationRules)
+    deid: Deidentifier | None = None
 
 
 class HeaderRewriter:
     """Transform for :class:`exporter.archive.PartBuilder`; thread-safe, collects changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: RewriteContext | None = None) -> None:
+        self.context = context or RewriteContext()
         self.changes: list[Change] = []
         self._lock = threading.Lock()
 
@@ -58,16 +82,22 @@ class HeaderRewriter:
             taken, self.changes = self.changes, []
         return sorted(taken, key=lambda c: (c.path, c.tag))
 
-    @staticmethod
-    def applies_to(planned: PlannedFile) -> bool:
-        return planned.source.media_type == "application/dicom"
+    def applies_to(self, planned: PlannedFile) -> bool:
+        """Whether this file is changed on its way into the archive (else copied as is)."""
+        if planned.source.media_type == "application/dicom":
+            return True
+        return self.context.deid is not None and scrubber_for(planned.source.path) is not None
 
     def __call__(self, planned: PlannedFile, reader: BinaryIO) -> Iterator[bytes]:
-        if not self.applies_to(planned):
-            while chunk := reader.read(CHUNK):
-                yield chunk
+        if planned.source.media_type != "application/dicom":
+            scrubber = scrubber_for(planned.source.path) if self.context.deid else None
+            if scrubber is None:
+                while chunk := reader.read(CHUNK):
+                    yield chunk
+                return
+            yield from self._scrub(planned, scrubber, reader)
             return
-        header, head, offset, changes = self._rewrite(planned, reader.read(CHUNK), reader)
+        header, head, offset, changes = self.rewrite(planned, reader.read(CHUNK), reader)
         with self._lock:
             self.changes.extend(changes)
         yield header
@@ -75,21 +105,56 @@ class HeaderRewriter:
         while chunk := reader.read(CHUNK):
             yield chunk
 
-    def _rewrite(
-        self, planned: PlannedFile, head: bytes, reader: BinaryIO
+    def _scrub(self, planned: PlannedFile, scrubber: object, reader: BinaryIO) -> Iterator[bytes]:
+        found: list[Scrubbed] = []
+        try:
+            yield from scrubber(reader, found)  # type: ignore[operator]
+        except SourceFileError as exc:
+            raise SourceFileError(f"{planned.source.path}: {exc}") from None
+        changes = [
+            Change(planned.arcname, "-", s.field, None if s.action == "removed" else "",
+                   "deidentified", s.action)
+            for s in found
+        ]  # fmt: skip
+        with self._lock:
+            self.changes.extend(changes)
+
+    def rewrite(
+        self, planned: PlannedFile, head: bytes, reader: Reader
     ) -> tuple[bytes, bytes, int, list[Change]]:
         """(new header, the source bytes read so far, where its pixel data starts, changes)."""
-        name = planned.source.path
-        value = planned.patient_dir  # the pseudonym, or the sanitised label
-        fast = dicom.patch_patient_fields(head, value, PATIENT_FIELDS)
-        if fast is not None:
-            header, offset, old = fast
-            changes = [
-                Change(planned.arcname, _tag(k), k, value, "pseudonym")
-                for k in PATIENT_FIELDS
-                if old[k] != value
-            ]
-            return header, head, offset, changes
+        source = planned.source
+        edits: dict[int, tuple[str, str, str]] = {
+            tag: (keyword, value, "curated")
+            for tag, (keyword, value) in self.context.curated.for_file(
+                source.id, source.patient_id, source.series_label
+            ).items()
+        }
+        for tag, keyword in PSEUDONYM_FIELDS.items():
+            edits[tag] = (keyword, planned.patient_dir, "pseudonym")
+        if self.context.deid is None:
+            fast = dicom.patch_elements(head, {tag: e[1] for tag, e in edits.items()})
+            if fast is not None:
+                header, offset, old = fast
+                changes = [
+                    Change(planned.arcname, tag_text(tag), keyword, value, reason, "set", old[tag])
+                    for tag, (keyword, value, reason) in sorted(edits.items())
+                    if old[tag] != value
+                ]
+                return header, head, offset, changes
+        ds, head, offset = self._parse(source.path, head, reader)
+        changes = self._apply(planned, ds, edits)
+        out = BytesIO()
+        try:
+            ds.save_as(out, enforce_file_format=True)
+        except Exception as exc:
+            raise SourceFileError(
+                f"{source.path}: DICOM header cannot be written ({exc}); the file was not exported"
+            ) from None
+        return out.getvalue(), head, offset, changes
+
+    @staticmethod
+    def _parse(name: str, head: bytes, reader: Reader) -> tuple[Dataset, bytes, int]:
         while True:
             stream = BytesIO(head)
             try:
@@ -115,29 +180,69 @@ class HeaderRewriter:
                 f"{name}: deflated DICOM cannot have its header rewritten in one pass; "
                 "the file was not exported"
             )
-        changes = []
-        for keyword in PATIENT_FIELDS:
-            if str(ds.get(keyword, "")) != value:
-                setattr(ds, keyword, value)
-                changes.append(Change(planned.arcname, _tag(keyword), keyword, value, "pseudonym"))
-        out = BytesIO()
-        try:
-            ds.save_as(out, enforce_file_format=True)
-        except Exception as exc:
-            raise SourceFileError(
-                f"{name}: DICOM header cannot be written ({exc}); the file was not exported"
-            ) from None
-        return out.getvalue(), head, offset, changes
+        return ds, head, offset
+
+    def _apply(
+        self, planned: PlannedFile, ds: Dataset, edits: dict[int, tuple[str, str, str]]
+    ) -> list[Change]:
+        """Curated values, then the pseudonym, then the profile, on a parsed header."""
+        name, arcname = planned.source.path, planned.arcname
+        deid = self.context.deid
+        identifiers = identifiers_of(ds) if deid is not None else []
+        for _ in ds.iterall():  # decode every value with the source's character set now
+            pass
+        changes: list[Change] = []
+        for tag, (keyword, value, reason) in sorted(edits.items()):
+            old = element_text(ds[tag]) if tag in ds else None
+            if old == value:
+                continue
+            if reason == "curated" and old is not None:
+                identifiers.append(old)  # a corrected identifier is still an identifier
+            try:
+                element_value = (
+                    to_element_value(field_spec(keyword), value) if reason == "curated" else value
+                )
+                setattr(ds, keyword, element_value)
+            except Exception as exc:
+                raise SourceFileError(
+                    f"{name}: {keyword} cannot be set to {value!r} ({exc}); the file was not "
+                    "exported; correct the curated value"
+                ) from None
+            changes.append(Change(arcname, tag_text(tag), keyword, value, reason, "set", old))
+        if deid is not None:
+            for edit in deid.apply(ds, planned.patient_dir, identifiers):
+                changes.append(
+                    Change(arcname, edit.tag, edit.keyword, edit.new, "deidentified",
+                           edit.action, edit.old)
+                )  # fmt: skip
+        if not _encodable(ds):
+            ds.SpecificCharacterSet = "ISO_IR 192"  # a new value the old character set lacks
+        return changes
+
+
+def _encodable(ds: Dataset) -> bool:
+    """Whether every text value fits the dataset's declared character set."""
+    charset = ds.get("SpecificCharacterSet", "") or ""
+    if isinstance(charset, list | tuple) or not isinstance(charset, str):
+        return False
+    codec = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+    encoding = codec.get(charset.strip())
+    if encoding is None:
+        return True  # leave other character sets to pydicom
+    for elem in ds.iterall():
+        if elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value is not None:
+            try:
+                element_text(elem).encode(encoding)
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def changes_csv(changes: list[Change]) -> bytes:
-    """``dicom_changes.csv``: one row per changed field (new values only)."""
-    import csv
-    import io
-
+    """``dicom_changes.csv``: one row per changed field, new values only."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "tag", "keyword", "new_value", "reason"])
+    writer.writerow(CSV_COLUMNS)
     for c in changes:
-        writer.writerow([c.path, c.tag, c.keyword, c.new_value, c.reason])
+        writer.writerow([c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action])
     return text.getvalue().encode()

@@ -41,6 +41,11 @@ class ExportRequest:
     part_size: int | None = None
     pseudonyms: bool = True
     skip_missing: bool = False
+    deidentify: bool = False
+    retain_dates: bool = False
+    retain_uids: bool = False
+    remove_private: bool = True
+    clean_descriptors: bool = False
 
     def options(self) -> ExportOptions:
         return ExportOptions(
@@ -48,6 +53,11 @@ class ExportRequest:
             pseudonyms=self.pseudonyms,
             skip_missing=self.skip_missing,
             max_part_bytes=self.part_size,
+            deidentify=self.deidentify,
+            retain_dates=self.retain_dates,
+            retain_uids=self.retain_uids,
+            remove_private=self.remove_private,
+            clean_descriptors=self.clean_descriptors,
         )
 
 

@@ -22,9 +22,9 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
-from exporter import db, exports, mail
+from exporter import curation, db, exports, mail
 from exporter.accounts import Principal, require_project
 from exporter.archive import (
     ExportInfo,
@@ -34,6 +34,7 @@ from exporter.archive import (
     PartResult,
     Progress,
     check_free_space,
+    export_transform,
     part_filename,
     plan_export,
     remove_outputs,
@@ -41,9 +42,18 @@ from exporter.archive import (
 )
 from exporter.audit import record
 from exporter.config import Settings
+from exporter.deid import new_date_shift, new_uid_key
+from exporter.dicom_rewrite import Change, HeaderRewriter
 from exporter.errors import ExportCancelled, PortalError
 from exporter.layout import PlannedFile, PlannedPart
-from exporter.models import DatasetExport, ExportPart, ExportPatient, ExportStatus, User
+from exporter.models import (
+    DatasetExport,
+    ExportDicomChange,
+    ExportPart,
+    ExportPatient,
+    ExportStatus,
+    User,
+)
 from exporter.queue import connect, export_queue
 from exporter.registry import FileEntry, files_by_id, select_files, tag_exported
 
@@ -210,16 +220,18 @@ def run_export(export_id: str) -> str:
         check_free_space(
             settings.export_root, sum(p.bytes for p in parts), settings.disk_reserve_bytes
         )
-        _save_pseudonyms(settings, export_id, files, pseudonyms)
+        _save_pseudonyms(settings, export_id, files, pseudonyms, options)
         if len(parts) > 1:
             _fan_out(settings, export_id, parts)
             return "parts enqueued"
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
+            transform=_transform(settings, export_id, options, [f.patient_id for f in files]),
             progress=watch.progress, cancel=watch.cancelled,
         )  # fmt: skip
         dest = export_dir / part_filename(info, 1, 1)
         result = builder.build(parts[0], 1, dest)
+        _save_changes(settings, export_id, 1, result.changes)
         write_manifest(export_dir, info, [ManifestPart.of(result)])
         _complete(settings, export_id, [ManifestPart.of(result)])
         return "completed"
@@ -235,15 +247,71 @@ def run_export(export_id: str) -> str:
 
 
 def _save_pseudonyms(
-    settings: Settings, export_id: str, files: list[FileEntry], pseudonyms: dict[str, str]
+    settings: Settings,
+    export_id: str,
+    files: list[FileEntry],
+    pseudonyms: dict[str, str],
+    options: ExportOptions,
 ) -> None:
+    """The re-identification key: each patient's pseudonym and, with modified dates, date
+    shift; and the export's UID key when it is de-identified. Parts read them back."""
     ids = {f.patient_label: f.patient_id for f in files}
+    shifting = options.deidentify and options.retain_dates
     with db.session_scope(settings) as session:
         session.query(ExportPatient).filter(ExportPatient.export_id == export_id).delete()
         session.add_all(
-            ExportPatient(export_id=export_id, patient_id=ids[label], pseudonym=folder)
+            ExportPatient(
+                export_id=export_id,
+                patient_id=ids[label],
+                pseudonym=folder,
+                date_shift_days=new_date_shift() if shifting else None,
+            )
             for label, folder in pseudonyms.items()
         )
+        row = session.get(DatasetExport, export_id)
+        if row is not None and options.deidentify and not row.uid_key:
+            row.uid_key = new_uid_key()
+
+
+def _transform(
+    settings: Settings, export_id: str, options: ExportOptions, patient_ids: list[int]
+) -> HeaderRewriter:
+    """The export's rewrite, from what the database holds: curated values in force now,
+    the UID key and date shifts saved when the export started."""
+    with db.session_scope(settings) as session:
+        rules = curation.rules_for(session, sorted(set(patient_ids)))
+        uid_key = session.scalar(select(DatasetExport.uid_key).where(DatasetExport.id == export_id))
+        rows = session.execute(
+            select(ExportPatient.pseudonym, ExportPatient.date_shift_days).where(
+                ExportPatient.export_id == export_id
+            )
+        ).all()
+    shifts = {folder: days for folder, days in rows if days}
+    if options.deidentify and (not uid_key or (options.retain_dates and len(shifts) < len(rows))):
+        raise PortalError("The export's de-identification keys are missing; create it again")
+    return export_transform(options, [f for f, _ in rows], rules, uid_key, shifts)
+
+
+def _change_row(export_id: str, part: int, c: Change) -> dict[str, Any]:
+    return {
+        "export_id": export_id, "part": part, "path": c.path, "tag": c.tag,
+        "keyword": c.keyword[:100], "old_value": c.old_value, "new_value": c.new_value,
+        "reason": c.reason, "action": c.action,
+    }  # fmt: skip
+
+
+def _save_changes(settings: Settings, export_id: str, part: int, changes: list[Change]) -> None:
+    """The part's complete change log (old values too) for data managers; replaces any
+    earlier attempt's."""
+    with db.session_scope(settings) as session:
+        session.query(ExportDicomChange).filter(
+            ExportDicomChange.export_id == export_id, ExportDicomChange.part == part
+        ).delete()
+        for start in range(0, len(changes), 5000):
+            session.execute(
+                insert(ExportDicomChange),
+                [_change_row(export_id, part, c) for c in changes[start : start + 5000]],
+            )
 
 
 def _fan_out(settings: Settings, export_id: str, parts: list[PlannedPart]) -> None:
@@ -335,13 +403,15 @@ def run_part(export_id: str, number: int) -> str:
         planned = [PlannedFile(entries[fid], arcname, folder) for fid, arcname, folder in plan]
         if len(planned) != len(plan):
             raise PortalError(f"Part {number}: files of this part are no longer registered")
+        transform = _transform(settings, export_id, options, [p.source.patient_id for p in planned])
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
-            progress=watch.progress, cancel=watch.cancelled,
+            transform=transform, progress=watch.progress, cancel=watch.cancelled,
         )  # fmt: skip
         part_plan = PlannedPart(number, planned, sum(p.source.size for p in planned))
         dest = settings.export_root / export_id / part_filename(info, number, count or 1)
         result = builder.build(part_plan, count or 1, dest)
+        _save_changes(settings, export_id, number, result.changes)
     except ExportCancelled:
         _set_part(settings, part_id, ExportStatus.CANCELLED)
         return "cancelled"

@@ -270,6 +270,9 @@ class CuratedHeaderValue(Base):
     created_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column()
+    # A row in force with ``cleared`` set takes the curation off: the target goes back to the
+    # value the files carry (or a broader curated value). Kept as a row for who and when.
+    cleared: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class DatasetExport(Base):
@@ -308,6 +311,9 @@ class DatasetExport(Base):
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     error_message: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
+    # De-identified exports: the key that maps each UID to its replacement, the same in every
+    # part. Never written into an archive.
+    uid_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
@@ -357,6 +363,27 @@ class ExportPatient(Base):
     export_id: Mapped[str] = mapped_column(ForeignKey("dataset_export.id", ondelete="CASCADE"))
     patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
     pseudonym: Mapped[str] = mapped_column(String(64))
+    # De-identified exports with modified dates: this patient's shift, the same in every file.
+    date_shift_days: Mapped[int | None] = mapped_column(Integer)
+
+
+class ExportDicomChange(Base):
+    """One changed DICOM field of one exported file, with its old value: the complete change
+    log, for data managers. The archive's ``dicom_changes.csv`` lists new values only."""
+
+    __tablename__ = "export_dicom_change"
+    __table_args__ = (Index(None, "export_id", "part", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("dataset_export.id", ondelete="CASCADE"))
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    path: Mapped[str] = mapped_column(String(1024))  # the entry name inside the export folder
+    # "(0010,0010)"; in a sequence: "(0008,1115)[0](0020,000E)"; "-" for non-DICOM files
+    tag: Mapped[str] = mapped_column(String(200))
+    keyword: Mapped[str] = mapped_column(String(100))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(16))  # curated | pseudonym | deidentified
+    action: Mapped[str] = mapped_column(String(16))  # set | blanked | removed | replaced | shifted
 
 
 class AuditEvent(Base):

@@ -73,6 +73,24 @@ SCHEMAS: dict[str, Any] = {
                     },
                     "pseudonyms": {"type": "boolean"},
                     "skip_missing": {"type": "boolean"},
+                    "deidentify": {
+                        "type": "boolean",
+                        "description": "DICOM PS3.15 Basic profile; metadata stripped from "
+                        "photos, scans and volumes (needs pseudonyms)",
+                    },
+                    "retain_dates": {
+                        "type": "boolean",
+                        "description": "with deidentify: dates shifted per patient, not removed",
+                    },
+                    "retain_uids": {"type": "boolean", "description": "with deidentify"},
+                    "remove_private": {
+                        "type": "boolean",
+                        "description": "with deidentify (default true): private tags removed",
+                    },
+                    "clean_descriptors": {
+                        "type": "boolean",
+                        "description": "with deidentify: descriptions kept, identifiers cleaned",
+                    },
                 },
             },
         },
@@ -161,7 +179,7 @@ def document() -> dict[str, Any]:
                         {
                             "name": "offset",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
                         },
                     ],
                     "responses": {

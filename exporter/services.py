@@ -19,7 +19,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import func, select
 
-from exporter import accounts, db, exports, ingest, jobs, registry, tokens
+from exporter import accounts, curation, db, exports, ingest, jobs, preview, registry, tokens
 from exporter.archive import remove_outputs
 from exporter.audit import record
 from exporter.config import Settings
@@ -27,6 +27,7 @@ from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace
 from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
 from exporter.models import DatasetExport, ExportStatus, Patient, Project
+from exporter.preview import Preview
 from exporter.queue import connect
 from exporter.registry import Estimate, ProjectOverview, Selection
 
@@ -464,3 +465,141 @@ def export_manifest(settings: Settings, user_email: str, export_id: str) -> dict
         return {}
     manifest = json.loads(path.read_text())
     return {"totals": manifest.get("totals", {}), "parts": manifest.get("parts", [])}
+
+
+# --- curation, preview and the change log ------------------------------------------------
+
+
+def patient_series(
+    settings: Settings, user_email: str, project_slug: str, patient: str
+) -> list[curation.SeriesInfo]:
+    """A patient's DICOM series, for data managers of the project."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return curation.patient_series(session, user, project_slug, patient)
+
+
+def series_files(
+    settings: Settings, user_email: str, project_slug: str, patient: str, series: str
+) -> list[tuple[int, str]]:
+    """(file id, path) of a series' files, for data managers of the project."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return curation.series_files(session, user, project_slug, patient, series)
+
+
+def header_fields(
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    patient: str,
+    series: str,
+    file_id: int | None = None,
+) -> list[curation.HeaderField]:
+    """One file's header fields with the curated values in force (data managers)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return curation.header_fields(
+            session, user, project_slug, settings.data_root, patient, series, file_id
+        )
+
+
+def curate(
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    targets: list[curation.Target],
+    field_name: str,
+    value: str | None,
+) -> list[curation.CuratedValue]:
+    """Set (or, with ``value`` None, clear) a curated field on files, series or patients."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        done = curation.curate(
+            session, user, project_slug, settings.data_root, targets, field_name, value
+        )
+        project_id = accounts.require_project(session, user, project_slug).project_id
+        record(
+            session, "curate", user.id, project_id, None,
+            {"field": field_name, "targets": len(done), "cleared": value is None},
+        )  # fmt: skip
+        return done
+
+
+def restore_curation(
+    settings: Settings, user_email: str, project_slug: str, value_id: int
+) -> curation.CuratedValue:
+    """Put an earlier curated value back in force (a new edit, kept in the history)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        done = curation.restore(session, user, project_slug, settings.data_root, value_id)
+        project_id = accounts.require_project(session, user, project_slug).project_id
+        record(session, "curate", user.id, project_id, None, {"restored": value_id})
+        return done
+
+
+def curation_history(
+    settings: Settings, user_email: str, project_slug: str, patient: str
+) -> list[curation.CuratedValue]:
+    """Every curation edit of a patient, newest first (data managers)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return curation.history(session, user, project_slug, patient)
+
+
+def preview_export(
+    settings: Settings, user_email: str, project_slug: str, request: ExportRequest
+) -> Preview:
+    """The DICOM header changes the export would make, for one file per selected series."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return preview.preview(
+            session, user, project_slug, request.selection, request.options(),
+            settings.data_root,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    part: int
+    path: str
+    tag: str
+    keyword: str
+    old_value: str | None
+    new_value: str | None
+    reason: str
+    action: str
+
+
+@dataclass(frozen=True)
+class ChangeLog:
+    rows: list[ChangeRow]
+    total: int
+
+
+def export_changes(
+    settings: Settings, user_email: str, export_id: str, limit: int = 1000, offset: int = 0
+) -> ChangeLog:
+    """The complete DICOM change log of an export, old values included: data managers of
+    the export's project only (old values identify patients)."""
+    from exporter.models import ExportDicomChange, Role
+
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        project = session.get(Project, row.project_id)
+        assert project is not None
+        accounts.require_project(session, user, project.slug, Role.DATA_MANAGER)
+        query = select(ExportDicomChange).where(ExportDicomChange.export_id == row.id)
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        found = session.scalars(
+            query.order_by(ExportDicomChange.part, ExportDicomChange.id)
+            .limit(min(limit, 10_000))
+            .offset(offset)
+        )
+        rows = [
+            ChangeRow(c.part, c.path, c.tag, c.keyword, c.old_value, c.new_value, c.reason,
+                      c.action)
+            for c in found
+        ]  # fmt: skip
+        return ChangeLog(rows, total)

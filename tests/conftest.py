@@ -6,20 +6,23 @@ what the suite needs, and a test that cannot reach it fails with a message sayin
 
 from __future__ import annotations
 
+import email
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 from redis import Redis
 from sqlalchemy import create_engine, text
 
 from exporter import db, services
 from exporter.config import Settings
 from exporter.models import Base
-from exporter.redis_server import PrivateRedis
+from exporter.redis_server import PrivateRedis, free_port
 
 PG_ADMIN_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -146,3 +149,51 @@ def portal_env(
 
     yield make
     api.settings.cache_clear()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    """A real SMTP server on loopback that keeps what it receives."""
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller.port, inbox
+    controller.stop()
+
+
+@pytest.fixture
+def portal(
+    tmp_path: Path,
+    database_url: str,
+    redis_server: PrivateRedis,
+    smtp: tuple[int, Inbox],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """Demo data, a flushed Redis, and the environment the jobs (and worker processes) read."""
+    Redis.from_url(redis_server.url).flushall()
+    smtp[1].messages.clear()
+    env = {
+        "DATABASE_URL": database_url,
+        "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"),
+        "REDIS_URL": redis_server.url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp[0]),
+        "PORTAL_URL": "https://portal.example.org",
+        "DISK_RESERVE": "1MiB",
+        "STALE_AFTER": "10",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=4, seed=3)
+    return settings

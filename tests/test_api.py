@@ -55,6 +55,8 @@ def test_create_poll_list_download_cancel_delete(client) -> None:  # type: ignor
     assert [i["id"] for i in page["items"]] == [second["id"]] and page["next_offset"] == 1
     rest = http.get("/api/demo/exports/?limit=1&offset=1", headers=auth).json()
     assert [i["id"] for i in rest["items"]] == [export_id] and rest["next_offset"] is None
+    huge = http.get(f"/api/demo/exports/?offset={2**63}", headers=auth)
+    assert huge.status_code == 422 and "offset 0 to" in huge.json()["error"]["message"]
     assert (
         http.get("/api/demo/exports/?status=pending", headers=auth).json()["items"][0]["id"]
         == second["id"]

@@ -416,7 +416,7 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
     assert all(
         c["reason"] == "pseudonym" and c["new_value"].startswith("patient_") for c in changes
     )
-    assert set(changes[0]) == {"path", "tag", "keyword", "new_value", "reason"}, "no old values"
+    assert set(changes[0]) == {"path", "tag", "keyword", "new_value", "reason", "action"}, "no old"
     assert verify(result.parts[0].path).ok
 
 

@@ -118,3 +118,33 @@ def test_demo_loads_once(cli_env: Settings, capsys: pytest.CaptureFixture[str]) 
     assert (code, out.strip()) == (0, "Demo data already loaded (4 patients)")
     code, out, _ = run(capsys, "projects")
     assert out.splitlines() == ["demo\t4 patients\tDemo cohort", "other\t3 patients\tOther study"]
+
+
+def test_curate_then_dry_run_shows_the_change_and_creates_nothing(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter import services
+
+    services.load_demo(cli_env, patients=2, seed=5)
+    manager, researcher = "manager@demo.example", "researcher@demo.example"
+    code, out, _ = run(
+        capsys, "curate", "set", "demo", "--user", manager, "--patient", "P0001",
+        "--patient", "P0002", "--field", "InstitutionName", "--value", "Research Site",
+    )  # fmt: skip
+    assert code == 0 and out.count("-> 'Research Site'") == 2
+    code, _, err = run(
+        capsys, "curate", "set", "demo", "--user", researcher, "--patient", "P0001",
+        "--field", "InstitutionName", "--value", "x",
+    )  # fmt: skip
+    assert code != 0 and "Only data managers" in err
+    code, out, _ = run(capsys, "curate", "history", "demo", "--user", manager, "--patient", "P0001")
+    assert code == 0 and "InstitutionName" in out and "'Research Site'" in out
+    code, out, _ = run(
+        capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
+        "--modality", "cbct", "--deidentify", "--retain-dates", "--dry-run",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "InstitutionName" in out and "Nothing was created" in out
+    assert "[curated]" in out and "[deidentified]" in out
+    code, out, _ = run(capsys, "export", "list", "--user", researcher)
+    assert code == 0 and out.strip() == "", "a dry run creates no export"

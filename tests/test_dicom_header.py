@@ -108,14 +108,16 @@ def test_byte_level_patch_equals_a_pydicom_rewrite(tmp_path: Path) -> None:
     demo_data.write_demo_tree(tmp_path / "demo", patients=1, seed=4)
     path = next((tmp_path / "demo").rglob("0001.dcm"))
     raw = path.read_bytes()
-    patched = dicom.patch_patient_fields(raw, "patient_007", ("PatientID", "PatientName"))
+    name, pid, desc = 0x00100010, 0x00100020, 0x00081030
+    patched = dicom.patch_elements(raw, {pid: "patient_007", name: "patient_007", desc: "Cohort 1"})
     assert patched is not None, "the demo's files take the fast path"
     header, offset, old = patched
     fast = dcmread(BytesIO(header + raw[offset:]))
     slow = dcmread(BytesIO(raw))
     slow.PatientID = slow.PatientName = "patient_007"
+    slow.StudyDescription = "Cohort 1"
     assert fast == slow and fast.PixelData == slow.PixelData
-    assert old["PatientName"] == str(dcmread(BytesIO(raw)).PatientName)
-    with_group_length = bytearray(raw)
-    assert dicom.patch_patient_fields(raw, "pätient", ("PatientID",)) is None  # not ASCII
-    assert dicom.patch_patient_fields(bytes(with_group_length[:300]), "p", ("PatientID",)) is None
+    assert old[name] == str(dcmread(BytesIO(raw)).PatientName)
+    assert dicom.patch_elements(raw, {pid: "pätient"}) is None  # not ASCII: pydicom does it
+    assert dicom.patch_elements(raw[:300], {pid: "p"}) is None  # no pixel data within the bytes
+    assert dicom.patch_elements(raw, {0x00100030: "19700101", 0x00102160: "x"}) is None  # absent

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import email
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from redis import Redis
 from rq import SimpleWorker
 from sqlalchemy import select
@@ -26,59 +23,11 @@ from exporter.models import AuditEvent, DatasetExport, ExportPatient
 from exporter.queue import export_queue
 from exporter.redis_server import PrivateRedis, free_port
 from exporter.verify import verify
-from tests.conftest import make_settings
+from tests.conftest import Inbox, make_settings
 
 ME = "researcher@demo.example"
 MANAGER = "manager@demo.example"
 OUTSIDER = "outsider@other.example"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[int, Inbox]]:
-    """A real SMTP server on loopback that keeps what it receives."""
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller.port, inbox
-    controller.stop()
-
-
-@pytest.fixture
-def portal(
-    tmp_path: Path,
-    database_url: str,
-    redis_server: PrivateRedis,
-    smtp: tuple[int, Inbox],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Settings:
-    """Demo data, a flushed Redis, and the environment the jobs (and worker processes) read."""
-    Redis.from_url(redis_server.url).flushall()
-    smtp[1].messages.clear()
-    env = {
-        "DATABASE_URL": database_url,
-        "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"),
-        "REDIS_URL": redis_server.url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp[0]),
-        "PORTAL_URL": "https://portal.example.org",
-        "DISK_RESERVE": "1MiB",
-        "STALE_AFTER": "10",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.load(env_file=tmp_path / "none.env")
-    services.load_demo(settings, patients=4, seed=3)
-    return settings
 
 
 def text_of(message: Message) -> str:

@@ -1,0 +1,119 @@
+"""What an export would change in DICOM headers, shown before it is submitted.
+
+One file per selected series goes through the same rewrite the export uses (curated values,
+pseudonym, de-identification profile), from its stored header, without writing anything.
+Pseudonyms and date shifts are drawn again when the export runs: the preview shows their
+kind, not their final values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from exporter.accounts import Principal
+from exporter.archive import ExportOptions, export_transform, source_path
+from exporter.curation import rules_for
+from exporter.errors import SourceFileError
+from exporter.layout import plan_files
+from exporter.registry import FileEntry, Selection, select_files
+
+MAX_SERIES = 20
+HEAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    patient: str  # the patient's label (the researcher chose it)
+    series: str
+    file: str  # the entry name it would get
+    tag: str
+    keyword: str
+    old_value: str | None
+    new_value: str | None
+    reason: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    rows: list[PreviewRow]
+    series_total: int
+    series_shown: int
+    other_files: int  # non-DICOM files whose metadata would be stripped (de-identified only)
+
+
+def _samples(files: list[FileEntry]) -> tuple[list[FileEntry], int]:
+    """The first DICOM file of each (patient, modality, series)."""
+    seen: dict[tuple[int, str, str], FileEntry] = {}
+    for f in files:
+        if f.media_type == "application/dicom":
+            seen.setdefault((f.patient_id, f.modality, f.series_label or f.path), f)
+    return list(seen.values()), len(seen)
+
+
+class _Reader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, n: int = -1) -> bytes:
+        return os.read(self.fd, n if n > 0 else HEAD_BYTES)
+
+
+def preview(
+    session: Session,
+    user: Principal,
+    project: str,
+    selection: Selection,
+    options: ExportOptions,
+    data_root: Path,
+    max_series: int = MAX_SERIES,
+) -> Preview:
+    """The header changes for one file per selected series (at most ``max_series``)."""
+    files = select_files(session, user, project, selection)
+    samples, total = _samples(files)
+    shown = samples[:max_series]
+    other = 0
+    if options.deidentify:
+        from exporter.scrub import scrubber_for
+
+        other = sum(
+            1 for f in files if f.media_type != "application/dicom" and scrubber_for(f.path)
+        )
+    planned = plan_files(shown, options.pseudonyms)
+    rules = rules_for(session, sorted({f.patient_id for f in shown}))
+    transform = export_transform(options, sorted({p.patient_dir for p in planned}), rules)
+    root = data_root.resolve()
+    rows: list[PreviewRow] = []
+    for item in planned:
+        path = source_path(root, item.source.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise SourceFileError(
+                f"{item.source.path}: cannot be read for the preview ({exc.strerror})"
+            ) from None
+        try:
+            reader = _Reader(fd)
+            _, _, _, changes = transform.rewrite(item, reader.read(HEAD_BYTES), reader)
+        finally:
+            os.close(fd)
+        source = item.source
+        rows.extend(
+            PreviewRow(
+                source.patient_label,
+                source.series_label or "",
+                c.path,
+                c.tag,
+                c.keyword,
+                c.old_value,
+                c.new_value,
+                c.reason,
+                c.action,
+            )
+            for c in changes
+        )
+    return Preview(rows, total, len(shown), other)

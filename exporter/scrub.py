@@ -1,0 +1,417 @@
+"""Streaming scrubbers that strip identifying metadata from non-DICOM files during an export.
+
+Each scrubber reads its source once, in chunks, through a ``reader`` that only has
+``read(n)``, and yields the new content chunk by chunk; headers are small, payloads may be
+GBs, so only headers are ever held. The image payload passes byte for byte, and scrubbing
+scrubbed output changes nothing. What was removed is appended to ``found`` (field names only:
+old values are identifying). A file whose structure cannot be read raises ``SourceFileError``:
+it is never exported unmodified, since it may carry identifiers.
+
+- JPEG: APP1 (EXIF, XMP), APP2 other than an ICC profile (e.g. MPF, FlashPix), APP3..APP13
+  (IPTC/Photoshop), APP15 and comments go; JFIF (APP0), the ICC profile (APP2), Adobe (APP14)
+  and the coding tables stay. EXIF also holds the orientation: a photo that relied on it is
+  shown unrotated (its pixels are unchanged). Everything from the first SOS on is copied as is,
+  including whatever follows the image (e.g. the extra images of a multi-picture file).
+- PNG: tEXt, zTXt, iTXt, eXIf and tIME chunks go, and so does anything after IEND.
+- STL: a binary header is blanked; ASCII ``solid``/``endsolid`` names are removed.
+- NIfTI-1/2 (``.nii``, ``.nii.gz``): the free-text fields are blanked with NULs and any
+  extensions (which may hold a whole DICOM header) are zeroed in place, so every offset
+  stays. ``.nii.gz`` is decompressed and recompressed as one gzip member (level 1, no name,
+  mtime 0).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from exporter.errors import SourceFileError
+
+CHUNK = 1024 * 1024
+LINE_LIMIT = CHUNK  # an ASCII STL line longer than this is not an STL line
+
+
+@dataclass(frozen=True)
+class Scrubbed:
+    """One kind of metadata removed from one file (for the change log; never the old value)."""
+
+    field: str
+    action: str  # "removed" or "blanked"
+
+
+class Reader(Protocol):
+    """What a scrubber reads from: ``read(n)`` returns up to ``n`` bytes, ``b""`` at the end."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+
+Scrubber: TypeAlias = Callable[[Reader, list[Scrubbed]], Iterator[bytes]]
+
+
+def scrubber_for(name: str) -> Scrubber | None:
+    """The scrubber for a file name (by extension, any case), or None if it has none."""
+    lower = name.lower()
+    if lower.endswith(".nii.gz"):
+        return scrub_nifti_gz
+    for suffixes, scrubber in _BY_SUFFIX:
+        if lower.endswith(suffixes):
+            return scrubber
+    return None
+
+
+def _record(found: list[Scrubbed], start: int, field: str, action: str) -> None:
+    """Append unless this file already reported it (``start``: where this file's entries begin)."""
+    item = Scrubbed(field, action)
+    if item not in found[start:]:
+        found.append(item)
+
+
+class _Source:
+    """Exact-size reads over a reader, asking it for at most ``CHUNK`` bytes at a time."""
+
+    def __init__(self, reader: Reader, kind: str) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self.kind = kind
+        self.offset = 0  # bytes taken so far, for error messages
+
+    def fail(self, problem: str) -> SourceFileError:
+        return SourceFileError(
+            f"{self.kind} structure cannot be read ({problem}); the file was not exported"
+        )
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes without consuming them (fewer only at the end of the file)."""
+        while len(self._buf) - self._pos < n and not self._eof:
+            data = self._reader.read(CHUNK)
+            if not data:
+                self._eof = True
+                break
+            del self._buf[: self._pos]
+            self._pos = 0
+            self._buf += data
+        return bytes(self._buf[self._pos : self._pos + n])
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end of the file)."""
+        data = self.peek(n)
+        self._pos += len(data)
+        self.offset += len(data)
+        return data
+
+    def exact(self, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes, or a ``SourceFileError`` naming ``what`` was cut short."""
+        at = self.offset
+        data = self.take(n)
+        if len(data) < n:
+            raise self.fail(f"truncated {what} at byte {at}")
+        return data
+
+    def chunks(self, n: int) -> Iterator[bytes]:
+        """The next ``n`` bytes (fewer at the end of the file) in pieces of at most ``CHUNK``."""
+        while n > 0:
+            if self._pos < len(self._buf):
+                piece = self.take(min(n, CHUNK, len(self._buf) - self._pos))
+            elif self._eof:
+                return
+            else:
+                piece = self._reader.read(min(n, CHUNK))
+                if not piece:
+                    self._eof = True
+                    return
+                self.offset += len(piece)
+            n -= len(piece)
+            yield piece
+
+    def copy(self, n: int, what: str) -> Iterator[bytes]:
+        """Like ``chunks`` but exactly ``n`` bytes, or a ``SourceFileError`` at the end."""
+        at, left = self.offset, n
+        for piece in self.chunks(n):
+            left -= len(piece)
+            yield piece
+        if left:
+            raise self.fail(f"truncated {what} at byte {at}")
+
+    def rest(self) -> Iterator[bytes]:
+        """Everything left, in pieces of at most ``CHUNK``."""
+        return self.chunks(sys.maxsize)
+
+
+# --- JPEG -----------------------------------------------------------------------------------
+
+_SOI, _SOS, _EOI = 0xD8, 0xDA, 0xD9
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
+
+
+def _jpeg_drop(marker: int, body: bytes) -> str | None:
+    """The change-log name of a segment to drop, or None to keep it."""
+    if marker == 0xE1:
+        if body.startswith(b"Exif\0"):
+            return "EXIF (APP1)"
+        if body.startswith((b"http://ns.adobe.com/xap/1.0/", b"http://ns.adobe.com/xmp/")):
+            return "XMP (APP1)"
+        return "APP1"
+    if marker == 0xE2:
+        # APP2 is kept for its colour profile only; MPF and FlashPix data are metadata.
+        return None if body.startswith(b"ICC_PROFILE\0") else "APP2 (not an ICC profile)"
+    if marker == 0xED and body.startswith(b"Photoshop 3.0\0"):
+        return "IPTC/Photoshop (APP13)"
+    if 0xE3 <= marker <= 0xED or marker == 0xEF:
+        return f"APP{marker - 0xE0}"
+    if marker == 0xFE:
+        return "JPEG comment"
+    return None  # APP0 (JFIF), APP14 (Adobe colour transform), tables, frame headers
+
+
+def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """JPEG without EXIF/XMP/IPTC/comment segments; scan data copied unchanged."""
+    src, start = _Source(reader, "JPEG"), len(found)
+    if src.take(2) != b"\xff\xd8":
+        raise src.fail("no SOI marker at the start")
+    head = bytearray(b"\xff\xd8")
+    while True:
+        at = src.offset
+        byte = src.take(1)
+        if not byte:
+            raise src.fail("the file ends before the image data (no SOS marker)")
+        if byte != b"\xff":
+            raise src.fail(f"expected a marker at byte {at}, found 0x{byte[0]:02X}")
+        marker = src.take(1)
+        while marker == b"\xff":  # fill bytes: allowed before any marker, dropped here
+            marker = src.take(1)
+        if not marker:
+            raise src.fail(f"truncated marker at byte {at}")
+        code = marker[0]
+        if code == _SOS:
+            head += b"\xff\xda"
+            yield bytes(head)
+            yield from src.rest()
+            return
+        if code in _STANDALONE:
+            head += b"\xff" + marker
+            continue
+        if code in (0x00, _SOI, _EOI):
+            raise src.fail(f"unexpected marker 0xFF{code:02X} at byte {at} before the image data")
+        size = src.exact(2, f"segment 0xFF{code:02X}")
+        length = int.from_bytes(size, "big")
+        if length < 2:
+            raise src.fail(f"segment 0xFF{code:02X} at byte {at} has length {length}")
+        body = src.exact(length - 2, f"segment 0xFF{code:02X}")
+        dropped = _jpeg_drop(code, body)
+        if dropped:
+            _record(found, start, dropped, "removed")
+        else:
+            head += b"\xff" + marker + size + body
+
+
+# --- PNG ------------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_DROP = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
+
+
+def scrub_png(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """PNG without text, EXIF and time chunks, nor anything after IEND; the rest unchanged."""
+    src, start = _Source(reader, "PNG"), len(found)
+    if src.take(8) != _PNG_SIGNATURE:
+        raise src.fail("no PNG signature at the start")
+    yield _PNG_SIGNATURE
+    while True:
+        at = src.offset
+        head = src.take(8)
+        if not head:
+            raise src.fail("the file ends before the IEND chunk")
+        if len(head) < 8:
+            raise src.fail(f"truncated chunk header at byte {at}")
+        length, kind = struct.unpack(">I4s", head)
+        if length >= 1 << 31 or not kind.isalpha():
+            raise src.fail(f"invalid chunk at byte {at}")
+        # Body and CRC stream through (IDAT can be large) whether kept or dropped.
+        body = src.copy(length + 4, f"{kind.decode()} chunk")
+        if kind in _PNG_DROP:
+            _record(found, start, f"PNG {kind.decode()}", "removed")
+            for _ in body:
+                pass
+        else:
+            yield head
+            yield from body
+        if kind == b"IEND":
+            break
+    if src.peek(1):  # trailing bytes are not part of the image but may hold anything
+        _record(found, start, "PNG data after IEND", "removed")
+
+
+# --- STL ------------------------------------------------------------------------------------
+
+BLANK_STL_HEADER = b"binary STL".ljust(80, b" ")  # must not start with "solid"
+# Printable ASCII, whitespace, DOS end-of-file and UTF-8 bytes: a binary STL has NULs in its
+# triangle count (below 2**24 triangles) and, almost surely, in its first triangles.
+_TEXT_BYTES = bytes([9, 10, 11, 12, 13, 26, *range(32, 127), *range(128, 256)])
+_SOLID_LINE = re.compile(rb"(?:^|(?<=\r))([ \t]*(?:end)?solid)([ \t][^\r\n]*)", re.M | re.I)
+
+
+def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """STL with a blank binary header, or ASCII without solid names; triangles unchanged."""
+    src, start = _Source(reader, "STL"), len(found)
+    head = src.peek(1024)
+    if head.lstrip(b" \t\r\n")[:5].lower() == b"solid" and not head.translate(None, _TEXT_BYTES):
+        yield from _ascii_stl(src, found, start)
+        return
+    header = src.take(84)
+    if len(header) < 84:
+        raise src.fail(f"{len(header)} bytes is too short for a binary STL")
+    if header[:80] != BLANK_STL_HEADER:
+        _record(found, start, "STL header", "blanked")
+    yield BLANK_STL_HEADER + header[80:]
+    yield from src.rest()
+
+
+def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[bytes]:
+    changed = False
+
+    def blank(match: re.Match[bytes]) -> bytes:
+        nonlocal changed
+        if not match[2].strip():
+            return match[0]  # only trailing blanks: no name to remove
+        changed = True
+        return match[1]
+
+    def lines(block: bytes) -> bytes:
+        # The regex is slow on megabytes of facets; "solid" is normally in the first and last.
+        return _SOLID_LINE.sub(blank, block) if b"solid" in block.lower() else block
+
+    pending = b""
+    for chunk in src.rest():
+        data = pending + chunk
+        # Cut after the last line end: a line straddling chunks waits for its end.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if len(data) - cut > LINE_LIMIT:
+            raise src.fail(f"a line longer than {LINE_LIMIT} bytes before byte {src.offset}")
+        pending = data[cut:]
+        if cut:
+            yield lines(data[:cut])
+    if pending:
+        yield lines(pending)
+    if changed:
+        _record(found, start, "STL solid name", "blanked")
+
+
+# --- NIfTI ----------------------------------------------------------------------------------
+
+# (name, offset, size) of the free-text fields; data_type is an unused Analyze leftover.
+_NIFTI_TEXT = {
+    348: (("data_type", 4, 10), ("db_name", 14, 18), ("descrip", 148, 80), ("aux_file", 228, 24)),
+    540: (("descrip", 240, 80), ("aux_file", 320, 24)),
+}
+
+
+def scrub_nifti(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """NIfTI-1/2 (``.nii``) with blank text fields and zeroed extensions; voxels unchanged."""
+    return _nifti(_Source(reader, "NIfTI"), found)
+
+
+def scrub_nifti_gz(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """``scrub_nifti`` through gzip: the output is one gzip member, level 1, mtime 0, no name."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for piece in _nifti(_Source(_Gunzip(reader), "NIfTI"), found):
+        if out := packer.compress(piece):
+            yield out
+    yield packer.flush()
+
+
+def _nifti(src: _Source, found: list[Scrubbed]) -> Iterator[bytes]:
+    start = len(found)
+    first = src.peek(4).ljust(4, b"\0")
+    # sizeof_hdr tells the version and, read either way round, the byte order.
+    order = next((o for o in "<>" if struct.unpack(o + "i", first)[0] in _NIFTI_TEXT), "")
+    if not order:
+        raise SourceFileError(
+            "not a NIfTI-1/2 file (sizeof_hdr is neither 348 nor 540); the file was not exported"
+        )
+    size: int = struct.unpack(order + "i", first)[0]
+    header = bytearray(src.exact(size, "NIfTI header"))
+    magic = bytes(header[344:348] if size == 348 else header[4:8])
+    single = {b"n+1\0": True, b"ni1\0": False, b"n+2\0": True, b"ni2\0": False}.get(magic)
+    if single is None or (size == 348) != magic.endswith(b"1\0"):
+        raise SourceFileError(f"not a NIfTI-1/2 file (magic {magic!r}); the file was not exported")
+    for name, offset, length in _NIFTI_TEXT[size]:
+        if header[offset : offset + length].count(0) != length:
+            header[offset : offset + length] = bytes(length)
+            _record(found, start, f"NIfTI {name}", "blanked")
+    ext = src.take(4)
+    yield bytes(header) + bytes(len(ext))  # extension[0] = 0: readers skip what was there
+    # Extensions (and any padding) run up to the voxels, or to the end of a header-only file.
+    end = _vox_offset(header, order) if single else sys.maxsize
+    dirty = ext.count(0) != len(ext)
+    for piece in src.chunks(end - size - 4):
+        dirty = dirty or piece.count(0) != len(piece)
+        yield bytes(len(piece))
+    if dirty:
+        _record(found, start, "NIfTI extension", "blanked")
+    yield from src.rest()
+
+
+def _vox_offset(header: bytearray, order: str) -> int:
+    """Where the voxels start; a nonsensical value leaves nothing between header and voxels."""
+    if len(header) == 348:
+        value = struct.unpack_from(order + "f", header, 108)[0]
+        return int(value) if math.isfinite(value) else 0
+    return int(struct.unpack_from(order + "q", header, 168)[0])
+
+
+class _Gunzip:
+    """The decompressed stream of a gzip reader (any number of members), as a reader.
+
+    Output is capped per call, so a small, highly compressed file never inflates in memory.
+    """
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self._unzip = zlib.decompressobj(31)
+        self._tail = b""  # compressed input not yet fed through
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self._unzip.eof and not self._next_member():
+                return b""
+            data = self._tail or self._reader.read(CHUNK)
+            try:
+                out = self._unzip.decompress(data, min(n, CHUNK))
+            except zlib.error as exc:
+                raise self._fail(str(exc)) from None
+            self._tail = self._unzip.unconsumed_tail
+            if out:
+                return out
+            if not data and not self._unzip.eof:
+                raise self._fail("the compressed data end early")
+
+    def _next_member(self) -> bool:
+        rest = self._unzip.unused_data.lstrip(b"\0")  # gzip allows NUL padding at the end
+        while not rest:
+            more = self._reader.read(CHUNK)
+            if not more:
+                return False
+            rest = more.lstrip(b"\0")
+        self._unzip = zlib.decompressobj(31)
+        self._tail = rest
+        return True
+
+    @staticmethod
+    def _fail(problem: str) -> SourceFileError:
+        return SourceFileError(f"gzip data cannot be read ({problem}); the file was not exported")
+
+
+_BY_SUFFIX: tuple[tuple[tuple[str, ...], Scrubber], ...] = (
+    ((".jpg", ".jpeg"), scrub_jpeg),
+    ((".png",), scrub_png),
+    ((".stl",), scrub_stl),
+    ((".nii",), scrub_nifti),
+)

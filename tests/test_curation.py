@@ -1,0 +1,139 @@
+"""Curation of DICOM header values: permissions, validation, history, restore, precedence.
+
+On SQLite and PostgreSQL, with the demo data registered (the files on disk are read for the
+values a data manager sees)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import select
+
+from exporter import curation, db, services
+from exporter.config import Settings
+from exporter.curation import Target
+from exporter.errors import InvalidSelection, NotFound, PermissionDenied
+from exporter.models import Patient
+
+MANAGER = "manager@demo.example"
+RESEARCHER = "researcher@demo.example"
+OUTSIDER = "outsider@other.example"
+
+
+def first_series(settings: Settings, patient: str = "P0001") -> curation.SeriesInfo:
+    return services.patient_series(settings, MANAGER, "demo", patient)[0]
+
+
+def field(fields: list[curation.HeaderField], keyword: str) -> curation.HeaderField:
+    return next(f for f in fields if f.keyword == keyword)
+
+
+def test_a_data_manager_sees_the_header_and_edits_a_series(demo: Settings) -> None:
+    series = first_series(demo)
+    assert series.files > 1
+    before = services.header_fields(demo, MANAGER, "demo", "P0001", series.label)
+    study = field(before, "StudyDescription")
+    assert study.value and study.curated is None and study.editable
+    assert not field(before, "SOPInstanceUID").editable, "UIDs are not curated"
+    source = demo.data_root / series.first_path
+    sha_before = hashlib.sha256(source.read_bytes()).hexdigest()
+
+    done = services.curate(
+        demo, MANAGER, "demo", [Target("P0001", series.label)], "StudyDescription", "Cohort A"
+    )
+    assert [(d.scope, d.old_value, d.value, d.by) for d in done] == [
+        ("series", study.value, "Cohort A", MANAGER)
+    ]
+    after = services.header_fields(demo, MANAGER, "demo", "P0001", series.label)
+    assert (field(after, "StudyDescription").curated, field(after, "StudyDescription").value) == (
+        "Cohort A",
+        study.value,
+    ), "the file still carries its own value; the curated one is what exports write"
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == sha_before, "original untouched"
+
+
+def test_only_data_managers_of_the_project_may_curate(demo: Settings) -> None:
+    series = first_series(demo)
+    target = [Target("P0001", series.label)]
+    with pytest.raises(PermissionDenied, match="Only data managers"):
+        services.curate(demo, RESEARCHER, "demo", target, "StudyDescription", "x")
+    with pytest.raises(PermissionDenied, match="Only data managers"):
+        services.header_fields(demo, RESEARCHER, "demo", "P0001", series.label)
+    with pytest.raises(NotFound, match="No project 'demo'"):
+        services.curate(demo, OUTSIDER, "demo", target, "StudyDescription", "x")
+    with pytest.raises(NotFound, match="No patient 'P9999'"):
+        services.curate(demo, MANAGER, "demo", [Target("P9999")], "StudyDescription", "x")
+
+
+def test_values_are_checked_by_vr_and_vm_and_nothing_is_saved_on_error(demo: Settings) -> None:
+    series = first_series(demo)
+    targets = [Target("P0001", series.label), Target("P0002", series.label)]
+    with pytest.raises(InvalidSelection, match="YYYYMMDD"):
+        services.curate(demo, MANAGER, "demo", targets, "StudyDate", "31/01/2024")
+    with pytest.raises(InvalidSelection, match="UID"):
+        services.curate(demo, MANAGER, "demo", targets, "StudyInstanceUID", "1.2.3")
+    with pytest.raises(InvalidSelection):
+        services.curate(demo, MANAGER, "demo", targets, "PixelSpacing", "0.2")  # VM 2
+    # One bad target fails the whole bulk edit: the first patient gets nothing either.
+    with pytest.raises(NotFound):
+        services.curate(
+            demo, MANAGER, "demo", [targets[0], Target("P0002", "no-such-series")],
+            "StudyDescription", "x",
+        )  # fmt: skip
+    assert services.curation_history(demo, MANAGER, "demo", "P0001") == []
+    done = services.curate(demo, MANAGER, "demo", targets, "StudyDate", "2024-01-31")
+    assert [d.value for d in done] == ["20240131", "20240131"], "ISO dates are normalised"
+
+
+def test_history_keeps_every_edit_and_restore_puts_an_old_value_back(demo: Settings) -> None:
+    series = first_series(demo)
+    target = [Target("P0001", series.label)]
+    first = services.curate(demo, MANAGER, "demo", target, "InstitutionName", "Site A")[0]
+    services.curate(demo, MANAGER, "demo", target, "InstitutionName", "Site B")
+    restored = services.restore_curation(demo, MANAGER, "demo", first.id)
+    assert (restored.value, restored.old_value) == ("Site A", "Site B")
+    history = services.curation_history(demo, MANAGER, "demo", "P0001")
+    assert [(h.value, h.in_force) for h in history] == [
+        ("Site A", True),
+        ("Site B", False),
+        ("Site A", False),
+    ]
+    cleared = services.curate(demo, MANAGER, "demo", target, "InstitutionName", None)[0]
+    assert cleared.value is None and cleared.old_value == "Site A"
+    with db.session_scope(demo) as session:
+        ids = list(session.scalars(select(Patient.id)))
+        assert not curation.rules_for(session, ids), "a cleared curation applies nothing"
+    with pytest.raises(NotFound):
+        services.restore_curation(demo, OUTSIDER, "demo", first.id)
+
+
+def test_the_narrowest_target_wins(demo: Settings) -> None:
+    series = first_series(demo)
+    files = services.series_files(demo, MANAGER, "demo", "P0001", series.label)
+    services.curate(demo, MANAGER, "demo", [Target("P0001")], "InstitutionName", "Patient")
+    services.curate(
+        demo, MANAGER, "demo", [Target("P0001", series.label)], "InstitutionName", "Series"
+    )
+    services.curate(
+        demo, MANAGER, "demo", [Target("P0001", file_id=files[0][0])], "InstitutionName", "File"
+    )
+    one = services.header_fields(demo, MANAGER, "demo", "P0001", series.label, files[0][0])
+    two = services.header_fields(demo, MANAGER, "demo", "P0001", series.label, files[1][0])
+    assert field(one, "InstitutionName").curated == "File"
+    assert field(one, "InstitutionName").curated_scope == "file"
+    assert field(two, "InstitutionName").curated == "Series"
+    with pytest.raises(NotFound, match="does not belong"):
+        services.curate(
+            demo, MANAGER, "demo", [Target("P0002", file_id=files[0][0])], "InstitutionName", "x"
+        )
+
+
+def test_a_field_the_files_lack_is_added_and_shown(demo: Settings) -> None:
+    series = first_series(demo)
+    services.curate(
+        demo, MANAGER, "demo", [Target("P0001", series.label)], "EthnicGroup", "Not recorded"
+    )
+    fields = services.header_fields(demo, MANAGER, "demo", "P0001", series.label)
+    added = field(fields, "EthnicGroup")
+    assert (added.value, added.curated, added.tag) == ("", "Not recorded", "(0010,2160)")
