@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("project", metavar="PROJECT_SLUG")
         p.add_argument("--user", required=True, metavar="EMAIL")
         p.add_argument("--patient", action="append", required=True, metavar="LABEL")
-        p.add_argument("--series", metavar="LABEL", help="one series (by label) of each patient")
+        p.add_argument(
+            "--series", metavar="KEY", help="one series of each patient, e.g. cbct/raw/series_001"
+        )
         p.add_argument("--file-id", type=int, metavar="ID", help="one file (one patient only)")
         p.add_argument("--field", required=True, help="keyword or tag, e.g. StudyDescription")
         if action == "set":

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 from exporter.accounts import Principal, require_project
 from exporter.dicom_values import FieldSpec, curatable, field_spec, validate_value
 from exporter.errors import InvalidSelection, NotFound, SourceFileError
-from exporter.models import CuratedHeaderValue, FileRegistry, Patient, Role, User
+from exporter.models import CuratedHeaderValue, FileRegistry, Modality, Patient, Role, User
 
 SCOPES = ("file", "series", "patient")
+NO_SERIES = "(no series)"
 HISTORY_CAP = 500
 MAX_BULK_PATIENTS = 1000
 
@@ -79,18 +80,26 @@ class CurationRules:
     by_patient: dict[int, dict[int, tuple[str, str]]] = field(default_factory=dict)
 
     def for_file(
-        self, file_id: int, patient_id: int, series_label: str | None
+        self, file_id: int, patient_id: int, series: str | None
     ) -> dict[int, tuple[str, str]]:
-        """{tag: (keyword, value)} for one file: patient, then series, then file values."""
+        """{tag: (keyword, value)} for one file: patient, then series (by
+        :func:`series_key`), then file values."""
         merged = dict(self.by_patient.get(patient_id, {}))
-        if series_label is not None:
-            merged.update(self.by_series.get((patient_id, series_label), {}))
+        if series is not None:
+            merged.update(self.by_series.get((patient_id, series), {}))
         merged.update(self.by_file.get(file_id, {}))
         return merged
 
     def __bool__(self) -> bool:
         buckets = (self.by_file, self.by_series, self.by_patient)
         return any(values for bucket in buckets for values in bucket.values())
+
+
+def series_key(modality: str, kind: str, label: str | None) -> str:
+    """How curation names a series: ``cbct/raw/series_001`` (modality, kind, series label),
+    so that same-named series of another modality or kind stay apart. DICOM files outside
+    any series get ``cbct/raw/(no series)``: they are curated one by one or per patient."""
+    return f"{modality}/{kind}/{label if label is not None else NO_SERIES}"
 
 
 def tag_text(tag: int) -> str:
@@ -116,14 +125,25 @@ def _patient(session: Session, project_id: int, label: str) -> Patient:
     return patient
 
 
-def _dicom_files(session: Session, patient_id: int, series_label: str | None = None) -> Any:
+def _dicom_files(session: Session, patient_id: int, key: str | None = None) -> Any:
+    """The present DICOM files of a patient, or of one series (by :func:`series_key`)."""
     query = select(FileRegistry).where(
         FileRegistry.patient_id == patient_id,
         FileRegistry.media_type == "application/dicom",
         FileRegistry.missing_since.is_(None),
     )
-    if series_label is not None:
-        query = query.where(FileRegistry.series_label == series_label)
+    if key is not None:
+        parts = key.split("/", 2)
+        if len(parts) != 3:
+            raise NotFound(f"No series {key!r}: series are named like cbct/raw/series_001")
+        modality, kind, label = parts
+        query = query.join(Modality, Modality.id == FileRegistry.modality_id).where(
+            Modality.key == modality,
+            FileRegistry.kind == kind,
+            FileRegistry.series_label.is_(None)
+            if label == NO_SERIES
+            else FileRegistry.series_label == label,
+        )
     return query.order_by(FileRegistry.path)
 
 
@@ -134,8 +154,10 @@ def patient_series(
     access = require_project(session, user, project, Role.DATA_MANAGER)
     patient = _patient(session, access.project_id, patient_label)
     series: dict[str, list[FileRegistry]] = {}
+    keys = {m.id: m.key for m in session.scalars(select(Modality))}
     for row in session.scalars(_dicom_files(session, patient.id)):
-        series.setdefault(row.series_label or "(no series)", []).append(row)
+        key = series_key(keys[row.modality_id], row.kind.value, row.series_label)
+        series.setdefault(key, []).append(row)
     return [
         SeriesInfo(label, len(rows), rows[0].id, rows[0].path) for label, rows in series.items()
     ]
@@ -199,8 +221,9 @@ def header_fields(
         raise NotFound(f"File {file_id} is not in series {series_label!r}")
     ds = _read_header(data_root, target.path)
     rules = rules_for(session, [patient.id])
-    scopes = _scopes_for(rules, target.id, patient.id, series_label)
-    merged = rules.for_file(target.id, patient.id, series_label)
+    key = None if series_label.endswith("/" + NO_SERIES) else series_label
+    scopes = _scopes_for(rules, target.id, patient.id, key)
+    merged = rules.for_file(target.id, patient.id, key)
     out: list[HeaderField] = []
     for element in ds:
         if element.VR == "SQ" or element.tag.is_private or element.tag == 0x7FE00010:
@@ -325,6 +348,11 @@ def curate(
                 raise InvalidSelection(f"{file_row.path} is not a DICOM file: nothing to curate")
             files = select(FileRegistry).where(FileRegistry.id == file_row.id)
         else:
+            if target.series_label is not None and target.series_label.endswith("/" + NO_SERIES):
+                raise InvalidSelection(
+                    f"The files of {target.series_label!r} are not in a series: curate them "
+                    "one file at a time, or for the whole patient"
+                )
             files = _dicom_files(session, patient.id, target.series_label)
             if session.scalars(files.limit(1)).first() is None:
                 what = f"series {target.series_label!r}" if target.series_label else "DICOM files"

@@ -139,6 +139,18 @@ class Deidentifier:
         self.uid_key = uid_key
         self.date_shifts = date_shifts  # by patient folder (pseudonym or label)
 
+    def action(self, tag: int) -> str:
+        """The profile's action for a public element, under this export's options."""
+        row = row_for(tag)
+        if row is None:
+            return "K"
+        return effective_action(
+            row,
+            retain_uids=self.options.retain_uids,
+            retain_dates=self.options.retain_dates,
+            clean_descriptors=self.options.clean_descriptors,
+        )
+
     def new_uid(self, uid: str) -> str:
         """The UID's replacement in this export: ``2.25.`` and a 128-bit keyed hash."""
         digest = hmac.new(self.uid_key, uid.strip().encode(), hashlib.sha256).digest()
@@ -175,17 +187,7 @@ class Deidentifier:
                 continue
             if keyword in PSEUDONYM_KEYWORDS and not prefix:
                 continue  # carries the pseudonym: the dummy value of the profile
-            row = row_for(tag)
-            action = (
-                "K"
-                if row is None
-                else effective_action(
-                    row,
-                    retain_uids=self.options.retain_uids,
-                    retain_dates=self.options.retain_dates,
-                    clean_descriptors=self.options.clean_descriptors,
-                )
-            )
+            action = self.action(tag)
             if action == "K" or (action == "C" and elem.VR == "SQ"):
                 if elem.VR == "SQ":
                     for i, item in enumerate(elem.value):

@@ -70,6 +70,11 @@ class _Unsupported(Exception):
     """The fast reader met something it leaves to pydicom."""
 
 
+def keyword_of(tag: int) -> str:
+    """The dictionary keyword of a tag, or '' for an unknown one."""
+    return str(pydicom.datadict.keyword_for_tag(tag) or "")
+
+
 def _normalise(vr: str, value: Any) -> Any:
     """One JSON-friendly form for a header value, whichever reader produced it."""
     if isinstance(value, list | tuple | pydicom.multival.MultiValue):
@@ -311,3 +316,11 @@ def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, st
         cursor = end
     out.append(buf[cursor:pos])
     return b"".join(out), pos, old
+
+
+# For the other byte-level readers (exporter.deid_bytes).
+LONG_VRS = _LONG_VRS
+SLOW_SYNTAXES = _SLOW_SYNTAXES
+PIXEL_DATA = _PIXEL_DATA
+Unsupported = _Unsupported
+skip_element = _skip_element

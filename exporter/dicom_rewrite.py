@@ -28,8 +28,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from exporter import dicom
-from exporter.curation import CurationRules
-from exporter.deid import Deidentifier, element_text, identifiers_of, tag_text
+from exporter.curation import CurationRules, series_key
+from exporter.deid import Deidentifier, Edit, element_text, identifiers_of, tag_text
+from exporter.deid_bytes import ByteDeidentifier
 from exporter.dicom_values import field_spec, to_element_value
 from exporter.errors import SourceFileError
 from exporter.layout import PlannedFile
@@ -71,8 +72,13 @@ class RewriteContext:
 class HeaderRewriter:
     """Transform for :class:`exporter.archive.PartBuilder`; thread-safe, collects changes."""
 
-    def __init__(self, context: RewriteContext | None = None) -> None:
+    def __init__(self, context: RewriteContext | None = None, byte_level: bool = True) -> None:
+        """``byte_level`` False makes every header go through pydicom (the reference path
+        the byte-level one is tested against)."""
         self.context = context or RewriteContext()
+        deid = self.context.deid
+        self._bytes = ByteDeidentifier(deid) if deid is not None and byte_level else None
+        self._byte_patch = byte_level
         self.changes: list[Change] = []
         self._lock = threading.Lock()
 
@@ -127,12 +133,23 @@ class HeaderRewriter:
         edits: dict[int, tuple[str, str, str]] = {
             tag: (keyword, value, "curated")
             for tag, (keyword, value) in self.context.curated.for_file(
-                source.id, source.patient_id, source.series_label
+                source.id,
+                source.patient_id,
+                series_key(source.modality, source.kind, source.series_label),
             ).items()
         }
         for tag, keyword in PSEUDONYM_FIELDS.items():
             edits[tag] = (keyword, planned.patient_dir, "pseudonym")
-        if self.context.deid is None:
+        if self._bytes is not None:
+            done = self._bytes.rewrite(head, planned.patient_dir, edits)
+            if done is not None:
+                header, offset, log = done
+                changes = [
+                    Change(planned.arcname, e.tag, e.keyword, e.new, reason, e.action, e.old)
+                    for e, reason in log
+                ]
+                return header, head, offset, changes
+        elif self._byte_patch and self.context.deid is None:
             fast = dicom.patch_elements(head, {tag: e[1] for tag, e in edits.items()})
             if fast is not None:
                 header, offset, old = fast
@@ -144,6 +161,12 @@ class HeaderRewriter:
                 return header, head, offset, changes
         ds, head, offset = self._parse(source.path, head, reader)
         changes = self._apply(planned, ds, edits)
+        if self.context.deid is not None:
+            ds.preamble = bytes(128)  # a preamble can hold a TIFF header, with identifiers
+        if self._bytes is not None:
+            deid_edits = [Edit(c.tag, c.keyword, c.old_value, c.new_value, c.action)
+                          for c in changes if c.reason == "deidentified"]  # fmt: skip
+            self._bytes.remember(planned.patient_dir, head, ds, deid_edits)
         out = BytesIO()
         try:
             ds.save_as(out, enforce_file_format=True)

@@ -6,9 +6,10 @@ from humanize import naturaldelta, naturalsize
 from exporter import services
 from exporter.errors import PortalError
 from exporter.exports import ExportView
-from exporter.ui import links
+from exporter.ui import data, links
 from exporter.ui.session import require_identity, settings
 
+CHANGE_ROWS = 1000
 ICONS = {
     "pending": ":material/schedule:",
     "processing": ":material/sync:",
@@ -64,8 +65,66 @@ def actions(view: ExportView) -> None:
                 services.delete_export(settings(), who.email, view.id)
                 st.rerun()
     if cols[2].button("Export again", key=f"again-{view.id}", icon=":material/replay:"):
-        st.session_state["prefill"] = {"project": view.project, "criteria": view.criteria}
+        st.session_state["prefill"] = {
+            "project": view.project,
+            "criteria": view.criteria,
+            "options": view.options,
+        }
         st.switch_page(str(links.NEW_EXPORT))
+
+
+def deidentification(options: dict[str, object]) -> str:
+    if not options.get("deidentify"):
+        pseudonyms = "pseudonyms only" if options.get("pseudonyms", True) else "no pseudonyms"
+        return f"De-identification: off ({pseudonyms})"
+    chosen = [
+        "dates kept, shifted per patient"
+        if options.get("retain_dates")
+        else "dates blanked or removed",
+        "UIDs kept" if options.get("retain_uids") else "new UIDs",
+        "private tags removed" if options.get("remove_private", True) else "private tags kept",
+    ]
+    if options.get("clean_descriptors"):
+        chosen.append("descriptions cleaned")
+    return "De-identification: DICOM PS3.15 Basic profile · " + " · ".join(chosen)
+
+
+def dicom_changes(view: ExportView) -> None:
+    """The change log with old values, for data managers of the export's project only; the
+    rows load when the expander is opened."""
+    if view.status in ("pending", "processing"):
+        return
+    summary = data.export_changes(who.email, view.id, 1)
+    if summary is None or not summary.total:  # not a data manager, or nothing changed
+        return
+    box = st.expander(
+        f"DICOM changes ({summary.total:,})", icon=":material/difference:",
+        key=f"changes-{view.id}", on_change="rerun",
+    )  # fmt: skip
+    if not box.open:
+        return
+    log = data.export_changes(who.email, view.id, CHANGE_ROWS)
+    if log is None:
+        return
+    with box:
+        more = len(log.rows) < log.total
+        st.caption(
+            "Old values are kept in the portal only, for data managers: the archive's "
+            "dicom_changes.csv lists the new values only."
+            + (f" The first {len(log.rows):,} of {log.total:,} changes are shown." if more else "")
+        )
+        st.dataframe(
+            [
+                {
+                    "Part": c.part, "Path": c.path, "Tag": c.tag, "Keyword": c.keyword,
+                    "Old value": c.old_value, "New value": c.new_value, "Reason": c.reason,
+                    "Action": c.action,
+                }
+                for c in log.rows
+            ],
+            hide_index=True,
+            width="stretch",
+        )  # fmt: skip
 
 
 try:
@@ -94,6 +153,7 @@ for view in views:
             st.error(view.error_message)
         actions(view)
         with st.expander("Details"):
+            st.caption(deidentification(view.options))
             facts = {"id": view.id, "criteria": view.criteria, "options": view.options}
             st.json({**facts, "notes": view.notes, "sha256": view.archive_sha256}, expanded=False)
             manifest = services.export_manifest(settings(), who.email, view.id)
@@ -110,3 +170,4 @@ for view in views:
                 for e in trail
             ]
             st.dataframe(rows, hide_index=True)
+        dicom_changes(view)

@@ -11,10 +11,91 @@ from exporter.ui.session import require_identity, settings
 from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
 
 GIB = 1024**3
+DEID_HELP = (
+    "Applies the DICOM PS3.15 Basic Application Level Confidentiality Profile to every "
+    "DICOM file (names, IDs, dates, UIDs, free text) and strips the metadata of photos, "
+    "3D scans and volumes. Pixel data is copied unchanged: text burned into images stays."
+)
+# ExportRequest field: (label, help, default)
+DEID_OPTIONS = {
+    "retain_dates": (
+        "Keep dates, shifted per patient",
+        "Dates move back by a random number of days drawn per patient (the same in every "
+        "file), so intervals between dates survive; times are kept.",
+        False,
+    ),
+    "retain_uids": (
+        "Keep UIDs",
+        "UIDs keep their original values; otherwise each gets a new one, the same in every "
+        "file of the export.",
+        False,
+    ),
+    "remove_private": (
+        "Remove private tags",
+        "Off keeps vendor-specific fields, which can hold identifiers: the export then no "
+        "longer meets the profile.",
+        True,
+    ),
+    "clean_descriptors": (
+        "Keep descriptions, cleaned of identifiers",
+        "Descriptions and comments are cleaned of the identifiers the header carries "
+        "instead of being removed.",
+        False,
+    ),
+}
+PREVIEW = "new-export-preview"
 
 
 def size(n: int) -> str:
     return naturalsize(n, binary=True)
+
+
+def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
+    """The header changes for one file per series, computed only on the button and shown
+    only while the selection and options it was made for stay the same."""
+    wanted = (slug, request.selection, request.pseudonyms, request.deidentify,
+              request.retain_dates, request.retain_uids, request.remove_private,
+              request.clean_descriptors)  # fmt: skip
+    with st.expander("Preview DICOM header changes", icon=":material/preview:"):
+        if st.button("Show preview", disabled=disabled, key="new-export-preview-button"):
+            try:
+                made = services.preview_export(settings(), who.email, slug, request)
+            except PortalError as exc:
+                st.session_state.pop(PREVIEW, None)
+                st.error(str(exc))
+                return
+            st.session_state[PREVIEW] = (wanted, made)
+        stored = st.session_state.get(PREVIEW)
+        if stored is None:
+            st.caption("See what the export would change in DICOM headers before creating it.")
+            return
+        if stored[0] != wanted:
+            st.caption("The selection or options changed: show the preview again.")
+            return
+        preview = stored[1]
+        st.caption(
+            f"One file per selected series ({preview.series_shown} of {preview.series_total} "
+            "shown); pseudonyms and date shifts are drawn again when the export runs."
+        )
+        if request.deidentify:
+            st.caption(
+                f"{preview.other_files:,} photos/scans/volumes will have their metadata stripped."
+            )
+        if not preview.rows:
+            st.info("No DICOM header would change.")
+            return
+        st.dataframe(
+            [
+                {
+                    "Patient": r.patient, "Series": r.series, "File": r.file, "Tag": r.tag,
+                    "Keyword": r.keyword, "Old value": r.old_value, "New value": r.new_value,
+                    "Reason": r.reason, "Action": r.action,
+                }
+                for r in preview.rows
+            ],
+            hide_index=True,
+            width="stretch",
+        )  # fmt: skip
 
 
 who = require_identity()
@@ -40,6 +121,7 @@ slug = st.selectbox(
 )
 tree = data.tree(who.email, slug)
 criteria = prefill.get("criteria", {})
+earlier = prefill.get("options", {})  # "Export again" repeats the options too
 
 left, right = st.columns([3, 2], gap="large")
 with left:
@@ -97,10 +179,38 @@ with right:
     compression = st.selectbox(
         "Compression",
         ["fast", "small", "store"],
+        index=["fast", "small", "store"].index(earlier.get("compression", "fast")),
         format_func={"fast": "Fast (default)", "small": "Smaller, slower", "store": "None"}.get,
     )
-    part_gib = st.number_input("Split into parts of at most (GiB, 0 = one file)", 0, 10_000, 0)
-    pseudonyms = st.toggle("Pseudonymised folder names (patient_001, ...)", value=True)
+    part_gib = st.number_input(
+        "Split into parts of at most (GiB, 0 = one file)", 0, 10_000,
+        (earlier.get("max_part_bytes") or 0) // GIB,
+    )  # fmt: skip
+    pseudonyms = st.toggle(
+        "Pseudonymised folder names (patient_001, ...)", value=earlier.get("pseudonyms", True)
+    )
+
+# Below both columns: the toggle's label (the standard's name and what it does) needs the width.
+st.subheader("De-identification")
+deid_label = "De-identify (DICOM PS3.15 Basic profile; strip metadata from photos, scans, volumes)"
+if pseudonyms:
+    deidentify = st.toggle(
+        deid_label, value=bool(earlier.get("deidentify")), key="new-export-deid", help=DEID_HELP
+    )
+else:  # a separate widget, so that turning pseudonyms back on starts from "off"
+    deidentify = st.toggle(
+        deid_label, value=False, disabled=True, key="new-export-deid-off",
+        help="De-identification needs pseudonymised folder names: turn them on first.",
+    )  # fmt: skip
+deid = {name: default for name, (_, _, default) in DEID_OPTIONS.items()}
+if deidentify:
+    with st.container(horizontal=True, gap="medium"):  # one row, wrapping on narrow screens
+        deid = {
+            name: st.checkbox(
+                label, bool(earlier.get(name, default)), key=f"new-export-{name}", help=text
+            )
+            for name, (label, text, default) in DEID_OPTIONS.items()
+        }
 
 request = ExportRequest(
     selection=services.parse_selection(
@@ -111,6 +221,8 @@ request = ExportRequest(
     compression=compression,
     part_size=int(part_gib * GIB) or None,
     pseudonyms=pseudonyms,
+    deidentify=deidentify,
+    **deid,
 )
 check = None
 if (checked or tags) and kinds:
@@ -135,6 +247,7 @@ reason = (
 )  # fmt: skip
 if reason:
     st.warning(reason)
+preview_panel(slug, request, disabled=not ((checked or tags) and kinds and chosen))
 if st.button("Create export", type="primary", disabled=bool(reason)):
     try:
         view = services.create_export(settings(), who.email, slug, request)

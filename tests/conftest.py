@@ -197,3 +197,27 @@ def portal(
     settings = Settings.load(env_file=tmp_path / "none.env")
     services.load_demo(settings, patients=4, seed=3)
     return settings
+
+
+@pytest.fixture
+def ui_portal(
+    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Demo data (4 patients) for the pages, the researcher as development user, and fresh
+    Streamlit caches."""
+    import streamlit as st
+
+    Redis.from_url(redis_server.url).flushall()
+    for key, value in {
+        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB", "PORTAL_DEV_USER": "researcher@demo.example",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    settings = Settings.load(env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=4, seed=6)
+    yield settings
+    st.cache_resource.clear()
+    st.cache_data.clear()

@@ -226,3 +226,44 @@ def test_curl_resumes_a_broken_download_with_a_token(
     original = next((settings.export_root / view.id).glob("*.zip")).read_bytes()
     assert target.read_bytes() == original
     assert verify(target).ok
+
+
+@pytest.mark.slow
+def test_a_data_manager_curates_a_header_field(
+    portal: tuple[str, Settings], browser: Browser
+) -> None:
+    base, settings = portal
+    manager = "manager@demo.example"
+    page = page_as(browser, manager)
+    page.goto(base + "/curation")
+    expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("heading", name="Header")).to_be_visible(timeout=30_000)
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name="Edit a field")).to_be_visible()
+    expect(page.get_by_role("button", name="Save value")).to_be_visible()
+    expect(page.get_by_role("button", name="Clear curation")).to_be_visible()
+
+    page.get_by_placeholder("Filter by keyword, tag or value").fill("Description")
+    page.keyboard.press("Enter")  # the table shows the two description fields
+    page.wait_for_timeout(1000)
+    field = page.get_by_role("combobox", name="Field")
+    field.click()
+    page.keyboard.type("StudyDescription")
+    page.keyboard.press("Enter")
+    expect(field).to_have_value(re.compile(r"^StudyDescription"), timeout=20_000)
+    value = page.get_by_role("textbox", name="New value")
+    expect(value).to_have_count(1, timeout=20_000)  # the earlier field's input is gone
+    expect(value).to_have_attribute("placeholder", "text")  # StudyDescription is LO: text
+    value.fill("Cohort A, curated")
+    page.get_by_role("button", name="Save value").click()
+    expect(page.get_by_text("→ 'Cohort A, curated'")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name="History")).to_be_visible()
+    page.set_viewport_size({"width": 1400, "height": 2000})  # the page scrolls inside itself
+    page.wait_for_timeout(1500)  # let the tables settle before the screenshot
+    shot(page, "curation")
+    (edit,) = services.curation_history(settings, manager, "demo", "P0001")
+    assert (edit.keyword, edit.value, edit.scope) == (
+        "StudyDescription",
+        "Cohort A, curated",
+        "series",
+    )

@@ -137,3 +137,29 @@ def test_a_field_the_files_lack_is_added_and_shown(demo: Settings) -> None:
     fields = services.header_fields(demo, MANAGER, "demo", "P0001", series.label)
     added = field(fields, "EthnicGroup")
     assert (added.value, added.curated, added.tag) == ("", "Not recorded", "(0010,2160)")
+
+
+def test_series_are_told_apart_by_modality_and_files_outside_a_series_by_file(
+    demo: Settings,
+) -> None:
+    from tests.builders import write_dicom
+
+    patient_dir = next(demo.data_root.glob("demo/**/P0003"))
+    loose = write_dicom(patient_dir / "cbct" / "raw" / "scout.dcm", patient="X^Y")
+    services.register(demo, "demo", demo.data_root / "demo")
+    keys = [s.label for s in services.patient_series(demo, MANAGER, "demo", "P0003")]
+    assert keys == ["cbct/raw/(no series)", "cbct/raw/series_001"]
+    fields = services.header_fields(demo, MANAGER, "demo", "P0003", "cbct/raw/(no series)")
+    assert field(fields, "PatientName").value == "X^Y"
+    with pytest.raises(InvalidSelection, match="not in a series"):
+        services.curate(
+            demo, MANAGER, "demo", [Target("P0003", "cbct/raw/(no series)")], "StudyID", "1"
+        )
+    (file_id, path), *_ = services.series_files(
+        demo, MANAGER, "demo", "P0003", "cbct/raw/(no series)"
+    )
+    assert path.endswith("scout.dcm") and loose.exists()
+    done = services.curate(
+        demo, MANAGER, "demo", [Target("P0003", file_id=file_id)], "StudyID", "7"
+    )
+    assert done[0].scope == "file"

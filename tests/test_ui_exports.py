@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import streamlit as st
 from redis import Redis
@@ -15,30 +12,14 @@ from exporter import services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.exports import ExportRequest
 from exporter.queue import export_queue
-from exporter.redis_server import PrivateRedis
 
 APP = str(PROJECT_ROOT / "exporter" / "ui" / "navigation.py")
 ME = "researcher@demo.example"
 
 
 @pytest.fixture
-def portal(
-    tmp_path: Path, database_url: str, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    Redis.from_url(redis_server.url).flushall()
-    for key, value in {
-        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "PORTAL_DEV_USER": ME,
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    settings = Settings.load(env_file=tmp_path / "none.env")
-    services.load_demo(settings, patients=4, seed=6)
-    yield settings
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def portal(ui_portal: Settings) -> Settings:
+    return ui_portal
 
 
 def new_export_page() -> AppTest:

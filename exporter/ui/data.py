@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exporter import services
+from exporter import dicom_values, services
 from exporter.accounts import ProjectAccess
+from exporter.curation import CuratedValue, HeaderField, SeriesInfo
+from exporter.dicom_values import FieldSpec
+from exporter.errors import PermissionDenied, PortalError
+from exporter.models import Role
 from exporter.registry import ProjectOverview, ProjectTree
+from exporter.services import ChangeLog
 from exporter.ui.session import settings
 
 
@@ -26,3 +31,65 @@ def projects(email: str) -> list[ProjectAccess]:
 def tree(email: str, project: str) -> ProjectTree:
     """Folders, patients and tags of a project (bounded by UI_ROW_CAP), cached for 30 s."""
     return services.project_tree(settings(), email, project)
+
+
+def managed_projects(email: str) -> list[ProjectAccess]:
+    """The projects in which the user is a data manager (the ones they may curate)."""
+    return [p for p in projects(email) if p.role is Role.DATA_MANAGER]
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def patient_series(email: str, project: str, patient: str) -> list[SeriesInfo]:
+    """A patient's DICOM series (data managers), cached for 60 s."""
+    return services.patient_series(settings(), email, project, patient)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def series_files(
+    email: str, project: str, patient: str, series: str
+) -> tuple[list[tuple[int, str]], bool]:
+    """(file id, path) of a series' files, at most UI_ROW_CAP of them, and whether the list
+    was cut there."""
+    files = services.series_files(settings(), email, project, patient, series)
+    cap = settings().ui_row_cap
+    return files[:cap], len(files) > cap
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def header_fields(
+    email: str, project: str, patient: str, series: str, file_id: int | None
+) -> list[HeaderField]:
+    """One file's header with the curated values in force; cleared by :func:`curated`."""
+    return services.header_fields(settings(), email, project, patient, series, file_id)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def curation_history(email: str, project: str, patient: str) -> list[CuratedValue]:
+    """A patient's curation edits, newest first (bounded by the service); cleared by
+    :func:`curated`."""
+    return services.curation_history(settings(), email, project, patient)
+
+
+def curated() -> None:
+    """Forget the cached headers and histories after an edit, so the pages show it."""
+    header_fields.clear()
+    curation_history.clear()
+
+
+def field_spec(keyword: str) -> FieldSpec | str:
+    """The curatable field a keyword or tag names, or why it cannot be curated."""
+    try:
+        return dicom_values.field_spec(keyword)
+    except PortalError as exc:
+        return str(exc)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def export_changes(email: str, export_id: str, limit: int) -> ChangeLog | None:
+    """The first ``limit`` rows of an export's DICOM change log and their total, or None
+    for a user who is not a data manager of the export's project (cached either way, so the
+    Exports page does not ask again on every rerun)."""
+    try:
+        return services.export_changes(settings(), email, export_id, limit=limit)
+    except PermissionDenied:
+        return None

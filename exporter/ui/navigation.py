@@ -7,7 +7,7 @@ beside the main script as old-style multipage navigation, and a page opened by i
 
 import streamlit as st
 
-from exporter.ui.links import EXPORTS, HOME, NEW_EXPORT, TOKENS
+from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, TOKENS
 from exporter.ui.session import identity
 
 st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
@@ -17,6 +17,7 @@ navigation = st.navigation(
         st.Page(HOME, title="Registry", icon=":material/home:", default=True),
         st.Page(NEW_EXPORT, title="New export", icon=":material/add_box:"),
         st.Page(EXPORTS, title="Exports", icon=":material/folder_zip:"),
+        st.Page(CURATION, title="DICOM curation", icon=":material/edit_note:"),
         st.Page(TOKENS, title="API tokens", icon=":material/key:"),
     ],
     position="sidebar" if identity() else "hidden",  # nothing to navigate when signed out

@@ -1,0 +1,328 @@
+"""The de-identification profile at byte level, for the common case: about 20x faster.
+
+A CBCT series is hundreds of files whose headers differ in a few elements. Parsing and
+writing each header with pydicom costs ~4 ms a file (slower than DCMTK's ``dcmodify``);
+here the top-level elements of an explicit VR little endian header are walked in place and
+each is kept, dropped, blanked or given its new value as bytes, with the same actions and
+values as :class:`exporter.deid.Deidentifier` (the reference: a test compares the two on
+every demo file). Whatever this path does not handle itself (another transfer syntax or
+character set, a group length, a value to clean, a curated field the file lacks, a non-ASCII
+value) makes it return None, and the caller uses pydicom. Sequences other than removed ones
+are taken from a per-export cache filled by those pydicom runs: in a series they repeat.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+
+from exporter import dicom
+from exporter.deid import _DUMMIES, Deidentifier, Edit, _shift, tag_text
+from exporter.deid_profile import Action
+
+_ENCODINGS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
+                   "TM", "UC", "UI", "UR", "UT"})  # fmt: skip
+_NUMBERS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
+_MEDIA_SOP_INSTANCE = 0x00020003
+_META_LENGTH = 0x00020000
+_CHARSET = 0x00080005
+_SOP_INSTANCE = 0x00080018
+_PSEUDONYM_TAGS = frozenset({0x00100010, 0x00100020})
+CACHE_SIZE = 20_000
+
+
+class _Fallback(Exception):
+    """This header needs pydicom."""
+
+
+@dataclass(frozen=True)
+class _Element:
+    tag: int
+    vr: str
+    start: int  # where its header starts in the buffer
+    value_start: int
+    end: int
+
+
+def encode_element(elem: DataElement) -> bytes:
+    """One element as explicit VR little endian bytes."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_data_element(fp, elem)
+    return fp.getvalue()
+
+
+def _header(tag: int, vr: str, length: int) -> bytes:
+    if vr.encode() in dicom.LONG_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+
+def _text_element(tag: int, vr: str, text: str) -> bytes:
+    value = text.encode("ascii")
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    if len(value) > 0xFFFE and vr.encode() not in dicom.LONG_VRS:
+        raise _Fallback
+    return _header(tag, vr, len(value)) + value
+
+
+class ByteDeidentifier:
+    """Applies an export's curated values, pseudonym and profile to raw headers."""
+
+    def __init__(self, deid: Deidentifier) -> None:
+        self.deid = deid
+        self.options = deid.options
+        self._actions: dict[int, str] = {}
+        self._sequences: OrderedDict[tuple[str, bytes], tuple[bytes, list[Edit]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._marks = self._encode_marks()
+
+    def _encode_marks(self) -> dict[int, tuple[bytes, Edit]]:
+        ds = Dataset()
+        edits: list[Edit] = []
+        self.deid._mark(ds, edits)
+        return {
+            int(elem.tag): (encode_element(elem), edit)
+            for elem, edit in zip(ds, edits, strict=True)
+        }
+
+    def action(self, tag: int) -> str:
+        """The profile's action for a top-level, public element (cached per tag)."""
+        found = self._actions.get(tag)
+        if found is None:
+            found = self._actions[tag] = self.deid.action(tag)
+        return found
+
+    def remember(self, patient_dir: str, source: bytes, ds: Dataset, edits: list[Edit]) -> None:
+        """After a pydicom run on ``source``: cache what became of its kept sequences."""
+        try:
+            elements, _, _, _ = _split(source)
+        except _Fallback:
+            return
+        for e in elements:
+            if e.vr != "SQ" or e.tag & 0x10000 or self.action(e.tag) == Action.REMOVE:
+                continue
+            out = encode_element(ds[e.tag]) if e.tag in ds else b""
+            prefix = tag_text(e.tag)
+            mine = [edit for edit in edits if edit.tag.startswith(prefix)]
+            with self._lock:
+                self._sequences[(patient_dir, source[e.start : e.end])] = (out, mine)
+                while len(self._sequences) > CACHE_SIZE:
+                    self._sequences.popitem(last=False)
+
+    def rewrite(
+        self, buf: bytes, patient_dir: str, edits: dict[int, tuple[str, str, str]]
+    ) -> tuple[bytes, int, list[tuple[Edit, str]]] | None:
+        """(new header up to the pixel data, the pixel data's offset in ``buf``, the edits
+        with their reasons), or None when pydicom must do it."""
+        try:
+            return self._rewrite(buf, patient_dir, edits)
+        except (_Fallback, struct.error, UnicodeError, ValueError, IndexError):
+            return None
+
+    def _rewrite(
+        self, buf: bytes, patient_dir: str, edits: dict[int, tuple[str, str, str]]
+    ) -> tuple[bytes, int, list[tuple[Edit, str]]]:
+        elements, meta, pixel, encoding = _split(buf)
+        present = {e.tag for e in elements}
+        if not set(edits) <= present or not all(v[1].isascii() for v in edits.values()):
+            raise _Fallback
+        shift = self.deid.date_shifts.get(patient_dir, 0)
+        if self.options.retain_dates and not shift:
+            raise ValueError(f"no date shift for {patient_dir!r}")
+        out: list[bytes] = []
+        log: list[tuple[Edit, str]] = []
+        marks = dict(self._marks)
+        new_sop: str | None = None
+        for e in elements:
+            while marks and min(marks) < e.tag:
+                data, mark = marks.pop(min(marks))
+                out.append(data)
+                log.append((mark, "deidentified"))
+            if e.tag in marks:
+                old_mark = _text(buf, e, encoding)
+                data, mark = marks.pop(e.tag)
+                out.append(data)
+                log.append(
+                    (Edit(mark.tag, mark.keyword, old_mark, mark.new, "set"), "deidentified")
+                )
+                continue
+            where = tag_text(e.tag)
+            if e.tag & 0x10000:  # private (odd group), creators included
+                if self.options.remove_private:
+                    log.append((Edit(where, "private", _text(buf, e, encoding), None,
+                                     "removed"), "deidentified"))  # fmt: skip
+                    continue
+                out.append(buf[e.start : e.end])
+                continue
+            keyword = dicom.keyword_of(e.tag)
+            value: str | None = None  # a new text value, once set
+            if e.tag in edits:
+                kw, new, reason = edits[e.tag]
+                old = _text(buf, e, encoding)
+                if e.vr not in _TEXT or e.vr == "UI":
+                    raise _Fallback
+                value = new
+                if old != new:
+                    log.append((Edit(where, kw, old, new, "set"), reason))
+                if e.tag in _PSEUDONYM_TAGS:
+                    out.append(_text_element(e.tag, e.vr, new))
+                    continue
+            action = self.action(e.tag)
+            if e.vr == "SQ":
+                if action == Action.REMOVE:
+                    log.append((Edit(where, keyword, f"<sequence, {e.end - e.value_start} bytes>",
+                                     None, "removed"), "deidentified"))  # fmt: skip
+                    continue
+                with self._lock:
+                    cached = self._sequences.get((patient_dir, buf[e.start : e.end]))
+                if cached is None:
+                    raise _Fallback
+                out.append(cached[0])
+                log.extend((edit, "deidentified") for edit in cached[1])
+                continue
+            current = value if value is not None else _text(buf, e, encoding)
+            if action == Action.KEEP:
+                out.append(
+                    buf[e.start : e.end] if value is None else _text_element(e.tag, e.vr, value)
+                )
+                continue
+            if action == Action.REMOVE:
+                log.append((Edit(where, keyword, current, None, "removed"), "deidentified"))
+                continue
+            if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
+                                         and e.vr not in _NUMBERS):  # fmt: skip
+                if current == "" and value is None and e.end == e.value_start:
+                    out.append(buf[e.start : e.end])
+                    continue
+                out.append(_header(e.tag, e.vr, 0))
+                log.append((Edit(where, keyword, current, "", "blanked"), "deidentified"))
+                continue
+            if action == Action.DUMMY:
+                if e.vr in _NUMBERS:
+                    data = struct.pack(_NUMBERS[e.vr], 0)
+                    new_text = "0"
+                    element = _header(e.tag, e.vr, len(data)) + data
+                else:
+                    new_text = _DUMMIES[e.vr]
+                    element = _text_element(e.tag, e.vr, new_text)
+                out.append(element)
+                if new_text != current:
+                    log.append((Edit(where, keyword, current, new_text, "replaced"),
+                                "deidentified"))  # fmt: skip
+                continue
+            if action == Action.UID and e.vr == "UI":
+                parts = [self.deid.new_uid(v) for v in current.split("\\")] if current else []
+                new_text = "\\".join(parts)
+                out.append(_text_element(e.tag, e.vr, new_text))
+                if e.tag == _SOP_INSTANCE:
+                    new_sop = new_text
+                if new_text != current:
+                    log.append((Edit(where, keyword, current, new_text, "replaced"),
+                                "deidentified"))  # fmt: skip
+                continue
+            if action == Action.UID:
+                out.append(buf[e.start : e.end] if value is None else
+                           _text_element(e.tag, e.vr, value))  # fmt: skip
+                continue
+            if action in (Action.SHIFT, Action.CLEAN) and e.vr in ("DA", "DT", "TM"):
+                parts = [_shift(v, e.vr, shift) for v in current.split("\\")] if current else []
+                new_text = "\\".join(parts)
+                out.append(_text_element(e.tag, e.vr, new_text))
+                if new_text != current:
+                    log.append((Edit(where, keyword, current, new_text, "shifted"),
+                                "deidentified"))  # fmt: skip
+                continue
+            raise _Fallback  # cleaning free text: pydicom, with the file's identifiers
+        for data, mark in (marks[t] for t in sorted(marks)):
+            out.append(data)
+            log.append((mark, "deidentified"))
+        header = bytes(128) + b"DICM" + _meta(buf, meta, new_sop) + b"".join(out)
+        return header, pixel, log
+
+
+def _split(buf: bytes) -> tuple[list[_Element], list[_Element], int, str]:
+    """Top-level elements before the pixel data, file meta elements, the pixel data's offset,
+    and the text encoding; _Fallback for anything this path leaves to pydicom."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        raise _Fallback
+    pos = 132
+    meta: list[_Element] = []
+    syntax = ""
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        element = _element(buf, pos)
+        meta.append(element)
+        if element.tag == 0x00020010:
+            syntax = buf[element.value_start : element.end].decode("ascii").rstrip(" \0")
+        pos = element.end
+    if not syntax or syntax in dicom.SLOW_SYNTAXES:
+        raise _Fallback
+    elements: list[_Element] = []
+    encoding = "ascii"
+    while True:
+        if pos + 8 > len(buf):
+            raise _Fallback  # the pixel data is not within what was read
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = group << 16 | elem
+        if tag == dicom.PIXEL_DATA:
+            break
+        if elem == 0x0000:
+            raise _Fallback  # group lengths would need fixing
+        element = _element(buf, pos)
+        if element.end > len(buf) or element.vr == "UN":
+            raise _Fallback
+        if tag == _CHARSET:
+            charset = buf[element.value_start : element.end].decode("ascii").strip(" \0")
+            if charset not in _ENCODINGS:
+                raise _Fallback
+            encoding = _ENCODINGS[charset]
+        elements.append(element)
+        pos = element.end
+    return elements, meta, pos, encoding
+
+
+def _element(buf: bytes, pos: int) -> _Element:
+    group, elem = struct.unpack_from("<HH", buf, pos)
+    vr = buf[pos + 4 : pos + 6]
+    try:
+        end = dicom.skip_element(buf, pos)
+    except dicom.Unsupported:
+        raise _Fallback from None
+    value_start = pos + (12 if vr in dicom.LONG_VRS else 8)
+    return _Element(group << 16 | elem, vr.decode("ascii"), pos, value_start, end)
+
+
+def _text(buf: bytes, e: _Element, encoding: str) -> str:
+    """An element's value as text, as the change log shows it."""
+    raw = buf[e.value_start : e.end]
+    if e.vr in _NUMBERS:
+        fmt = _NUMBERS[e.vr]
+        values = [str(v[0]) for v in struct.iter_unpack(fmt, raw)]
+        return "\\".join(values)
+    if e.vr in _TEXT:
+        return "\\".join(p.strip(" \0") for p in raw.decode(encoding).split("\\"))
+    return f"<{len(raw)} bytes>"
+
+
+def _meta(buf: bytes, meta: list[_Element], new_sop: str | None) -> bytes:
+    """The file meta group, with the new SOP Instance UID and its group length fixed."""
+    body = []
+    for e in meta:
+        if e.tag == _META_LENGTH:
+            continue
+        if e.tag == _MEDIA_SOP_INSTANCE and new_sop is not None:
+            body.append(_text_element(e.tag, "UI", new_sop))
+        else:
+            body.append(buf[e.start : e.end])
+    data = b"".join(body)
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(data)) + data
