@@ -12,6 +12,7 @@ PatientName: it is the dummy value those fields get.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -104,6 +105,7 @@ class Edit:
     action: str  # removed | blanked | replaced | shifted | cleaned | set
 
 
+@functools.lru_cache(maxsize=4096)
 def tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 

@@ -84,6 +84,7 @@ class ByteDeidentifier:
         self.options = deid.options
         self._actions: dict[int, str] = {}
         self._sequences: OrderedDict[tuple[str, bytes], tuple[bytes, list[Edit]]] = OrderedDict()
+        self._memo: dict[tuple[str, str, bytes], tuple[bytes, Edit | None]] = {}
         self._lock = threading.Lock()
         self._marks = self._encode_marks()
 
@@ -191,64 +192,64 @@ class ByteDeidentifier:
                 out.append(cached[0])
                 log.extend((edit, "deidentified") for edit in cached[1])
                 continue
-            current = value if value is not None else _text(buf, e, encoding)
-            if action == Action.KEEP:
-                out.append(
-                    buf[e.start : e.end] if value is None else _text_element(e.tag, e.vr, value)
-                )
-                continue
-            if action == Action.REMOVE:
-                log.append((Edit(where, keyword, current, None, "removed"), "deidentified"))
-                continue
-            if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
-                                         and e.vr not in _NUMBERS):  # fmt: skip
-                if current == "" and value is None and e.end == e.value_start:
-                    out.append(buf[e.start : e.end])
-                    continue
-                out.append(_header(e.tag, e.vr, 0))
-                log.append((Edit(where, keyword, current, "", "blanked"), "deidentified"))
-                continue
-            if action == Action.DUMMY:
-                if e.vr in _NUMBERS:
-                    data = struct.pack(_NUMBERS[e.vr], 0)
-                    new_text = "0"
-                    element = _header(e.tag, e.vr, len(data)) + data
-                else:
-                    new_text = _DUMMIES[e.vr]
-                    element = _text_element(e.tag, e.vr, new_text)
-                out.append(element)
-                if new_text != current:
-                    log.append((Edit(where, keyword, current, new_text, "replaced"),
-                                "deidentified"))  # fmt: skip
-                continue
-            if action == Action.UID and e.vr == "UI":
-                parts = [self.deid.new_uid(v) for v in current.split("\\")] if current else []
-                new_text = "\\".join(parts)
-                out.append(_text_element(e.tag, e.vr, new_text))
-                if e.tag == _SOP_INSTANCE:
-                    new_sop = new_text
-                if new_text != current:
-                    log.append((Edit(where, keyword, current, new_text, "replaced"),
-                                "deidentified"))  # fmt: skip
-                continue
-            if action == Action.UID:
-                out.append(buf[e.start : e.end] if value is None else
-                           _text_element(e.tag, e.vr, value))  # fmt: skip
-                continue
-            if action in (Action.SHIFT, Action.CLEAN) and e.vr in ("DA", "DT", "TM"):
-                parts = [_shift(v, e.vr, shift) for v in current.split("\\")] if current else []
-                new_text = "\\".join(parts)
-                out.append(_text_element(e.tag, e.vr, new_text))
-                if new_text != current:
-                    log.append((Edit(where, keyword, current, new_text, "shifted"),
-                                "deidentified"))  # fmt: skip
-                continue
-            raise _Fallback  # cleaning free text: pydicom, with the file's identifiers
+            if value is None and e.tag != _SOP_INSTANCE:
+                # Most elements repeat across a series' files: each is worked out once.
+                key = (patient_dir, encoding, buf[e.start : e.end])
+                done = self._memo.get(key)
+                if done is None:
+                    done = self._simple(buf, e, encoding, where, keyword, action, None, shift)
+                    if len(self._memo) >= CACHE_SIZE:
+                        self._memo.clear()
+                    self._memo[key] = done
+            else:
+                done = self._simple(buf, e, encoding, where, keyword, action, value, shift)
+                if e.tag == _SOP_INSTANCE and done[1] is not None and done[1].new:
+                    new_sop = done[1].new
+            out.append(done[0])
+            if done[1] is not None:
+                log.append((done[1], "deidentified"))
         for data, mark in (marks[t] for t in sorted(marks)):
             out.append(data)
             log.append((mark, "deidentified"))
         header = bytes(128) + b"DICM" + _meta(buf, meta, new_sop) + b"".join(out)
         return header, pixel, log
+
+    def _simple(
+        self, buf: bytes, e: _Element, encoding: str, where: str, keyword: str, action: str,
+        value: str | None, shift: int,
+    ) -> tuple[bytes, Edit | None]:  # fmt: skip
+        """One non-sequence public element: its new bytes (none: removed) and the edit."""
+        current = value if value is not None else _text(buf, e, encoding)
+        as_is = buf[e.start : e.end] if value is None else _text_element(e.tag, e.vr, value)
+        if action == Action.KEEP or (action == Action.UID and e.vr != "UI"):
+            return as_is, None
+        if action == Action.REMOVE:
+            return b"", Edit(where, keyword, current, None, "removed")
+        numbers = e.vr in _NUMBERS
+        if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
+                                     and not numbers):  # fmt: skip
+            if current == "" and value is None and e.end == e.value_start:
+                return as_is, None
+            return _header(e.tag, e.vr, 0), Edit(where, keyword, current, "", "blanked")
+        if action == Action.DUMMY and numbers:
+            data = struct.pack(_NUMBERS[e.vr], 0)
+            new_text, element, how = "0", _header(e.tag, e.vr, len(data)) + data, "replaced"
+        elif action == Action.DUMMY:
+            new_text = _DUMMIES[e.vr]
+            element, how = _text_element(e.tag, e.vr, new_text), "replaced"
+        elif action == Action.UID:
+            parts = [self.deid.new_uid(v) for v in current.split("\\")] if current else []
+            new_text = "\\".join(parts)
+            element, how = _text_element(e.tag, e.vr, new_text), "replaced"
+        elif action in (Action.SHIFT, Action.CLEAN) and e.vr in ("DA", "DT", "TM"):
+            parts = [_shift(v, e.vr, shift) for v in current.split("\\")] if current else []
+            new_text = "\\".join(parts)
+            element, how = _text_element(e.tag, e.vr, new_text), "shifted"
+        else:
+            raise _Fallback  # cleaning free text: pydicom, with the file's identifiers
+        if new_text == current:
+            return element, None
+        return element, Edit(where, keyword, current, new_text, how)
 
 
 def _split(buf: bytes) -> tuple[list[_Element], list[_Element], int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from datetime import date
 from pathlib import Path
@@ -70,6 +71,7 @@ class _Unsupported(Exception):
     """The fast reader met something it leaves to pydicom."""
 
 
+@functools.lru_cache(maxsize=4096)
 def keyword_of(tag: int) -> str:
     """The dictionary keyword of a tag, or '' for an unknown one."""
     return str(pydicom.datadict.keyword_for_tag(tag) or "")
