@@ -90,6 +90,29 @@ class CurationRules:
         merged.update(self.by_file.get(file_id, {}))
         return merged
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe copy (an export freezes the values in force when it starts)."""
+
+        def fields(values: dict[int, tuple[str, str]]) -> dict[str, list[str]]:
+            return {str(tag): [kw, value] for tag, (kw, value) in values.items()}
+
+        return {
+            "file": {str(fid): fields(v) for fid, v in self.by_file.items()},
+            "series": [[pid, key, fields(v)] for (pid, key), v in self.by_series.items()],
+            "patient": {str(pid): fields(v) for pid, v in self.by_patient.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CurationRules:
+        def fields(values: dict[str, list[str]]) -> dict[int, tuple[str, str]]:
+            return {int(tag): (kw, value) for tag, (kw, value) in values.items()}
+
+        return cls(
+            {int(fid): fields(v) for fid, v in data.get("file", {}).items()},
+            {(int(pid), key): fields(v) for pid, key, v in data.get("series", [])},
+            {int(pid): fields(v) for pid, v in data.get("patient", {}).items()},
+        )
+
     def __bool__(self) -> bool:
         buckets = (self.by_file, self.by_series, self.by_patient)
         return any(values for bucket in buckets for values in bucket.values())
@@ -280,7 +303,9 @@ def _in_force(
             if series_label is not None
             else CuratedHeaderValue.series_label.is_(None)
         )
-    return session.scalars(query.order_by(CuratedHeaderValue.id.desc())).first()
+    # Locked (PostgreSQL): two edits of the same field at once take turns, so one row stays
+    # in force. SQLite serialises writers anyway.
+    return session.scalars(query.order_by(CuratedHeaderValue.id.desc()).with_for_update()).first()
 
 
 def _acquired_value(

@@ -48,6 +48,8 @@ _IDENTIFYING = (
     "PatientTelephoneNumbers", "MedicalRecordLocator",
 )  # fmt: skip
 MAX_OLD_TEXT = 2000
+# File meta elements that name the sending/receiving systems or hold private data.
+META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 MAX_SHIFT_DAYS = 1095
 
 
@@ -171,8 +173,18 @@ class Deidentifier:
         edits: list[Edit] = []
         self._walk(ds, "", shift, cleaner, edits)
         meta = getattr(ds, "file_meta", None)
-        if meta is not None and "SOPInstanceUID" in ds and not self.options.retain_uids:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if meta is not None:
+            for tag in META_REMOVED:  # who sent or received the file, private data
+                if tag in meta:
+                    edits.append(Edit(tag_text(tag), meta[tag].keyword, element_text(meta[tag]),
+                                      None, "removed"))  # fmt: skip
+                    del meta[tag]
+            if not self.options.retain_uids and "MediaStorageSOPInstanceUID" in meta:
+                meta.MediaStorageSOPInstanceUID = (
+                    ds.SOPInstanceUID
+                    if "SOPInstanceUID" in ds
+                    else self.new_uid(str(meta.MediaStorageSOPInstanceUID))
+                )
         self._mark(ds, edits)
         return edits
 
@@ -183,9 +195,11 @@ class Deidentifier:
             keyword = elem.keyword or ""
             if elem.tag.is_private:
                 if self.options.remove_private:
-                    out.append(Edit(where, _private_name(ds, elem), element_text(elem), None,
-                                    "removed"))  # fmt: skip
+                    out.append(Edit(where, "private", element_text(elem), None, "removed"))
                     del ds[tag]
+                elif elem.VR == "SQ":  # kept, but public elements inside get the profile
+                    for i, item in enumerate(elem.value):
+                        self._walk(item, f"{where}[{i}]", shift, clean, out)
                 continue
             if keyword in PSEUDONYM_KEYWORDS and not prefix:
                 continue  # carries the pseudonym: the dummy value of the profile
@@ -209,7 +223,9 @@ class Deidentifier:
             elif action == "U":
                 if elem.VR != "UI":
                     continue
-                values = _values(elem)
+                values = [v for v in _values(elem) if v.strip()]
+                if not values:
+                    continue
                 self._set(elem, [self.new_uid(v) for v in values], where, keyword, old,
                           "replaced", out)  # fmt: skip
             elif action == "SHIFT":
@@ -222,6 +238,9 @@ class Deidentifier:
                 elif elem.VR in _TEXT_VRS:
                     self._set(elem, [clean(str(v)) for v in _values(elem)], where, keyword,
                               old, "cleaned", out)  # fmt: skip
+                else:  # nothing to clean in a code, number or binary value: it goes
+                    del ds[tag]
+                    out.append(Edit(where, keyword, old, None, "removed"))
 
     @staticmethod
     def _set(
@@ -272,9 +291,13 @@ class _Cleaner:
     """Removes the source's identifiers from free text (case-insensitive, whole words)."""
 
     def __init__(self, identifiers: list[str]) -> None:
-        words = sorted({i.strip() for i in identifiers if len(i.strip()) >= 3}, key=len)[::-1]
+        words = sorted({i.strip() for i in identifiers if len(i.strip()) >= 2}, key=len)[::-1]
         self.pattern = (
-            re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE) if words else None
+            re.compile(
+                "(?<!\\w)(?:" + "|".join(re.escape(w) for w in words) + ")(?!\\w)", re.IGNORECASE
+            )
+            if words
+            else None
         )
 
     def __call__(self, text: str) -> str:
@@ -301,11 +324,6 @@ def identifiers_of(ds: Dataset) -> list[str]:
         if "PatientID" in item:
             found.append(str(item.PatientID))
     return found
-
-
-def _private_name(ds: Dataset, elem: DataElement) -> str:
-    name = elem.keyword or elem.name or "Private"
-    return f"private: {name}"[:100]
 
 
 def _is_empty(elem: DataElement) -> bool:

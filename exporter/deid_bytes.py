@@ -24,12 +24,13 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 
 from exporter import dicom
-from exporter.deid import _DUMMIES, Deidentifier, Edit, _shift, tag_text
+from exporter.deid import _DUMMIES, META_REMOVED, Deidentifier, Edit, _shift, tag_text
 from exporter.deid_profile import Action
 
 _ENCODINGS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
                    "TM", "UC", "UI", "UR", "UT"})  # fmt: skip
+_CLEANABLE = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBERS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
 _MEDIA_SOP_INSTANCE = 0x00020003
 _META_LENGTH = 0x00020000
@@ -52,12 +53,12 @@ class _Element:
     end: int
 
 
-def encode_element(elem: DataElement) -> bytes:
-    """One element as explicit VR little endian bytes."""
+def encode_element(elem: DataElement, encodings: list[str] | None = None) -> bytes:
+    """One element as explicit VR little endian bytes, text in ``encodings``."""
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = False
-    write_data_element(fp, elem)
+    write_data_element(fp, elem, encodings)
     return fp.getvalue()
 
 
@@ -83,7 +84,9 @@ class ByteDeidentifier:
         self.deid = deid
         self.options = deid.options
         self._actions: dict[int, str] = {}
-        self._sequences: OrderedDict[tuple[str, bytes], tuple[bytes, list[Edit]]] = OrderedDict()
+        self._sequences: OrderedDict[tuple[str, str, bytes], tuple[bytes, list[Edit]]] = (
+            OrderedDict()
+        )
         self._memo: dict[tuple[str, str, bytes], tuple[bytes, Edit | None]] = {}
         self._lock = threading.Lock()
         self._marks = self._encode_marks()
@@ -107,17 +110,20 @@ class ByteDeidentifier:
     def remember(self, patient_dir: str, source: bytes, ds: Dataset, edits: list[Edit]) -> None:
         """After a pydicom run on ``source``: cache what became of its kept sequences."""
         try:
-            elements, _, _, _ = _split(source)
+            elements, _, _, encoding = _split(source)
         except _Fallback:
             return
+        charset = ds.get("SpecificCharacterSet", "") or ""
+        if not isinstance(charset, str) or _ENCODINGS.get(charset.strip()) != encoding:
+            return  # pydicom changed the character set: the cached bytes would not fit
         for e in elements:
             if e.vr != "SQ" or e.tag & 0x10000 or self.action(e.tag) == Action.REMOVE:
                 continue
-            out = encode_element(ds[e.tag]) if e.tag in ds else b""
+            out = encode_element(ds[e.tag], [encoding]) if e.tag in ds else b""
             prefix = tag_text(e.tag)
             mine = [edit for edit in edits if edit.tag.startswith(prefix)]
             with self._lock:
-                self._sequences[(patient_dir, source[e.start : e.end])] = (out, mine)
+                self._sequences[(patient_dir, encoding, source[e.start : e.end])] = (out, mine)
                 while len(self._sequences) > CACHE_SIZE:
                     self._sequences.popitem(last=False)
 
@@ -186,7 +192,7 @@ class ByteDeidentifier:
                                      None, "removed"), "deidentified"))  # fmt: skip
                     continue
                 with self._lock:
-                    cached = self._sequences.get((patient_dir, buf[e.start : e.end]))
+                    cached = self._sequences.get((patient_dir, encoding, buf[e.start : e.end]))
                 if cached is None:
                     raise _Fallback
                 out.append(cached[0])
@@ -211,8 +217,31 @@ class ByteDeidentifier:
         for data, mark in (marks[t] for t in sorted(marks)):
             out.append(data)
             log.append((mark, "deidentified"))
-        header = bytes(128) + b"DICM" + _meta(buf, meta, new_sop) + b"".join(out)
+        meta_bytes, meta_log = self._meta(buf, meta, new_sop)
+        log.extend((edit, "deidentified") for edit in meta_log)
+        header = bytes(128) + b"DICM" + meta_bytes + b"".join(out)
         return header, pixel, log
+
+    def _meta(
+        self, buf: bytes, meta: list[_Element], new_sop: str | None
+    ) -> tuple[bytes, list[Edit]]:
+        """The file meta group: the new SOP Instance UID, no sender, receiver or private
+        data, and its group length fixed."""
+        body, edits = [], []
+        for e in meta:
+            if e.tag == _META_LENGTH:
+                continue
+            if e.tag in META_REMOVED:
+                old = _text(buf, e, "ascii")
+                edits.append(Edit(tag_text(e.tag), dicom.keyword_of(e.tag), old, None, "removed"))
+                continue
+            if e.tag == _MEDIA_SOP_INSTANCE and not self.options.retain_uids:
+                uid = new_sop or self.deid.new_uid(_text(buf, e, "ascii"))
+                body.append(_text_element(e.tag, "UI", uid))
+            else:
+                body.append(buf[e.start : e.end])
+        data = b"".join(body)
+        return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(data)) + data, edits
 
     def _simple(
         self, buf: bytes, e: _Element, encoding: str, where: str, keyword: str, action: str,
@@ -223,7 +252,9 @@ class ByteDeidentifier:
         as_is = buf[e.start : e.end] if value is None else _text_element(e.tag, e.vr, value)
         if action == Action.KEEP or (action == Action.UID and e.vr != "UI"):
             return as_is, None
-        if action == Action.REMOVE:
+        cleans_text = action == Action.CLEAN and e.vr in _CLEANABLE
+        if action == Action.REMOVE or (action == Action.CLEAN and not cleans_text
+                                       and e.vr not in ("DA", "DT", "TM")):  # fmt: skip
             return b"", Edit(where, keyword, current, None, "removed")
         numbers = e.vr in _NUMBERS
         if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
@@ -313,17 +344,3 @@ def _text(buf: bytes, e: _Element, encoding: str) -> str:
     if e.vr in _TEXT:
         return "\\".join(p.strip(" \0") for p in raw.decode(encoding).split("\\"))
     return f"<{len(raw)} bytes>"
-
-
-def _meta(buf: bytes, meta: list[_Element], new_sop: str | None) -> bytes:
-    """The file meta group, with the new SOP Instance UID and its group length fixed."""
-    body = []
-    for e in meta:
-        if e.tag == _META_LENGTH:
-            continue
-        if e.tag == _MEDIA_SOP_INSTANCE and new_sop is not None:
-            body.append(_text_element(e.tag, "UI", new_sop))
-        else:
-            body.append(buf[e.start : e.end])
-    data = b"".join(body)
-    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(data)) + data

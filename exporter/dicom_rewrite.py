@@ -19,10 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -97,19 +97,36 @@ class HeaderRewriter:
     def __call__(self, planned: PlannedFile, reader: BinaryIO) -> Iterator[bytes]:
         if planned.source.media_type != "application/dicom":
             scrubber = scrubber_for(planned.source.path) if self.context.deid else None
-            if scrubber is None:
-                while chunk := reader.read(CHUNK):
-                    yield chunk
+            if scrubber is not None:
+                yield from self._scrub(planned, scrubber, reader)
                 return
-            yield from self._scrub(planned, scrubber, reader)
+            if self.context.deid is not None:
+                raise SourceFileError(
+                    f"{planned.source.path}: the portal cannot strip identifying metadata from "
+                    "this kind of file, so a de-identified export cannot carry it; leave its "
+                    "modality out, or export without de-identification"
+                )
+            while chunk := reader.read(CHUNK):
+                yield chunk
             return
         header, head, offset, changes = self.rewrite(planned, reader.read(CHUNK), reader)
+        yield header
+        if self.context.deid is None:
+            yield head[offset:]  # from the pixel data on, the source bytes unchanged
+            while chunk := reader.read(CHUNK):
+                yield chunk
+        else:  # the pixel data element unchanged; nothing after it (padding, private data)
+            try:
+                trailing = yield from pixel_element(head, offset, reader, _syntax(header))
+            except SourceFileError as exc:
+                raise SourceFileError(f"{planned.source.path}: {exc}") from None
+            if trailing:
+                changes.append(
+                    Change(planned.arcname, "(7FE0,0010)+", "elements after the pixel data",
+                           None, "deidentified", "removed", f"<{trailing} bytes>")
+                )  # fmt: skip
         with self._lock:
             self.changes.extend(changes)
-        yield header
-        yield head[offset:]  # from the pixel data on, the source bytes unchanged
-        while chunk := reader.read(CHUNK):
-            yield chunk
 
     def _scrub(self, planned: PlannedFile, scrubber: object, reader: BinaryIO) -> Iterator[bytes]:
         found: list[Scrubbed] = []
@@ -191,8 +208,13 @@ class HeaderRewriter:
                     f"{name}: DICOM header cannot be read ({exc}); the file was not exported"
                 ) from None
             offset = stream.tell()
-            if offset >= len(head) and len(head) < MAX_HEADER:
+            if offset >= len(head):
                 more = reader.read(CHUNK)  # the header may go on past what was read
+                if more and len(head) >= MAX_HEADER:
+                    raise SourceFileError(
+                        f"{name}: the DICOM header is longer than {MAX_HEADER} bytes and "
+                        "cannot be rewritten; the file was not exported"
+                    )
                 if more:
                     head += more
                     continue
@@ -243,6 +265,99 @@ class HeaderRewriter:
         return changes
 
 
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+
+
+def _syntax(header: bytes) -> str:
+    """The transfer syntax of a Part-10 header (its file meta is explicit VR little endian)."""
+    pos = 132
+    while pos + 8 <= len(header) and header[pos : pos + 2] == b"\x02\x00":
+        long = header[pos + 4 : pos + 6] in dicom.LONG_VRS
+        length = int.from_bytes(header[pos + 8 : pos + 12] if long else header[pos + 6 : pos + 8],
+                                "little")  # fmt: skip
+        start = pos + (12 if long else 8)
+        if header[pos + 2 : pos + 4] == b"\x10\x00":
+            return header[start : start + length].decode("ascii").rstrip(" \0")
+        pos = start + length
+    return ""
+
+
+class _Source:
+    """The source from a position on: what was read already, then the reader."""
+
+    def __init__(self, head: bytes, offset: int, reader: Reader) -> None:
+        self.buf = memoryview(head)[offset:]
+        self.reader = reader
+
+    def peek(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            more = self.reader.read(CHUNK)
+            if not more:
+                break
+            self.buf = memoryview(bytes(self.buf) + more)
+        return bytes(self.buf[:n])
+
+    def take(self, n: int) -> Iterator[bytes]:
+        while n > 0:
+            if not self.buf:
+                more = self.reader.read(CHUNK)
+                if not more:
+                    raise SourceFileError("the pixel data is truncated; the file was not exported")
+                self.buf = memoryview(more)
+            piece = self.buf[:n]
+            self.buf = self.buf[len(piece) :]
+            n -= len(piece)
+            yield bytes(piece)
+
+    def drain(self) -> int:
+        size = len(self.buf)
+        self.buf = memoryview(b"")
+        while more := self.reader.read(CHUNK):
+            size += len(more)
+        return size
+
+
+def pixel_element(
+    head: bytes, offset: int, reader: Reader, syntax: str
+) -> Generator[bytes, None, int]:
+    """Yield the pixel data element that starts at ``offset`` (native or encapsulated),
+    unchanged; then read the rest of the source and return how many bytes followed it
+    (dropped: trailing padding, signatures, private groups)."""
+    source = _Source(head, offset, reader)
+    little = syntax != "1.2.840.10008.1.2.2"
+    implicit = syntax == "1.2.840.10008.1.2"
+    order: Literal["little", "big"] = "little" if little else "big"
+    start = source.peek(12)
+    if len(start) < 8:
+        return source.drain()
+    group, elem = int.from_bytes(start[:2], order), int.from_bytes(start[2:4], order)
+    if group << 16 | elem not in _PIXEL_TAGS:
+        return source.drain()  # no pixel data: whatever is here is not image data
+    if implicit or start[4:6] not in dicom.LONG_VRS:
+        header_len = 8
+        length = int.from_bytes(start[4:8] if implicit else start[6:8], order)
+    else:
+        header_len = 12
+        length = int.from_bytes(start[8:12], order)
+    yield from source.take(header_len)
+    if length != 0xFFFFFFFF:
+        yield from source.take(length)
+        return source.drain()
+    while True:  # encapsulated: items up to the sequence delimiter
+        item = source.peek(8)
+        if len(item) < 8:
+            raise SourceFileError("the pixel data is truncated; the file was not exported")
+        tag = int.from_bytes(item[:2], order) << 16 | int.from_bytes(item[2:4], order)
+        size = int.from_bytes(item[4:8], order)
+        yield from source.take(8)
+        if tag == _SEQUENCE_END:
+            return source.drain()
+        if tag != _ITEM:
+            raise SourceFileError("the pixel data is malformed; the file was not exported")
+        yield from source.take(size)
+
+
 def _encodable(ds: Dataset) -> bool:
     """Whether every text value fits the dataset's declared character set."""
     charset = ds.get("SpecificCharacterSet", "") or ""
@@ -262,10 +377,18 @@ def _encodable(ds: Dataset) -> bool:
 
 
 def changes_csv(changes: list[Change]) -> bytes:
-    """``dicom_changes.csv``: one row per changed field, new values only."""
+    """``dicom_changes.csv``: one row per changed field with its final value only.
+
+    A field changed twice (curated, then removed or shifted by the profile) gets the last
+    row: the curated value it no longer carries may identify the patient. ``changes`` is in
+    entry order (see :meth:`HeaderRewriter.take_changes`).
+    """
+    final: dict[tuple[str, str], Change] = {}
+    for c in changes:
+        final[(c.path, c.tag if c.tag != "-" else f"-{c.keyword}")] = c  # "-": not DICOM
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for c in changes:
+    for c in final.values():
         writer.writerow([c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action])
     return text.getvalue().encode()

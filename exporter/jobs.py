@@ -226,7 +226,7 @@ def run_export(export_id: str) -> str:
             return "parts enqueued"
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
-            transform=_transform(settings, export_id, options, [f.patient_id for f in files]),
+            transform=_transform(settings, export_id, options),
             progress=watch.progress, cancel=watch.cancelled,
         )  # fmt: skip
         dest = export_dir / part_filename(info, 1, 1)
@@ -254,7 +254,8 @@ def _save_pseudonyms(
     options: ExportOptions,
 ) -> None:
     """The re-identification key: each patient's pseudonym and, with modified dates, date
-    shift; and the export's UID key when it is de-identified. Parts read them back."""
+    shift; the export's UID key when it is de-identified; and the curated values in force
+    now. Parts read them back."""
     ids = {f.patient_label: f.patient_id for f in files}
     shifting = options.deidentify and options.retain_dates
     with db.session_scope(settings) as session:
@@ -269,18 +270,22 @@ def _save_pseudonyms(
             for label, folder in pseudonyms.items()
         )
         row = session.get(DatasetExport, export_id)
-        if row is not None and options.deidentify and not row.uid_key:
+        assert row is not None
+        if options.deidentify and not row.uid_key:
             row.uid_key = new_uid_key()
+        row.curated_values = curation.rules_for(session, sorted(ids.values())).to_json()
 
 
-def _transform(
-    settings: Settings, export_id: str, options: ExportOptions, patient_ids: list[int]
-) -> HeaderRewriter:
-    """The export's rewrite, from what the database holds: curated values in force now,
-    the UID key and date shifts saved when the export started."""
+def _transform(settings: Settings, export_id: str, options: ExportOptions) -> HeaderRewriter:
+    """The export's rewrite, from what the database holds: the curated values, UID key and
+    date shifts saved when the export started."""
     with db.session_scope(settings) as session:
-        rules = curation.rules_for(session, sorted(set(patient_ids)))
-        uid_key = session.scalar(select(DatasetExport.uid_key).where(DatasetExport.id == export_id))
+        uid_key, frozen = session.execute(
+            select(DatasetExport.uid_key, DatasetExport.curated_values).where(
+                DatasetExport.id == export_id
+            )
+        ).one()
+        rules = curation.CurationRules.from_json(frozen or {})
         rows = session.execute(
             select(ExportPatient.pseudonym, ExportPatient.date_shift_days).where(
                 ExportPatient.export_id == export_id
@@ -294,7 +299,7 @@ def _transform(
 
 def _change_row(export_id: str, part: int, c: Change) -> dict[str, Any]:
     return {
-        "export_id": export_id, "part": part, "path": c.path, "tag": c.tag,
+        "export_id": export_id, "part": part, "path": c.path[:1024], "tag": c.tag[:200],
         "keyword": c.keyword[:100], "old_value": c.old_value, "new_value": c.new_value,
         "reason": c.reason, "action": c.action,
     }  # fmt: skip
@@ -403,7 +408,7 @@ def run_part(export_id: str, number: int) -> str:
         planned = [PlannedFile(entries[fid], arcname, folder) for fid, arcname, folder in plan]
         if len(planned) != len(plan):
             raise PortalError(f"Part {number}: files of this part are no longer registered")
-        transform = _transform(settings, export_id, options, [p.source.patient_id for p in planned])
+        transform = _transform(settings, export_id, options)
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
             transform=transform, progress=watch.progress, cancel=watch.cancelled,

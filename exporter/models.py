@@ -314,6 +314,9 @@ class DatasetExport(Base):
     # De-identified exports: the key that maps each UID to its replacement, the same in every
     # part. Never written into an archive.
     uid_key: Mapped[str | None] = mapped_column(String(64))
+    # The curated DICOM values in force when the export started: every part (and a retry
+    # days later) writes the same values.
+    curated_values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()

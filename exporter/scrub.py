@@ -8,12 +8,16 @@ old values are identifying). A file whose structure cannot be read raises ``Sour
 it is never exported unmodified, since it may carry identifiers.
 
 - JPEG: APP1 (EXIF, XMP), APP2 other than an ICC profile (e.g. MPF, FlashPix), APP3..APP13
-  (IPTC/Photoshop), APP15 and comments go; JFIF (APP0), the ICC profile (APP2), Adobe (APP14)
-  and the coding tables stay. EXIF also holds the orientation: a photo that relied on it is
-  shown unrotated (its pixels are unchanged). Everything from the first SOS on is copied as is,
-  including whatever follows the image (e.g. the extra images of a multi-picture file).
+  (IPTC/Photoshop), APP15 and comments go, before the first scan and between the scans of a
+  progressive image; JFIF (APP0), the ICC profile (APP2), Adobe (APP14) and the coding tables
+  stay. The scans are copied as they are, and everything after EOI goes (the extra images of a
+  multi-picture file, with their own EXIF; a phone's motion-photo video). EXIF also holds the
+  orientation: a photo that relied on it is shown unrotated (its pixels are unchanged).
 - PNG: tEXt, zTXt, iTXt, eXIf and tIME chunks go, and so does anything after IEND.
 - STL: a binary header is blanked; ASCII ``solid``/``endsolid`` names are removed.
+- PLY (ASCII or binary): ``comment`` and ``obj_info`` header lines go; the body is unchanged.
+- OBJ: comment and ``mtllib`` lines go, ``o``/``g`` lines lose their names; the geometry lines
+  are unchanged.
 - NIfTI-1/2 (``.nii``, ``.nii.gz``): the free-text fields are blanked with NULs and any
   extensions (which may hold a whole DICOM header) are zeroed in place, so every offset
   stays. ``.nii.gz`` is decompressed and recompressed as one gzip member (level 1, no name,
@@ -34,7 +38,7 @@ from typing import Protocol, TypeAlias
 from exporter.errors import SourceFileError
 
 CHUNK = 1024 * 1024
-LINE_LIMIT = CHUNK  # an ASCII STL line longer than this is not an STL line
+LINE_LIMIT = CHUNK  # a text line (ASCII STL, OBJ) or PLY header longer than this is refused
 
 
 @dataclass(frozen=True)
@@ -144,11 +148,36 @@ class _Source:
         """Everything left, in pieces of at most ``CHUNK``."""
         return self.chunks(sys.maxsize)
 
+    def entropy_coded(self) -> Iterator[bytes]:
+        """JPEG scan data, up to the next marker other than RSTn (left unread) or the end.
+
+        In scan data 0xFF is followed by 0x00 (a stuffed byte), RST0..7 or another 0xFF (a
+        fill byte); any other byte after 0xFF makes a marker.
+        """
+        at = self._pos
+        while True:
+            buf = self._buf
+            at = buf.find(0xFF, at)
+            while at != -1 and at + 1 < len(buf) and buf[at + 1] in _IN_SCAN:
+                at = buf.find(0xFF, at + 1)
+            if at != -1 and at + 1 < len(buf):  # a marker
+                if at > self._pos:
+                    yield self.take(at - self._pos)
+                return
+            end = len(buf) if at == -1 else at  # a 0xFF last in the buffer waits for the next
+            if end > self._pos:
+                yield self.take(end - self._pos)
+            if self._eof:
+                return
+            self.peek(2)
+            at = self._pos
+
 
 # --- JPEG -----------------------------------------------------------------------------------
 
 _SOI, _SOS, _EOI = 0xD8, 0xDA, 0xD9
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
+_IN_SCAN = {0x00, 0xFF, *range(0xD0, 0xD8)}  # after 0xFF in scan data: not a marker
 
 
 def _jpeg_drop(marker: int, body: bytes) -> str | None:
@@ -172,15 +201,18 @@ def _jpeg_drop(marker: int, body: bytes) -> str | None:
 
 
 def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
-    """JPEG without EXIF/XMP/IPTC/comment segments; scan data copied unchanged."""
+    """JPEG without EXIF/XMP/IPTC/comment segments nor anything after EOI; scans unchanged."""
     src, start = _Source(reader, "JPEG"), len(found)
     if src.take(2) != b"\xff\xd8":
         raise src.fail("no SOI marker at the start")
-    head = bytearray(b"\xff\xd8")
+    out = bytearray(b"\xff\xd8")  # kept segments not yet yielded
+    scans = 0
     while True:
         at = src.offset
         byte = src.take(1)
         if not byte:
+            if scans:
+                raise src.fail("the file ends before the end of the image (no EOI marker)")
             raise src.fail("the file ends before the image data (no SOS marker)")
         if byte != b"\xff":
             raise src.fail(f"expected a marker at byte {at}, found 0x{byte[0]:02X}")
@@ -190,16 +222,17 @@ def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
         if not marker:
             raise src.fail(f"truncated marker at byte {at}")
         code = marker[0]
-        if code == _SOS:
-            head += b"\xff\xda"
-            yield bytes(head)
-            yield from src.rest()
+        if code == _EOI and scans:
+            yield bytes(out + b"\xff\xd9")
+            if src.peek(1):  # a trailer, a second image: not part of this one, may hold anything
+                _record(found, start, "data after the image (EOI)", "removed")
             return
         if code in _STANDALONE:
-            head += b"\xff" + marker
+            out += b"\xff" + marker
             continue
         if code in (0x00, _SOI, _EOI):
-            raise src.fail(f"unexpected marker 0xFF{code:02X} at byte {at} before the image data")
+            where = " between the scans" if scans else " before the image data"
+            raise src.fail(f"unexpected marker 0xFF{code:02X} at byte {at}{where}")
         size = src.exact(2, f"segment 0xFF{code:02X}")
         length = int.from_bytes(size, "big")
         if length < 2:
@@ -209,7 +242,15 @@ def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
         if dropped:
             _record(found, start, dropped, "removed")
         else:
-            head += b"\xff" + marker + size + body
+            out += b"\xff" + marker + size + body
+        if code == _SOS:
+            scans += 1
+            yield bytes(out)
+            out.clear()
+            yield from src.entropy_coded()
+        elif len(out) >= CHUNK:
+            yield bytes(out)
+            out.clear()
 
 
 # --- PNG ------------------------------------------------------------------------------------
@@ -302,6 +343,85 @@ def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[byte
         yield lines(pending)
     if changed:
         _record(found, start, "STL solid name", "blanked")
+
+
+# --- PLY ------------------------------------------------------------------------------------
+
+_PLY_DROP = {b"comment": "PLY comment", b"obj_info": "PLY obj_info"}
+
+
+def scrub_ply(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """PLY (ASCII or binary) without comment and obj_info header lines; the body unchanged."""
+    src, start = _Source(reader, "PLY"), len(found)
+    head = src.peek(LINE_LIMIT)  # the header is text in every PLY format
+    if not head.startswith((b"ply\n", b"ply\r\n")):
+        raise src.fail('no "ply" line at the start')
+    kept, pos = bytearray(), 0
+    while True:
+        end = head.find(b"\n", pos) + 1
+        if not end and len(head) < LINE_LIMIT:  # the whole file is read: its last line
+            end = len(head)
+        if end <= pos:
+            raise src.fail(f"no end_header line in the first {LINE_LIMIT} bytes")
+        line, pos = head[pos:end], end
+        words = line.split(None, 1)
+        dropped = _PLY_DROP.get(words[0]) if words else None
+        if dropped:
+            _record(found, start, dropped, "removed")
+        else:
+            kept += line
+        if line.split() == [b"end_header"]:
+            break
+    src.take(pos)
+    yield bytes(kept)
+    yield from src.rest()
+
+
+# --- OBJ ------------------------------------------------------------------------------------
+
+_OBJ_FIRST = re.compile(rb"[ \t]*[#mog]")  # a block's first line may need a change
+_OBJ_LATER = re.compile(rb"[\r\n][ \t]*[#mog]")  # so may any other line
+
+
+def scrub_obj(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+    """Wavefront OBJ without comments, object/group names or material library names."""
+    src, start = _Source(reader, "OBJ"), len(found)
+    pending = b""
+    for chunk in src.rest():
+        data = pending + chunk
+        # Cut after the last line end; a line straddling chunks (or a CR that may be the first
+        # half of a CR LF) waits for the next one.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if len(data) - cut > LINE_LIMIT:
+            raise src.fail(f"a line longer than {LINE_LIMIT} bytes before byte {src.offset}")
+        pending = data[cut:]
+        if cut and (block := _obj_lines(src, data[:cut], found, start)):
+            yield block
+    if pending and (block := _obj_lines(src, pending, found, start)):
+        yield block
+
+
+def _obj_lines(src: _Source, block: bytes, found: list[Scrubbed], start: int) -> bytes:
+    """``block`` (whole lines) scrubbed; most blocks are vertices and faces only."""
+    if b"\0" in block:
+        raise src.fail(f"not a text file (a NUL byte before byte {src.offset})")
+    if not _OBJ_FIRST.match(block) and not _OBJ_LATER.search(block):
+        return block
+    out = []
+    for line in block.splitlines(keepends=True):
+        text = line.rstrip(b"\r\n")
+        stripped = text.lstrip(b" \t")  # the same blanks as the patterns above
+        keyword, _, name = stripped.replace(b"\t", b" ").partition(b" ")
+        if stripped.startswith(b"#"):
+            _record(found, start, "OBJ comment", "removed")
+        elif keyword == b"mtllib":  # names files, which may be named after the patient
+            _record(found, start, "OBJ material library", "removed")
+        elif keyword in (b"o", b"g") and name.strip(b" "):
+            _record(found, start, "OBJ object/group name", "blanked")
+            out.append(text[: len(text) - len(stripped)] + keyword + line[len(text) :])
+        else:
+            out.append(line)
+    return b"".join(out)
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
@@ -413,5 +533,7 @@ _BY_SUFFIX: tuple[tuple[tuple[str, ...], Scrubber], ...] = (
     ((".jpg", ".jpeg"), scrub_jpeg),
     ((".png",), scrub_png),
     ((".stl",), scrub_stl),
+    ((".ply",), scrub_ply),
+    ((".obj",), scrub_obj),
     ((".nii",), scrub_nifti),
 )

@@ -550,13 +550,24 @@ def curation_history(
 def preview_export(
     settings: Settings, user_email: str, project_slug: str, request: ExportRequest
 ) -> Preview:
-    """The DICOM header changes the export would make, for one file per selected series."""
+    """The DICOM header changes the export would make, for one file per selected series.
+
+    Old values are shown to the project's data managers only (they identify patients), as
+    in the export's change log; others see what the export writes.
+    """
+    from exporter.models import Role
+
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
-        return preview.preview(
+        found = preview.preview(
             session, user, project_slug, request.selection, request.options(),
             settings.data_root,
         )  # fmt: skip
+        access = accounts.require_project(session, user, project_slug)
+        if access.role is not Role.DATA_MANAGER:
+            rows = [dataclasses.replace(r, old_value=None) for r in found.rows]
+            found = dataclasses.replace(found, rows=rows)
+        return found
 
 
 @dataclass(frozen=True)

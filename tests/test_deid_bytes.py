@@ -7,6 +7,7 @@ and the same changes recorded."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -89,3 +90,99 @@ def test_what_the_byte_level_path_leaves_to_pydicom(sources: list[bytes]) -> Non
     assert plain._bytes.rewrite(sources[0], "patient_001", absent) is None
     assert plain._bytes.rewrite(sources[0][:600], "patient_001", {}) is None  # truncated
     assert plain._bytes.rewrite(sources[0], "patient_001", edits) is not None
+
+
+def full_output(rewriter: HeaderRewriter, item: PlannedFile, raw: bytes) -> bytes:
+    """What the export writes for ``raw`` (the transform, as the archive calls it)."""
+    return b"".join(bytes(c) for c in rewriter(item, io.BytesIO(raw)))  # type: ignore[arg-type]
+
+
+def with_extras(path: Path, encapsulated: bool = False) -> bytes:
+    """A CT slice with what the profile must not let through around it: sender and receiver
+    in the file meta, and a private group and padding after the pixel data."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from tests.builders import write_dicom
+
+    write_dicom(path, patient="DOE^JOHN")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.SourceApplicationEntityTitle = "STMARYS_CT1"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"DOE^JOHN"
+    if encapsulated:
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([b"\xff\xd8" + b"\x11" * 100 + b"\xff\xd9"] * 2)
+    block = ds.private_block(0x7FE1, "GEMS_PIXD", create=True)
+    block.add_new(0x10, "LO", "DOE^JOHN MRN123")
+    ds.add_new(0xFFFCFFFC, "OB", b"DOE^JOHN")
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+@pytest.mark.parametrize("byte_level", [True, False], ids=["bytes", "pydicom"])
+def test_nothing_after_the_pixel_data_and_no_sender_in_the_file_meta(
+    tmp_path: Path, encapsulated: bool, byte_level: bool
+) -> None:
+    raw = with_extras(tmp_path / "x.dcm", encapsulated)
+    assert raw.count(b"DOE^JOHN") == 4
+    fast = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    rewriter = HeaderRewriter(fast.context, byte_level=byte_level)
+    out = full_output(rewriter, planned(1, raw, "patient_001"), raw)
+    assert b"DOE^JOHN" not in out and b"STMARYS" not in out
+    ds = pydicom.dcmread(io.BytesIO(out))
+    source = pydicom.dcmread(io.BytesIO(raw))
+    assert ds.PixelData == source.PixelData, "pixel data (native or fragments) unchanged"
+    assert "SourceApplicationEntityTitle" not in ds.file_meta
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID != source.SOPInstanceUID
+    changes = {c.keyword: c.action for c in rewriter.take_changes()}
+    assert changes["elements after the pixel data"] == "removed"
+    assert changes["SourceApplicationEntityTitle"] == "removed"
+
+
+def test_the_archive_table_keeps_only_the_final_value_of_a_field() -> None:
+    from exporter.dicom_rewrite import Change, changes_csv
+
+    curated = Change("p/1.dcm", "(0008,0080)", "InstitutionName", "St Mary's", "curated")
+    removed = Change("p/1.dcm", "(0008,0080)", "InstitutionName", None, "deidentified",
+                     "removed", "St Mary's")  # fmt: skip
+    table = changes_csv([curated, removed]).decode()
+    assert "St Mary" not in table
+    assert table.splitlines()[1] == 'p/1.dcm,"(0008,0080)",InstitutionName,,deidentified,removed'
+
+
+def test_a_header_too_long_to_rewrite_fails_rather_than_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter import dicom_rewrite
+    from exporter.errors import SourceFileError
+    from tests.builders import write_dicom
+
+    write_dicom(tmp_path / "x.dcm")
+    ds = pydicom.dcmread(tmp_path / "x.dcm")
+    del ds.PixelData
+    ds.add_new(0x00420011, "OB", b"%PDF" + b"x" * 3_000_000)  # an encapsulated document
+    ds.add_new(0x00091010, "LO", "DOE^JOHN")
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    raw = (tmp_path / "x.dcm").read_bytes()
+    monkeypatch.setattr(dicom_rewrite, "MAX_HEADER", 2 * 1024 * 1024)
+    monkeypatch.setattr(dicom_rewrite, "CHUNK", 1024 * 1024)
+    rewriter = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    with pytest.raises(SourceFileError, match="longer than"):
+        full_output(rewriter, planned(1, raw, "patient_001"), raw)
+
+
+def test_clean_removes_what_it_cannot_clean(sources: list[bytes]) -> None:
+    from exporter.deid import Deidentifier, DeidOptions
+    from exporter.deid_profile import BASIC_PROFILE
+
+    rows = [r for r in BASIC_PROFILE.values() if r.clean_descriptors]
+    binary = next(r for r in rows if pydicom.datadict.dictionary_VR(r.tag) in ("OB", "CS"))
+    ds = pydicom.dcmread(io.BytesIO(sources[0]))
+    vr = pydicom.datadict.dictionary_VR(binary.tag)
+    ds.add_new(binary.tag, vr, b"DOE^JOHN" if vr == "OB" else "DOEJOHN")
+    deid = Deidentifier(DeidOptions(clean_descriptors=True), b"k" * 32, {})
+    edits = deid.apply(ds, "patient_001", ["DOE^JOHN"])
+    assert binary.tag not in ds
+    assert any(e.keyword == binary.keyword and e.action == "removed" for e in edits)

@@ -279,6 +279,9 @@ def test_preview_shows_one_file_per_series_with_old_and_new_values(portal: Setti
     assert [(r.patient, r.keyword, r.new_value) for r in curated] == [
         ("P0002", "StudyDescription", "Curated")
     ]
+    assert all(r.old_value is None for r in plain.rows), "old values: data managers only"
+    as_manager = services.preview_export(portal, MANAGER, "demo", request(modalities=["cbct"]))
+    assert any(r.old_value for r in as_manager.rows)
     deid = services.preview_export(
         portal, ME, "demo", request(modalities=["cbct", "ios"], deidentify=True)
     )
@@ -287,3 +290,36 @@ def test_preview_shows_one_file_per_series_with_old_and_new_values(portal: Setti
     assert deid.other_files == 12, "per patient: two scans and the processed volume"
     nothing_written = list((portal.export_root).glob("*"))
     assert nothing_written == []
+
+
+def test_curated_values_are_frozen_when_the_export_starts_and_kept_out_of_the_csv_when_removed(
+    portal: Settings,
+) -> None:
+    from exporter import jobs
+
+    services.curate(portal, MANAGER, "demo", [Target("P0001")], "StudyDescription", "Before")
+    services.curate(portal, MANAGER, "demo", [Target("P0001")], "InstitutionName", "Secret Site")
+    view = services.create_export(
+        portal, ME, "demo",
+        request(modalities=["cbct"], deidentify=True, clean_descriptors=True,
+                part_size=1024 * 1024),
+    )  # fmt: skip
+    assert jobs.run_export(view.id) == "parts enqueued"
+    services.curate(portal, MANAGER, "demo", [Target("P0001")], "StudyDescription", "After")
+    work(portal)
+    done = services.get_export(portal, ME, view.id)
+    assert done.status == "completed", done.error_message
+    seen = set()
+    for part in (portal.export_root / view.id).glob("*.zip"):
+        with zipfile.ZipFile(part) as zf:
+            folder = zf.namelist()[0].split("/")[0]
+            table = zf.read(f"{folder}/dicom_changes.csv").decode()
+            assert "Secret Site" not in table, "a curated value the profile removed"
+            for name in zf.namelist():
+                if name.endswith(".dcm"):
+                    ds = pydicom.dcmread(io.BytesIO(zf.read(name)))
+                    assert "InstitutionName" not in ds
+                    seen.add(str(ds.get("StudyDescription", "")))
+    assert "Before" in seen and "After" not in seen, "the values in force when it started"
+    log = services.export_changes(portal, MANAGER, view.id, limit=10_000)
+    assert any(r.new_value == "Secret Site" and r.reason == "curated" for r in log.rows)

@@ -49,6 +49,9 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("dataset_export") as batch:
         batch.add_column(sa.Column("uid_key", sa.String(length=64), nullable=True))
+        batch.add_column(
+            sa.Column("curated_values", sa.JSON(), nullable=False, server_default="{}")
+        )
     with op.batch_alter_table("export_patient") as batch:
         batch.add_column(sa.Column("date_shift_days", sa.Integer(), nullable=True))
 
@@ -57,6 +60,7 @@ def downgrade() -> None:
     with op.batch_alter_table("export_patient") as batch:
         batch.drop_column("date_shift_days")
     with op.batch_alter_table("dataset_export") as batch:
+        batch.drop_column("curated_values")
         batch.drop_column("uid_key")
     with op.batch_alter_table("curated_header_value") as batch:
         batch.drop_column("cleared")
