@@ -30,6 +30,8 @@ from exporter.scrub import (
     scrub_jpeg,
     scrub_nifti,
     scrub_nifti_gz,
+    scrub_obj,
+    scrub_ply,
     scrub_png,
     scrub_stl,
     scrubber_for,
@@ -144,6 +146,11 @@ def pixels(data: bytes) -> np.ndarray:
         ("IMG.JPEG", scrub_jpeg),
         ("scan.Png", scrub_png),
         ("ios/upper.STL", scrub_stl),
+        ("ios/lower.ply", scrub_ply),
+        ("IOS/UPPER.PLY", scrub_ply),
+        ("ios/lower.obj", scrub_obj),
+        ("ios/upper.Obj", scrub_obj),
+        ("upper.mtl", None),
         ("volume.nii", scrub_nifti),
         ("cbct/volume.NII.GZ", scrub_nifti_gz),
         ("0001.dcm", None),
@@ -220,6 +227,123 @@ def test_jpeg_keeps_colour_segments_and_drops_every_other_app_segment() -> None:
     assert_idempotent(scrub_jpeg, out)
 
 
+def jpeg_markers(data: bytes) -> list[tuple[int, int]]:
+    """(offset, code) of each marker up to EOI, skipping segment bodies and scan data."""
+    markers, pos = [(0, 0xD8)], 2
+    while True:
+        assert data[pos] == 0xFF
+        code = data[pos + 1]
+        markers.append((pos, code))
+        if code == 0xD9:
+            return markers
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if code == 0xDA:  # scan data: 0xFF only stuffed (0xFF00) or as RSTn until a marker
+            pos = data.index(b"\xff", pos)
+            while data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos = data.index(b"\xff", pos + 1)
+
+
+@pytest.fixture(scope="module")
+def progressive() -> bytes:
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=95, progressive=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_progressive_jpeg_loses_segments_between_its_scans(progressive: bytes, piece: int) -> None:
+    markers = jpeg_markers(progressive)
+    scans = [at for at, code in markers if code == 0xDA]
+    assert len(scans) > 2  # progressive: the image is built over several scans
+    after_first = next(at for at, code in markers if at > scans[0])  # tables of the next scan
+    extras = segment(
+        0xE1, b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>DOE JOHN</x:xmpmeta>"
+    ) + segment(0xFE, b"DOE JOHN")
+    last = scans[-1]
+    data = (
+        progressive[:after_first]
+        + extras
+        + progressive[after_first:last]
+        + segment(0xEC, b"Ducky DOE JOHN")
+        + progressive[last:]
+    )
+    assert np.array_equal(pixels(data), pixels(progressive))  # where a decoder allows them
+    out, found = scrub(scrub_jpeg, data, piece)
+    assert out == progressive
+    assert found == [
+        Scrubbed("XMP (APP1)", "removed"),
+        Scrubbed("JPEG comment", "removed"),
+        Scrubbed("APP12", "removed"),
+    ]
+    assert np.array_equal(pixels(out), pixels(progressive))
+    assert_idempotent(scrub_jpeg, out)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_jpeg_loses_a_trailer_after_eoi(progressive: bytes, piece: int) -> None:
+    motion = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom" + b"\0\0\0\x10udta DOE JOHN"
+    out, found = scrub(scrub_jpeg, progressive + motion, piece)
+    assert out == progressive
+    assert found == [Scrubbed("data after the image (EOI)", "removed")]
+    assert_idempotent(scrub_jpeg, out)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_jpeg_keeps_only_the_first_image_of_a_multi_picture_file(
+    files: Callable[[str], bytes], person: DemoPatient, piece: int
+) -> None:
+    # MPF: the first image says where the others are (APP2 "MPF"); each is a whole JPEG with
+    # its own EXIF and GPS, appended after the first EOI.
+    photo = files("intraoral-photo/photo_1.jpg")
+    mpf = segment(0xE2, b"MPF\0MM\0*\0\0\0\x08" + bytes(16))
+    first = photo[:2] + mpf + photo[2:]
+    alone, alone_found = scrub(scrub_jpeg, photo)
+    out, found = scrub(scrub_jpeg, first + photo, piece)
+    assert out == alone
+    assert found == [
+        Scrubbed("APP2 (not an ICC profile)", "removed"),
+        *alone_found,
+        Scrubbed("data after the image (EOI)", "removed"),
+    ]
+    assert out.count(b"\xff\xd8") == 1 and b"Exif" not in out
+    assert_anonymous(out, person)
+    with Image.open(io.BytesIO(out)) as image:
+        assert image.getexif().get_ifd(IFD.GPSInfo) == {}
+    assert np.array_equal(pixels(out), pixels(photo))
+    assert_idempotent(scrub_jpeg, out)
+
+
+def jpeg_scan(rng: np.random.Generator, size: int) -> bytes:
+    """Scan-like data: random bytes with every 0xFF stuffed and a restart marker every 4 KiB."""
+    raw = rng.integers(0, 256, size, dtype=np.uint8).tobytes().replace(b"\xff", b"\xff\x00")
+    step = 4096
+    return b"".join(
+        raw[i : i + step] + bytes([0xFF, 0xD0 + (i // step) % 8]) for i in range(0, len(raw), step)
+    )
+
+
+@pytest.mark.parametrize(("piece", "size"), [(7, 20_000), (CHUNK, 3 * CHUNK)])
+def test_jpeg_scans_stream_through_with_restarts_and_fill_bytes(piece: int, size: int) -> None:
+    rng = np.random.default_rng(11)
+    tables = segment(0xDB, bytes(65)) + segment(0xC2, bytes(15)) + segment(0xC4, bytes(20))
+    sos = segment(0xDA, bytes(10))
+    scan1, scan2 = jpeg_scan(rng, size), jpeg_scan(rng, 1000)
+    # Fill bytes before a marker stay with the scan data before them; the segments go.
+    between = b"\xff\xff" + segment(0xFE, b"DOE JOHN") + b"\xff\xff\xff" + segment(0xE5, b"x")
+    head = b"\xff\xd8" + tables + sos
+    data = head + scan1 + between + segment(0xC4, bytes(20)) + sos + scan2 + b"\xff\xd9"
+    expected = head + scan1 + b"\xff\xff" + segment(0xC4, bytes(20)) + sos + scan2 + b"\xff\xd9"
+    reader = PieceReader(data, piece)
+    found: list[Scrubbed] = []
+    pieces = list(scrub_jpeg(reader, found))
+    assert b"".join(pieces) == expected
+    assert found == [Scrubbed("JPEG comment", "removed"), Scrubbed("APP5", "removed")]
+    assert max(len(p) for p in pieces) <= MAX_YIELD
+    assert reader.largest <= CHUNK
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -228,6 +352,8 @@ def test_jpeg_keeps_colour_segments_and_drops_every_other_app_segment() -> None:
         (lambda d: b"GIF89a" + d, r"no SOI marker at the start"),
         (lambda d: d[:20] + b"\x00" + d[20:], r"expected a marker at byte 20, found 0x00"),
         (lambda d: b"", r"no SOI marker"),
+        (lambda d: d[:-2], r"the file ends before the end of the image \(no EOI marker\)"),
+        (lambda d: d[:-2] + b"\xff\xd8", r"unexpected marker 0xFFD8 at byte \d+ between the scans"),
     ],
 )
 def test_unreadable_jpeg_is_refused(
@@ -426,6 +552,175 @@ def test_large_ascii_stl_is_scrubbed_chunk_by_chunk() -> None:
     assert largest <= MAX_YIELD
     assert reader.largest <= CHUNK
     assert found == [Scrubbed("STL solid name", "blanked")]
+
+
+# --- PLY ------------------------------------------------------------------------------------
+
+PLY_HEADER = (
+    b"ply\nformat {format} 1.0\ncomment Doe^John\nobj_info scanner SN 12345\n"
+    b"element vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+    b"comment  second comment\nelement face 1\nproperty list uchar int vertex_indices\n"
+    b"obj_info\tscanned 2024-03-15\nend_header\n"
+)
+PLY_CLEAN = (
+    b"ply\nformat {format} 1.0\n"
+    b"element vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+    b"element face 1\nproperty list uchar int vertex_indices\nend_header\n"
+)
+PLY_FOUND = [Scrubbed("PLY comment", "removed"), Scrubbed("PLY obj_info", "removed")]
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_ascii_ply_loses_comments_and_obj_info(piece: int, newline: bytes) -> None:
+    body = b"0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n".replace(b"\n", newline)
+    header = PLY_HEADER.replace(b"{format}", b"ascii").replace(b"\n", newline)
+    clean = PLY_CLEAN.replace(b"{format}", b"ascii").replace(b"\n", newline)
+    out, found = scrub(scrub_ply, header + body, piece)
+    assert out == clean + body
+    assert found == PLY_FOUND
+    assert_idempotent(scrub_ply, out)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_binary_ply_loses_comments_and_keeps_its_body(piece: int) -> None:
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype="<f4").tobytes()
+    # Body bytes that look like header text must stay: only the header is read as lines.
+    body = vertices + struct.pack("<B3i", 3, 0, 1, 2) + b"\ncomment DOE\nend_header\n" * 50
+    header = PLY_HEADER.replace(b"{format}", b"binary_little_endian")
+    out, found = scrub(scrub_ply, header + body, piece)
+    clean = PLY_CLEAN.replace(b"{format}", b"binary_little_endian")
+    assert out == clean + body
+    assert out[len(clean) :] == body
+    assert b"Doe^John" not in out and b"12345" not in out
+    assert found == PLY_FOUND
+    assert_idempotent(scrub_ply, out)
+
+
+def test_ply_without_metadata_is_unchanged_and_not_reported() -> None:
+    data = PLY_CLEAN.replace(b"{format}", b"binary_big_endian") + bytes(range(256)) * 5000
+    assert scrub(scrub_ply, data, 7) == (data, [])
+    empty = b"ply\nformat ascii 1.0\nelement vertex 0\nend_header"  # no newline at the end
+    assert scrub(scrub_ply, empty, 7) == (empty, [])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", r'no "ply" line at the start'),
+        (b"solid x\nendsolid x\n", r'no "ply" line at the start'),
+        (b"plyx\nformat ascii 1.0\nend_header\n", r'no "ply" line at the start'),
+        (
+            b"ply\nformat ascii 1.0\nelement vertex 0\n",
+            r"no end_header line in the first \d+ bytes",
+        ),
+        (
+            b"ply\nformat ascii 1.0\n" + b"comment Doe^John\n" * 70_000 + b"end_header\n",
+            r"no end_header line in the first 1048576 bytes",
+        ),
+    ],
+)
+def test_unreadable_ply_is_refused(data: bytes, message: str) -> None:
+    with pytest.raises(
+        SourceFileError,
+        match=r"^PLY structure cannot be read \(" + message + r"\); the file was not exported$",
+    ):
+        scrub(scrub_ply, data, 7)
+
+
+# --- OBJ ------------------------------------------------------------------------------------
+
+OBJ_GEOMETRY = (
+    b"v 1.000000 2.000000 3.000000\nv -1.5 0.25 9e-3\nv 0 1 0\n"
+    b"vn 0.0 0.0 1.0\nvt 0.5 0.5\nf 1//1 2//1 3//1\nf 1/1/1 2/1/1 3/1/1\n"
+)
+OBJ_FOUND = [
+    Scrubbed("OBJ comment", "removed"),
+    Scrubbed("OBJ material library", "removed"),
+    Scrubbed("OBJ object/group name", "blanked"),
+]
+
+
+def obj_file(newline: bytes) -> tuple[bytes, bytes]:
+    """(an OBJ with a patient's name in comments, names and a library; what must be left)."""
+    data = (
+        b"# Exported by IntraScan 3.2 for Doe^John, 12345\n"
+        b"mtllib Doe_John.mtl\n"
+        b"o Patient_Doe\n" + OBJ_GEOMETRY + b"  # indented comment: John Doe\n"
+        b"\tg jaw_John upper\n"
+        b"usemtl gum\n" + OBJ_GEOMETRY + b"#\n"
+        b"g\no   \ns 1\n\n" + OBJ_GEOMETRY + b"  mtllib\tDoe.mtl other.mtl\n"
+        b"f 1 2 3 # trailing comments on geometry lines are left as they are"
+    )
+    expected = (
+        b"o\n"
+        + OBJ_GEOMETRY
+        + b"\tg\nusemtl gum\n"
+        + OBJ_GEOMETRY
+        + b"g\no   \ns 1\n\n"
+        + OBJ_GEOMETRY
+        + b"f 1 2 3 # trailing comments on geometry lines are left as they are"
+    )
+    return data.replace(b"\n", newline), expected.replace(b"\n", newline)
+
+
+def geometry(data: bytes) -> list[bytes]:
+    return [line for line in data.splitlines() if line.split()[:1] in ([b"v"], [b"vn"], [b"f"])]
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_obj_loses_comments_names_and_material_libraries(piece: int, newline: bytes) -> None:
+    data, expected = obj_file(newline)
+    out, found = scrub(scrub_obj, data, piece)
+    assert out == expected
+    assert geometry(out) == geometry(data) and len(geometry(out)) == 19
+    assert b"Doe" not in out and b"John" not in out and b"12345" not in out
+    assert found == OBJ_FOUND
+    assert_idempotent(scrub_obj, out)
+
+
+def test_obj_without_metadata_is_unchanged_and_not_reported() -> None:
+    data = b"usemtl gum\n" + OBJ_GEOMETRY * 3 + b"g\nl 1 2\n"
+    assert scrub(scrub_obj, data, 7) == (data, [])
+
+
+def obj_pieces(blocks: int) -> Iterator[bytes]:
+    yield b"# DOE JOHN\no DOE_JOHN\n"
+    batch = OBJ_GEOMETRY * 2000
+    for n in range(blocks):
+        yield batch + b"g DOE_JOHN_%d\n" % n if n % 10 == 0 else batch
+    yield b"# end of DOE JOHN"
+
+
+def test_large_obj_is_scrubbed_chunk_by_chunk() -> None:
+    reader = StreamReader(obj_pieces(100))  # ~20 MB of text
+    found: list[Scrubbed] = []
+    size = largest = 0
+    for piece in scrub_obj(reader, found):
+        size += len(piece)
+        largest = max(largest, len(piece))
+        assert b"DOE" not in piece
+    assert size == 2 + 100 * 2000 * len(OBJ_GEOMETRY) + 10 * 2
+    assert largest <= MAX_YIELD
+    assert reader.largest <= CHUNK
+    assert found == [
+        Scrubbed("OBJ comment", "removed"),
+        Scrubbed("OBJ object/group name", "blanked"),
+    ]
+
+
+def test_unreadable_obj_is_refused() -> None:
+    with pytest.raises(
+        SourceFileError,
+        match=r"^OBJ structure cannot be read \(a line longer than \d+ bytes before byte \d+\); "
+        r"the file was not exported$",
+    ):
+        scrub(scrub_obj, b"v 0 0 0\n# " + b"x" * (CHUNK + 10))
+    with pytest.raises(
+        SourceFileError, match=r"\(not a text file \(a NUL byte before byte \d+\)\)"
+    ):
+        scrub(scrub_obj, b"L\x01\x02\x00\x00\x00" + bytes(200), 7)  # e.g. a COFF object file
 
 
 # --- NIfTI ----------------------------------------------------------------------------------
