@@ -34,7 +34,7 @@ from typing import IO, Any, BinaryIO
 
 from exporter.curation import CurationRules
 from exporter.deid import Deidentifier, DeidOptions, new_date_shift, new_uid_key
-from exporter.dicom_rewrite import Change, HeaderRewriter, RewriteContext, changes_csv
+from exporter.dicom_rewrite import Change, ChangeTable, HeaderRewriter, RewriteContext
 from exporter.errors import ExportCancelled, InvalidSelection, NotEnoughSpace, SourceFileError
 from exporter.layout import (
     PlannedFile,
@@ -182,7 +182,6 @@ class PartResult:
     files: list[FileRecord]
     skipped: list[SkippedFile]
     patients: list[str]
-    changes: list[Change] = field(default_factory=list)  # with old values: database only
 
 
 @dataclass
@@ -272,8 +271,12 @@ class PartBuilder:
         transform: Transform | None = None,
         progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        changes_sink: Callable[[list[Change]], None] | None = None,
     ) -> None:
+        """``changes_sink`` receives every DICOM change, old values included, in batches
+        as the part is written (the archive's ``dicom_changes.csv`` has new values only)."""
         self.info = info
+        self.changes_sink = changes_sink
         self.options = options
         self.data_root = data_root.resolve()
         self.disk_reserve = disk_reserve
@@ -437,6 +440,18 @@ class PartBuilder:
         return result
 
     def _build(self, part: PlannedPart, count: int, dest: Path) -> PartResult:
+        rewriter = self.transform if isinstance(self.transform, HeaderRewriter) else None
+        table = ChangeTable(self.changes_sink) if rewriter is not None else None
+        try:
+            return self._write_part(part, count, dest, rewriter, table)
+        finally:
+            if table is not None:
+                table.close()
+
+    def _write_part(
+        self, part: PlannedPart, count: int, dest: Path, rewriter: HeaderRewriter | None,
+        table: ChangeTable | None,
+    ) -> PartResult:  # fmt: skip
         folder = self.info.folder
         records: list[FileRecord] = []
         skipped: list[SkippedFile] = []
@@ -466,6 +481,8 @@ class PartBuilder:
                                     p.source.subtype,
                                 )
                             )
+                        if rewriter is not None and table is not None:
+                            table.add(rewriter.take_entry(p.arcname))
                         self._files_done += 1
                         self._bytes_done += p.source.size
                         self._tick(writer, p.patient_dir, self._files_done == self._total_files)
@@ -477,12 +494,16 @@ class PartBuilder:
             _add_bytes(writer, f"{folder}/metadata.json", metadata)
             sums = "".join(f"{r.sha256}  {r.path}\n" for r in records)
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"
-            changes: list[Change] = []
-            if isinstance(self.transform, HeaderRewriter):
-                changes = self.transform.take_changes()
-                table = changes_csv(changes)
-                _add_bytes(writer, f"{folder}/dicom_changes.csv", table)
-                sums += f"{hashlib.sha256(table).hexdigest()}  dicom_changes.csv\n"
+            if table is not None:
+                entry = writer.open_entry(
+                    f"{folder}/dicom_changes.csv", method=DEFLATED, level=6, mtime=time.time()
+                )
+                table_sha = hashlib.sha256()
+                for chunk in table.finish():
+                    table_sha.update(chunk)
+                    entry.write(chunk)
+                entry.close()
+                sums += f"{table_sha.hexdigest()}  dicom_changes.csv\n"
             _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
             archive_sha = out.hexdigest()
@@ -499,7 +520,6 @@ class PartBuilder:
             records,
             skipped,
             part.patient_dirs,
-            changes,
         )
 
     def _ordered(
@@ -827,6 +847,7 @@ def build_export(
     transform: Transform | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    changes_sink: Callable[[list[Change]], None] | None = None,
 ) -> ExportResult:
     """Build every part of an export in this process, then its manifest.
 
@@ -839,7 +860,7 @@ def build_export(
         transform = export_transform(options, sorted(set(folders.values())))
     builder = PartBuilder(
         info, options, data_root, disk_reserve=disk_reserve, transform=transform,
-        progress=progress, cancel=cancel,
+        progress=progress, cancel=cancel, changes_sink=changes_sink,
     )  # fmt: skip
     results: list[PartResult] = []
     try:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import BinaryIO, Literal, Protocol
@@ -41,6 +42,7 @@ MAX_HEADER = 64 * 1024 * 1024
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
 PSEUDONYM_FIELDS = {PATIENT_ID: "PatientID", PATIENT_NAME: "PatientName"}
+CHANGE_BATCH = 5000  # changes handed to the database at a time
 CSV_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
 
 
@@ -79,14 +81,25 @@ class HeaderRewriter:
         deid = self.context.deid
         self._bytes = ByteDeidentifier(deid) if deid is not None and byte_level else None
         self._byte_patch = byte_level
-        self.changes: list[Change] = []
+        self._changes: dict[str, list[Change]] = {}  # by entry, until the writer takes them
         self._lock = threading.Lock()
 
     def take_changes(self) -> list[Change]:
         """The changes recorded so far, in entry order, and forget them (one part's worth)."""
         with self._lock:
-            taken, self.changes = self.changes, []
-        return sorted(taken, key=lambda c: (c.path, c.tag))
+            taken, self._changes = self._changes, {}
+        return [c for path in sorted(taken) for c in taken[path]]
+
+    def take_entry(self, arcname: str) -> list[Change]:
+        """The changes made to one entry, and forget them (the writer takes them in entry
+        order, so a part's log never has to be held whole)."""
+        with self._lock:
+            return self._changes.pop(arcname, [])
+
+    def _record(self, arcname: str, changes: list[Change]) -> None:
+        if changes:
+            with self._lock:
+                self._changes.setdefault(arcname, []).extend(changes)
 
     def applies_to(self, planned: PlannedFile) -> bool:
         """Whether this file is changed on its way into the archive (else copied as is)."""
@@ -125,8 +138,7 @@ class HeaderRewriter:
                     Change(planned.arcname, "(7FE0,0010)+", "elements after the pixel data",
                            None, "deidentified", "removed", f"<{trailing} bytes>")
                 )  # fmt: skip
-        with self._lock:
-            self.changes.extend(changes)
+        self._record(planned.arcname, changes)
 
     def _scrub(self, planned: PlannedFile, scrubber: object, reader: BinaryIO) -> Iterator[bytes]:
         found: list[Scrubbed] = []
@@ -139,8 +151,7 @@ class HeaderRewriter:
                    "deidentified", s.action)
             for s in found
         ]  # fmt: skip
-        with self._lock:
-            self.changes.extend(changes)
+        self._record(planned.arcname, changes)
 
     def rewrite(
         self, planned: PlannedFile, head: bytes, reader: Reader
@@ -376,19 +387,64 @@ def _encodable(ds: Dataset) -> bool:
     return True
 
 
-def changes_csv(changes: list[Change]) -> bytes:
-    """``dicom_changes.csv``: one row per changed field with its final value only.
-
-    A field changed twice (curated, then removed or shifted by the profile) gets the last
-    row: the curated value it no longer carries may identify the patient. ``changes`` is in
-    entry order (see :meth:`HeaderRewriter.take_changes`).
-    """
+def _final(changes: list[Change]) -> list[Change]:
+    """One change per field of an entry, its last: a field changed twice (curated, then
+    removed or shifted by the profile) keeps only its final state, since the curated value
+    it no longer carries may identify the patient. Fields in tag order."""
     final: dict[tuple[str, str], Change] = {}
-    for c in changes:
+    for c in sorted(changes, key=lambda c: (c.path, c.tag)):  # stable: later steps stay later
         final[(c.path, c.tag if c.tag != "-" else f"-{c.keyword}")] = c  # "-": not DICOM
+    return list(final.values())
+
+
+def _rows(changes: list[Change]) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for c in final.values():
+    for c in _final(changes):
         writer.writerow([c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action])
     return text.getvalue().encode()
+
+
+def changes_csv(changes: list[Change]) -> bytes:
+    """``dicom_changes.csv`` for these changes: one row per changed field, final values
+    only (see :class:`ChangeTable` for the streaming form the export uses)."""
+    return (",".join(CSV_COLUMNS) + "\n").encode() + _rows(changes)
+
+
+class ChangeTable:
+    """A part's change log as its entries are written: ``dicom_changes.csv`` in a spooled
+    file (memory up to a few MiB, then disk), and every change, old values included, handed
+    to ``sink`` in batches (the job writes them to the database). Memory stays bounded
+    whatever the number of files."""
+
+    def __init__(
+        self, sink: Callable[[list[Change]], None] | None = None, batch: int | None = None
+    ) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115
+        self.file.write((",".join(CSV_COLUMNS) + "\n").encode())
+        self.sink = sink
+        self.batch = batch or CHANGE_BATCH
+        self.pending: list[Change] = []
+
+    def add(self, changes: list[Change]) -> None:
+        """One entry's changes."""
+        if not changes:
+            return
+        self.file.write(_rows(changes))
+        if self.sink is not None:
+            self.pending.extend(changes)
+            if len(self.pending) >= self.batch:
+                self.sink(self.pending)
+                self.pending = []
+
+    def finish(self) -> Iterator[bytes]:
+        """Hand the last batch to the sink; then the CSV's bytes, in chunks."""
+        if self.sink is not None and self.pending:
+            self.sink(self.pending)
+            self.pending = []
+        self.file.seek(0)
+        while chunk := self.file.read(CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -228,18 +229,20 @@ def run_export(export_id: str) -> str:
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
             transform=_transform(settings, export_id, options),
             progress=watch.progress, cancel=watch.cancelled,
+            changes_sink=_change_sink(settings, export_id, 1),
         )  # fmt: skip
         dest = export_dir / part_filename(info, 1, 1)
         result = builder.build(parts[0], 1, dest)
-        _save_changes(settings, export_id, 1, result.changes)
         write_manifest(export_dir, info, [ManifestPart.of(result)])
         _complete(settings, export_id, [ManifestPart.of(result)])
         return "completed"
     except ExportCancelled:
         remove_outputs(export_dir)
+        _forget_changes(settings, export_id, 1)
         return "cancelled"
     except BaseException as exc:
         remove_outputs(export_dir)
+        _forget_changes(settings, export_id, 1)
         _fail(settings, export_id, exc)
         if not isinstance(exc, Exception):
             raise
@@ -305,18 +308,33 @@ def _change_row(export_id: str, part: int, c: Change) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _save_changes(settings: Settings, export_id: str, part: int, changes: list[Change]) -> None:
-    """The part's complete change log (old values too) for data managers; replaces any
-    earlier attempt's."""
+def _change_sink(settings: Settings, export_id: str, part: int) -> Callable[[list[Change]], None]:
+    """Where a part's complete change log (old values too, for data managers) goes, batch by
+    batch as the part is written; any earlier attempt's rows are removed first."""
+    _clear_changes(settings, export_id, part)
+
+    def sink(batch: list[Change]) -> None:
+        with db.session_scope(settings) as session:
+            session.execute(
+                insert(ExportDicomChange), [_change_row(export_id, part, c) for c in batch]
+            )
+
+    return sink
+
+
+def _forget_changes(settings: Settings, export_id: str, part: int) -> None:
+    """A part that did not complete logs no changes (its files were not exported)."""
+    try:
+        _clear_changes(settings, export_id, part)
+    except Exception:  # the database is down: the next attempt clears them first
+        log.warning("could not remove the change log of %s part %s", export_id, part)
+
+
+def _clear_changes(settings: Settings, export_id: str, part: int) -> None:
     with db.session_scope(settings) as session:
         session.query(ExportDicomChange).filter(
             ExportDicomChange.export_id == export_id, ExportDicomChange.part == part
         ).delete()
-        for start in range(0, len(changes), 5000):
-            session.execute(
-                insert(ExportDicomChange),
-                [_change_row(export_id, part, c) for c in changes[start : start + 5000]],
-            )
 
 
 def _fan_out(settings: Settings, export_id: str, parts: list[PlannedPart]) -> None:
@@ -412,13 +430,14 @@ def run_part(export_id: str, number: int) -> str:
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
             transform=transform, progress=watch.progress, cancel=watch.cancelled,
+            changes_sink=_change_sink(settings, export_id, number),
         )  # fmt: skip
         part_plan = PlannedPart(number, planned, sum(p.source.size for p in planned))
         dest = settings.export_root / export_id / part_filename(info, number, count or 1)
         result = builder.build(part_plan, count or 1, dest)
-        _save_changes(settings, export_id, number, result.changes)
     except ExportCancelled:
         _set_part(settings, part_id, ExportStatus.CANCELLED)
+        _forget_changes(settings, export_id, number)
         return "cancelled"
     except KeyError:
         error = PortalError(f"Part {number}: files of this part are no longer registered")
@@ -426,6 +445,7 @@ def run_part(export_id: str, number: int) -> str:
         raise error from None
     except Exception as exc:
         _set_part(settings, part_id, ExportStatus.FAILED, error=exc)
+        _forget_changes(settings, export_id, number)
         raise
     _set_part(settings, part_id, ExportStatus.COMPLETED, result=result)
     return "completed"

@@ -437,3 +437,33 @@ def test_a_dicom_that_cannot_be_rewritten_fails_the_export_naming_it(
     finally:
         bad.unlink()
     assert not (tmp_path / "e1").exists()
+
+
+def test_the_change_log_is_streamed_not_held_for_the_whole_part(
+    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A de-identified part hands its change log out in batches while it is being written,
+    and dicom_changes.csv holds one row per changed field of every file."""
+    from exporter import dicom_rewrite
+
+    monkeypatch.setattr(dicom_rewrite, "CHANGE_BATCH", 500)
+    files = demo_files(demo_env, modalities=["cbct"])
+    batches: list[tuple[int, int]] = []  # (changes, files done when the batch came)
+    done = [0]
+
+    def sink(batch: list[object]) -> None:
+        batches.append((len(batch), done[0]))
+
+    def progress(p: object) -> None:
+        done[0] = p.files_done  # type: ignore[attr-defined]
+
+    result = build_export(
+        files, tmp_path / "e1", info(), ExportOptions(deidentify=True), demo_env.data_root,
+        changes_sink=sink, progress=progress,
+    )  # fmt: skip
+    total = sum(n for n, _ in batches)
+    assert len(batches) > 1 and batches[0][1] < len(files), "batches come while writing"
+    with zipfile.ZipFile(result.parts[0].path) as zf:
+        rows = zf.read(f"{info().folder}/dicom_changes.csv").decode().splitlines()
+    assert 1 < len(rows) - 1 <= total
+    assert len({r.split(",")[0] for r in rows[1:]}) == len(files), "every file has rows"
