@@ -428,8 +428,14 @@ def _obj_lines(src: _Source, block: bytes, found: list[Scrubbed], start: int) ->
 
 # (name, offset, size) of the free-text fields; data_type is an unused Analyze leftover.
 _NIFTI_TEXT = {
-    348: (("data_type", 4, 10), ("db_name", 14, 18), ("descrip", 148, 80), ("aux_file", 228, 24)),
-    540: (("descrip", 240, 80), ("aux_file", 320, 24)),
+    348: (
+        ("data_type", 4, 10),
+        ("db_name", 14, 18),
+        ("descrip", 148, 80),
+        ("aux_file", 228, 24),
+        ("intent_name", 328, 16),
+    ),
+    540: (("descrip", 240, 80), ("aux_file", 320, 24), ("intent_name", 508, 16)),
 }
 
 

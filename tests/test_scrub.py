@@ -930,3 +930,12 @@ def test_demo_tree_files_all_have_a_scrubber(tree: DemoManifest) -> None:
     names = {p.name for p in Path(tree.root).rglob("*") if p.is_file()}
     covered = {n for n in names if scrubber_for(n) is not None}
     assert covered == names - {n for n in names if n.endswith(".dcm")}
+
+
+def test_nifti_intent_name_is_blanked_too(demo_nii: bytes) -> None:
+    named = bytearray(demo_nii)
+    named[328:344] = b"DOE JOHN".ljust(16, b"\0")
+    out, found = scrub(scrub_nifti, bytes(named), 1 << 20)
+    assert Scrubbed("NIfTI intent_name", "blanked") in found
+    assert out[328:344] == bytes(16) and b"DOE JOHN" not in out
+    assert out[348:] == demo_nii[348:]
