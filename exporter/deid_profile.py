@@ -51,8 +51,9 @@ _SIMPLE: dict[str, Action] = {
     "C": Action.CLEAN,
     "U": Action.UID,
     # A combined code lets the application choose; removal is the more protective choice
-    # wherever the standard allows it, and "Z/D" becomes a blank (a pseudonym is a dummy).
-    "Z/D": Action.ZERO,
+    # wherever the standard allows it. "Z/D" takes the dummy value: it says as little as a
+    # blank and keeps Type 1 uses (ContentDate in enhanced objects) valid.
+    "Z/D": Action.DUMMY,
     "X/Z": Action.REMOVE,
     "X/D": Action.REMOVE,
     "X/Z/D": Action.REMOVE,
@@ -808,7 +809,8 @@ def effective_action(
     - *clean descriptors*: ``C`` cleans the value.
 
     Otherwise the Basic Profile code decides. A simple code is itself; of a combined code the
-    more protective choice is taken: ``Z/D`` blanks, ``X/Z``, ``X/D`` and ``X/Z/D`` remove,
+    more protective choice is taken: ``Z/D`` gets a dummy value (valid where the attribute
+    is Type 1), ``X/Z``, ``X/D`` and ``X/Z/D`` remove,
     and ``X/Z/U*`` replaces a UID (VR UI) and removes anything else (a sequence).
     """
     if retain_uids and row.retain_uids:

@@ -128,8 +128,8 @@ def expected(r: ProfileRow, uids: bool, dates: bool, desc: bool) -> Action:
     if r.keyword == "StudyDescription":
         return Action.CLEAN if desc else Action.REMOVE
     if r.keyword == "ContrastBolusAgent":
-        return Action.CLEAN if desc else Action.ZERO
-    return {"PatientID": Action.ZERO, "InstitutionName": Action.REMOVE}.get(r.keyword, Action.DUMMY)
+        return Action.CLEAN if desc else Action.DUMMY  # Z/D: a dummy keeps Type 1 uses valid
+    return {"InstitutionName": Action.REMOVE}.get(r.keyword, Action.DUMMY)
 
 
 @pytest.mark.parametrize(
