@@ -66,6 +66,22 @@ def dcmdump(path: Path) -> str:
     return done.stdout
 
 
+def dcmtk_pixels(ds: pydicom.Dataset) -> bytes:
+    """The pixel data as DCMTK extracts it (``dcmdump +W``) from the file ``ds`` was read from
+    (written to a scratch file first when it came from an archive)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "in.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        done = subprocess.run(
+            ["dcmdump", "-q", "+W", scratch, str(path)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        (raw,) = [p for p in Path(scratch).iterdir() if p.name != "in.dcm"]
+        return raw.read_bytes()
+
+
 def every_text(ds: pydicom.Dataset) -> list[tuple[str, str]]:
     """(keyword, text) of every element at every depth, private ones included."""
     out = []
@@ -178,6 +194,13 @@ def test_de_identified_export_leaves_no_identifier_in_any_file(
                 image = Image.open(io.BytesIO(data))
                 assert not image.getexif() and "comment" not in image.info
     assert dicoms > 0
+    # DCMTK's view of every exported DICOM file, sequences included: no identifier either.
+    exported = sorted(str(p) for p in (tmp_path / "x").rglob("*.dcm"))
+    dumped = subprocess.run(["dcmdump", "+L", *exported], capture_output=True, text=True)
+    assert dumped.returncode == 0, dumped.stderr
+    found = words.search(dumped.stdout)
+    assert found is None, f"dcmdump shows {found and found.group()!r}"
+    assert dumped.stdout.count("(0012,0062) CS [YES]") == len(exported)
     sample = next((tmp_path / "x").rglob("0001.dcm"))
     dump = dcmdump(sample)
     assert "(0012,0062) CS [YES]" in dump
@@ -255,6 +278,7 @@ def test_uids_replaced_consistently_dates_shifted_per_patient_pixels_identical(
         assert first.LongitudinalTemporalInformationModified == "MODIFIED"
         assert "PatientBirthDate" not in first or not first.PatientBirthDate
         assert first.PixelData == source.PixelData, "pixel data byte-identical"
+        assert dcmtk_pixels(first) == dcmtk_pixels(source), "and so DCMTK reads them"
     assert len(shifts) > 1, "each patient gets a shift of their own"
 
 
