@@ -811,7 +811,7 @@ def plan_export(
     """Entry names and parts for these files, and the folder each patient label got."""
     if not files:
         raise InvalidSelection("The selection has no files: choose other patients or modalities")
-    planned = plan_files(files, options.pseudonyms, seed)
+    planned = plan_files(files, options.pseudonyms, seed, generic_names=options.deidentify)
     folders = {p.source.patient_label: p.patient_dir for p in planned}
     return split_parts(planned, options.max_part_bytes), folders
 

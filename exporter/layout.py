@@ -117,9 +117,16 @@ class _Names:
 
 
 def plan_files(
-    files: Sequence[FileEntry], use_pseudonyms: bool = True, seed: int | None = None
+    files: Sequence[FileEntry],
+    use_pseudonyms: bool = True,
+    seed: int | None = None,
+    generic_names: bool = False,
 ) -> list[PlannedFile]:
-    """Entry names for every file, grouped by patient in pseudonym order."""
+    """Entry names for every file, grouped by patient in pseudonym order.
+
+    ``generic_names`` (de-identified exports) names processed files ``processed_1.nii.gz``,
+    ... too, since a name chosen by whoever processed the data may say whose it is.
+    """
     names = pseudonyms((f.patient_label for f in files), seed) if use_pseudonyms else {}
     by_patient: dict[str, list[FileEntry]] = defaultdict(list)
     for f in files:
@@ -157,7 +164,7 @@ def plan_files(
                     name = f"{counters[folder]:04d}{ext}"
                 elif entry.subtype:
                     name = sanitize_component(entry.subtype) + ext
-                elif entry.kind == "processed":
+                elif entry.kind == "processed" and not generic_names:
                     # Processed files keep their names, minus the patient label.
                     original = entry.path.rpartition("/")[2]
                     original = re.sub(re.escape(label), patient_dir, original, flags=re.I)

@@ -83,7 +83,7 @@ def preview(
         other = sum(
             1 for f in files if f.media_type != "application/dicom" and scrubber_for(f.path)
         )
-    planned = plan_files(shown, options.pseudonyms)
+    planned = plan_files(shown, options.pseudonyms, generic_names=options.deidentify)
     rules = rules_for(session, sorted({f.patient_id for f in shown}))
     transform = export_transform(options, sorted({p.patient_dir for p in planned}), rules)
     root = data_root.resolve()

@@ -174,6 +174,9 @@ def test_de_identified_export_leaves_no_identifier_in_any_file(
     dicoms = 0
     with zipfile.ZipFile(path) as zf:
         zf.extractall(tmp_path / "x")
+        names = zf.namelist()
+        assert any(n.endswith("/cbct/processed_1.nii.gz") for n in names)
+        assert not any("volume" in n for n in names), "processed files get generic names"
         for name in zf.namelist():
             data = zf.read(name)
             if name.endswith(".nii.gz"):
