@@ -572,6 +572,7 @@ def preview_export(
 
 @dataclass(frozen=True)
 class ChangeRow:
+    patient: str  # the patient's label (data managers may see it)
     part: int
     path: str
     tag: str
@@ -593,7 +594,7 @@ def export_changes(
 ) -> ChangeLog:
     """The complete DICOM change log of an export, old values included: data managers of
     the export's project only (old values identify patients)."""
-    from exporter.models import ExportDicomChange, Role
+    from exporter.models import ExportDicomChange, ExportPatient, Role
 
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -608,9 +609,15 @@ def export_changes(
             .limit(min(limit, 10_000))
             .offset(offset)
         )
+        keys = session.execute(
+            select(ExportPatient.pseudonym, Patient.label)
+            .join(Patient, Patient.id == ExportPatient.patient_id)
+            .where(ExportPatient.export_id == row.id)
+        )
+        labels = {pseudonym: label for pseudonym, label in keys}  # noqa: C416 (rows, not pairs)
         rows = [
-            ChangeRow(c.part, c.path, c.tag, c.keyword, c.old_value, c.new_value, c.reason,
-                      c.action)
+            ChangeRow(labels.get(c.path.split("/")[0], ""), c.part, c.path, c.tag, c.keyword,
+                      c.old_value, c.new_value, c.reason, c.action)
             for c in found
         ]  # fmt: skip
         return ChangeLog(rows, total)

@@ -96,7 +96,7 @@ if not managed:
 
 # --- what to curate: project, patient, series, file -----------------------------------------
 names = {p.slug: p.name for p in managed}
-pick = st.columns([2, 2, 2, 3], gap="medium")
+pick = st.columns([2, 2, 3, 3], gap="medium")
 slug = pick[0].selectbox(
     "Project", list(names), format_func=lambda s: f"{names[s]} ({s})", key=KEY + "project"
 )

@@ -6,7 +6,7 @@ from humanize import naturaldelta, naturalsize
 from exporter import services
 from exporter.errors import PortalError
 from exporter.exports import ExportView
-from exporter.ui import data, links
+from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 
 CHANGE_ROWS = 1000
@@ -113,18 +113,10 @@ def dicom_changes(view: ExportView) -> None:
             "dicom_changes.csv lists the new values only."
             + (f" The first {len(log.rows):,} of {log.total:,} changes are shown." if more else "")
         )
-        st.dataframe(
-            [
-                {
-                    "Part": c.part, "Path": c.path, "Tag": c.tag, "Keyword": c.keyword,
-                    "Old value": c.old_value, "New value": c.new_value, "Reason": c.reason,
-                    "Action": c.action,
-                }
-                for c in log.rows
-            ],
-            hide_index=True,
-            width="stretch",
-        )  # fmt: skip
+        changes.show(
+            (({"Patient": c.patient, "Part": c.part, "Path": c.path}, c) for c in log.rows),
+            with_old=True,
+        )
 
 
 try:

@@ -6,7 +6,7 @@ from humanize import naturalsize
 from exporter import services
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, archive_bytes_estimate, default_name
-from exporter.ui import data, links
+from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
 
@@ -80,22 +80,16 @@ def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
         if request.deidentify:
             st.caption(
                 f"{preview.other_files:,} photos/scans/volumes will have their metadata stripped."
+                " Curated values of fields the profile removes are removed too (descriptions "
+                "stay, cleaned, with *Keep descriptions*)."
             )
         if not preview.rows:
             st.info("No DICOM header would change.")
             return
-        st.dataframe(
-            [
-                {
-                    "Patient": r.patient, "Series": r.series, "File": r.file, "Tag": r.tag,
-                    "Keyword": r.keyword, "Old value": r.old_value, "New value": r.new_value,
-                    "Reason": r.reason, "Action": r.action,
-                }
-                for r in preview.rows
-            ],
-            hide_index=True,
-            width="stretch",
-        )  # fmt: skip
+        changes.show(
+            (({"Patient": r.patient, "File": r.file}, r) for r in preview.rows),
+            with_old=any(r.old_value is not None for r in preview.rows),
+        )
 
 
 who = require_identity()

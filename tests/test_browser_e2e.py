@@ -114,6 +114,8 @@ def test_researcher_selects_exports_downloads_and_verifies(
     page.goto(base + "/")
     expect(page.get_by_text("Demo cohort").first).to_be_visible(timeout=60_000)
     shot(page, "1-registry")
+    expect(page.get_by_role("link", name="Exports")).to_be_visible()
+    assert page.get_by_role("link", name="DICOM curation").count() == 0, "managers only"
 
     page.goto(base + "/new_export")
     expect(page.get_by_role("heading", name="New export")).to_be_visible(timeout=60_000)
@@ -237,6 +239,7 @@ def test_a_data_manager_curates_a_header_field(
     page = page_as(browser, manager)
     page.goto(base + "/curation")
     expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("link", name="DICOM curation")).to_be_visible()  # in the menu
     expect(page.get_by_role("heading", name="Header")).to_be_visible(timeout=30_000)
     expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=30_000)
     expect(page.get_by_role("heading", name="Edit a field")).to_be_visible()

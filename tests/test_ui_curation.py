@@ -167,8 +167,10 @@ def test_new_export_previews_the_de_identification(portal: Settings) -> None:
     rows = at.dataframe[0].value.to_dict("records")
     assert {r["Reason"] for r in rows} >= {"deidentified", "pseudonym"}
     assert {r["Patient"] for r in rows} == {"P0001"}
-    name = next(r for r in rows if r["Keyword"] == "PatientName")
-    assert name["New value"] == "patient_001" and name["Old value"] != "patient_001"
+    name = next(r for r in rows if r["Field"] == "PatientName")
+    assert name["New value"] == "patient_001"
+    assert "Old value" not in name, "a researcher is not shown the old (identifying) values"
+    assert any(r["New value"] == "(removed)" and r["Action"] == "removed" for r in rows)
     captions = " ".join(c.value for c in at.caption)
     assert "One file per selected series (1 of 1 shown)" in captions
     assert "photos/scans/volumes will have their metadata stripped" in captions
@@ -208,8 +210,9 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     changes = at.dataframe[-1].value
     assert len(at.dataframe) == tables + 1
     assert list(changes.columns) == [
-        "Part", "Path", "Tag", "Keyword", "Old value", "New value", "Reason", "Action"
+        "Patient", "Part", "Path", "Field", "Tag", "Action", "Reason", "New value", "Old value"
     ]  # fmt: skip
+    assert set(changes["Patient"]) == {"P0001"}, "the manager sees whose file it was"
     assert len(changes) == min(total, 1000)
     assert "deidentified" in set(changes["Reason"])
     assert any("old values are kept in the portal only" in c.value.lower() for c in at.caption)

@@ -7,19 +7,33 @@ beside the main script as old-style multipage navigation, and a page opened by i
 
 import streamlit as st
 
+from exporter.errors import PortalError
+from exporter.ui import data
 from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, TOKENS
 from exporter.ui.session import identity
 
 st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
+
+who = identity()
+try:
+    curates = bool(who and data.managed_projects(who.email))
+except PortalError:  # an unknown user: the pages say what to do
+    curates = False
 
 navigation = st.navigation(
     [
         st.Page(HOME, title="Registry", icon=":material/home:", default=True),
         st.Page(NEW_EXPORT, title="New export", icon=":material/add_box:"),
         st.Page(EXPORTS, title="Exports", icon=":material/folder_zip:"),
-        st.Page(CURATION, title="DICOM curation", icon=":material/edit_note:"),
+        # Listed for data managers only; opened by its address it tells others who may curate.
+        st.Page(
+            CURATION,
+            title="DICOM curation",
+            icon=":material/edit_note:",
+            visibility="visible" if curates else "hidden",
+        ),
         st.Page(TOKENS, title="API tokens", icon=":material/key:"),
     ],
-    position="sidebar" if identity() else "hidden",  # nothing to navigate when signed out
+    position="sidebar" if who else "hidden",  # nothing to navigate when signed out
 )
 navigation.run()
