@@ -182,7 +182,7 @@ class Deidentifier:
             if not self.options.retain_uids and "MediaStorageSOPInstanceUID" in meta:
                 meta.MediaStorageSOPInstanceUID = (
                     ds.SOPInstanceUID
-                    if "SOPInstanceUID" in ds
+                    if ds.get("SOPInstanceUID")
                     else self.new_uid(str(meta.MediaStorageSOPInstanceUID))
                 )
         self._mark(ds, edits)
@@ -213,7 +213,8 @@ class Deidentifier:
             if action == "X":
                 del ds[tag]
                 out.append(Edit(where, keyword, old, None, "removed"))
-            elif action == "Z" or (action == "D" and elem.VR == "SQ"):
+            elif action == "Z" or (action == "D" and elem.VR not in _DUMMIES
+                                   and elem.VR not in _NUMERIC):  # fmt: skip
                 if _is_empty(elem):
                     continue
                 elem.value = Sequence() if elem.VR == "SQ" else None

@@ -166,6 +166,8 @@ class ByteDeidentifier:
                 continue
             where = tag_text(e.tag)
             if e.tag & 0x10000:  # private (odd group), creators included
+                if e.vr == "SQ" and not self.options.remove_private:
+                    raise _Fallback  # kept, with the profile inside: pydicom walks it
                 if self.options.remove_private:
                     log.append((Edit(where, "private", _text(buf, e, encoding), None,
                                      "removed"), "deidentified"))  # fmt: skip
@@ -259,8 +261,8 @@ class ByteDeidentifier:
         numbers = e.vr in _NUMBERS
         if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
                                      and not numbers):  # fmt: skip
-            if current == "" and value is None and e.end == e.value_start:
-                return as_is, None
+            if value is None and e.end == e.value_start:
+                return as_is, None  # already empty
             return _header(e.tag, e.vr, 0), Edit(where, keyword, current, "", "blanked")
         if action == Action.DUMMY and numbers:
             data = struct.pack(_NUMBERS[e.vr], 0)
