@@ -186,3 +186,24 @@ def test_clean_removes_what_it_cannot_clean(sources: list[bytes]) -> None:
     edits = deid.apply(ds, "patient_001", ["DOE^JOHN"])
     assert binary.tag not in ds
     assert any(e.keyword == binary.keyword and e.action == "removed" for e in edits)
+
+
+def test_a_curated_value_the_character_set_lacks_switches_the_file_to_utf8(
+    sources: list[bytes],
+) -> None:
+    raw = sources[0]
+    source = pydicom.dcmread(io.BytesIO(raw))
+    assert source.SpecificCharacterSet == "ISO_IR 100"
+    text = "Mandíbula 下颌骨"
+    curated = CurationRules(by_patient={1: {0x00081030: ("StudyDescription", text)}})
+    for deidentify in (False, True):
+        rewriter = export_transform(
+            ExportOptions(deidentify=deidentify, clean_descriptors=deidentify), ["patient_001"],
+            curated,
+        )  # fmt: skip
+        out = pydicom.dcmread(
+            io.BytesIO(full_output(rewriter, planned(1, raw, "patient_001"), raw))
+        )
+        assert out.SpecificCharacterSet == "ISO_IR 192"
+        assert out.StudyDescription == text
+        assert out.PixelData == source.PixelData
