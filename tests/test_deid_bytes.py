@@ -97,7 +97,7 @@ def full_output(rewriter: HeaderRewriter, item: PlannedFile, raw: bytes) -> byte
     return b"".join(bytes(c) for c in rewriter(item, io.BytesIO(raw)))  # type: ignore[arg-type]
 
 
-def with_extras(path: Path, encapsulated: bool = False) -> bytes:
+def with_extras(path: Path, encapsulated: bool = False, syntax: str = "") -> bytes:
     """A CT slice with what the profile must not let through around it: sender and receiver
     in the file meta, and a private group and padding after the pixel data."""
     from pydicom.encaps import encapsulate
@@ -116,8 +116,33 @@ def with_extras(path: Path, encapsulated: bool = False) -> bytes:
     block = ds.private_block(0x7FE1, "GEMS_PIXD", create=True)
     block.add_new(0x10, "LO", "DOE^JOHN MRN123")
     ds.add_new(0xFFFCFFFC, "OB", b"DOE^JOHN")
+    if syntax:
+        ds.file_meta.TransferSyntaxUID = syntax
+        big = syntax == "1.2.840.10008.1.2.2"
+        pydicom.dcmwrite(
+            path, ds, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=not big,
+            force_encoding=True,
+        )  # fmt: skip
+        return path.read_bytes()
     ds.save_as(path, enforce_file_format=True)
     return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.2"], ids=["implicit", "big-endian"]
+)
+def test_other_transfer_syntaxes_lose_what_follows_the_pixel_data_too(
+    tmp_path: Path, syntax: str
+) -> None:
+    raw = with_extras(tmp_path / "x.dcm", syntax=syntax)
+    assert raw.count(b"DOE^JOHN") == 4
+    rewriter = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    out = full_output(rewriter, planned(1, raw, "patient_001"), raw)
+    assert b"DOE^JOHN" not in out and b"STMARYS" not in out
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    assert ds.PixelData == pydicom.dcmread(io.BytesIO(raw)).PixelData
+    assert "PatientIdentityRemoved" in ds
 
 
 @pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
