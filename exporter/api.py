@@ -265,6 +265,17 @@ async def estimate(request: Request) -> Response:
     return await _call_with_body(request, work)
 
 
+async def preview(request: Request) -> Response:
+    """``POST /api/<project>/preview/``: the DICOM header changes the export would make, for
+    one file per selected series (old values for data managers only)."""
+
+    def work(config: Settings, email: str, project: str, body: ExportRequest) -> Response:
+        found = services.preview_export(config, email, project, body)
+        return JSONResponse(json.loads(json.dumps(dataclasses.asdict(found))))
+
+    return await _call_with_body(request, work)
+
+
 async def list_exports(request: Request) -> Response:
     """``GET /api/<project>/exports/?status=&limit=&offset=``, newest first."""
     project = request.path_params["project"]
@@ -347,6 +358,7 @@ def routes() -> list[BaseRoute]:
         Route(one + "/download/", download, methods=["GET", "HEAD"]),
         Route(one + "/download/{part:int}", download, methods=["GET", "HEAD"]),
         Route("/api/{project:str}/estimate/", estimate, methods=["POST"]),
+        Route("/api/{project:str}/preview/", preview, methods=["POST"]),
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
         Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),

@@ -21,6 +21,34 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
+_PREVIEW = {
+    "type": "object",
+    "required": ["rows", "series_total", "series_shown", "other_files"],
+    "properties": {
+        "series_total": {"type": "integer"},
+        "series_shown": {"type": "integer"},
+        "other_files": {"type": "integer", "description": "non-DICOM files to be scrubbed"},
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "patient": {"type": "string"},
+                    "series": {"type": "string"},
+                    "file": {"type": "string"},
+                    "tag": {"type": "string"},
+                    "keyword": {"type": "string"},
+                    "old_value": {"type": ["string", "null"]},
+                    "new_value": {"type": ["string", "null"]},
+                    "reason": {"type": "string", "enum": ["curated", "pseudonym", "deidentified"]},
+                    "action": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -161,6 +189,18 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "200": _json({"type": "object"}, "The estimate"),
+                        **_errors(401, 404, 422),
+                    },
+                }
+            },
+            "/api/{project}/preview/": {
+                "post": {
+                    "summary": "The DICOM header changes the export would make, one file per "
+                    "selected series (old values for data managers only)",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {
+                        "200": _json(_PREVIEW, "The changes"),
                         **_errors(401, 404, 422),
                     },
                 }

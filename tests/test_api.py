@@ -128,3 +128,24 @@ def test_bad_selections_and_limits_are_clear_4xx(client, monkeypatch) -> None:  
     assert too_big.status_code == 413 and "over the limit" in too_big.json()["error"]["message"]
     assert http.get("/api/demo/exports/?limit=0", headers=auth).status_code == 422
     assert http.get("/api/demo/exports/?status=weird", headers=auth).status_code == 422
+
+
+def test_preview_shows_header_changes_and_old_values_to_data_managers_only(client) -> None:  # type: ignore[no-untyped-def]
+    http, settings, auth = client
+    body = {**BODY, "options": {"deidentify": True, "retain_dates": True}}
+    answer = http.post("/api/demo/preview/", json=body, headers=auth)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert found["series_total"] == 3 and found["other_files"] > 0
+    reasons = {r["reason"] for r in found["rows"]}
+    assert reasons == {"pseudonym", "deidentified"}
+    assert all(r["old_value"] is None for r in found["rows"]), "a researcher sees new values"
+    secret, _ = services.create_token(settings, "manager@demo.example", "m")
+    manager = {"Authorization": f"Bearer {secret}"}
+    rows = http.post("/api/demo/preview/", json=body, headers=manager).json()["rows"]
+    assert any(r["old_value"] for r in rows)
+    bad = http.post(
+        "/api/demo/preview/", json={**body, "options": {"retain_uids": True}}, headers=auth
+    )
+    assert bad.status_code == 422 and "de-identification on" in bad.json()["error"]["message"]
+    assert not list(settings.export_root.glob("*")), "a preview creates nothing"

@@ -59,7 +59,8 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
     doc = http.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
-        "/api/{project}/exports/create/", "/api/{project}/estimate/", "/api/{project}/exports/",
+        "/api/{project}/exports/create/", "/api/{project}/estimate/", "/api/{project}/preview/",
+        "/api/{project}/exports/",
         "/api/{project}/exports/{export_id}/", "/api/{project}/exports/{export_id}/cancel/",
         "/api/{project}/exports/{export_id}/download/",
     }  # fmt: skip
@@ -76,7 +77,7 @@ def test_no_server_errors_and_answers_match_the_schema(
     app, auth = app_env
     api_schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 7
+    assert len(operations) == 8
     for operation in operations:
 
         @given(case=operation.as_strategy())
