@@ -183,13 +183,7 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         notes=body.get("notes", ""),
         compression=options.get("compression", "fast"),
         part_size=part_size or None,
-        pseudonyms=options.get("pseudonyms", True),
-        skip_missing=options.get("skip_missing", False),
-        deidentify=options.get("deidentify", False),
-        retain_dates=options.get("retain_dates", False),
-        retain_uids=options.get("retain_uids", False),
-        remove_private=options.get("remove_private", True),
-        clean_descriptors=options.get("clean_descriptors", False),
+        **{key: options[key] for key in _FLAG_OPTIONS if key in options},  # else the defaults
     )
 
 

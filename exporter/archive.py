@@ -258,6 +258,26 @@ def source_path(data_root: Path, relative: str, checked: dict[str, bool] | None 
     return root + "/" + relative
 
 
+def open_source(data_root: Path, relative: str, checked: dict[str, bool] | None = None) -> BinaryIO:
+    """The registered file at ``relative``, opened unbuffered for reading: never through a
+    link out of the data root or a symbolic link, never a FIFO or device (every reader of
+    stored files goes through here)."""
+    path = source_path(data_root, relative, checked)
+    try:
+        # O_NONBLOCK: a FIFO at a registered path must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SourceFileError(f"{relative}: missing from storage") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceFileError(f"{relative}: is a symbolic link; refused") from None
+        raise SourceFileError(f"{relative}: unreadable ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceFileError(f"{relative}: not a regular file; refused")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
 class PartBuilder:
     """Builds one part (a self-contained ZIP) of an export."""
 
@@ -306,20 +326,7 @@ class PartBuilder:
         so the source's hash (needed for the integrity check anyway) serves both.
         """
         source = planned.source
-        path = source_path(self.data_root, source.path, self._dirs_checked)
-        try:
-            # O_NONBLOCK: a FIFO at a registered path must not hang the job.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise SourceFileError(f"{source.path}: missing from storage") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise SourceFileError(f"{source.path}: is a symbolic link; refused") from None
-            raise SourceFileError(f"{source.path}: unreadable ({exc.strerror})") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise SourceFileError(f"{source.path}: not a regular file; refused")
-        with os.fdopen(fd, "rb", buffering=0) as raw:
+        with open_source(self.data_root, source.path, self._dirs_checked) as raw:
             reader = _HashingReader(raw, self._check_cancel)
             transform: Transform | None = self.transform
             if isinstance(transform, HeaderRewriter) and not transform.applies_to(planned):

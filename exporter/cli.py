@@ -12,9 +12,8 @@ from typing import Any
 
 from humanize import naturalsize
 
-from exporter import services
+from exporter import curation, services
 from exporter.config import Settings, parse_size
-from exporter.curation import Target
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, ExportView
 from exporter.preview import Preview
@@ -313,9 +312,7 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
     if action == "restore":
         done = [services.restore_curation(settings, args.user, args.project, args.value_id)]
     else:
-        if args.file_id is not None and len(args.patient) > 1:
-            raise PortalError("--file-id names one file: give exactly one --patient")
-        targets = [Target(p, args.series, args.file_id) for p in args.patient]
+        targets = curation.targets(args.patient, args.series, args.file_id)
         new = args.value if action == "set" else None
         done = services.curate(settings, args.user, args.project, targets, args.field, new)
     for d in done:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, require_project
@@ -24,7 +24,6 @@ from exporter.dicom_values import FieldSpec, curatable, field_spec, validate_val
 from exporter.errors import InvalidSelection, NotFound, SourceFileError
 from exporter.models import CuratedHeaderValue, FileRegistry, Modality, Patient, Role, User
 
-SCOPES = ("file", "series", "patient")
 NO_SERIES = "(no series)"
 HISTORY_CAP = 500
 MAX_BULK_PATIENTS = 1000
@@ -67,7 +66,6 @@ class HeaderField:
 class SeriesInfo:
     label: str
     files: int
-    first_file_id: int
     first_path: str
 
 
@@ -176,14 +174,21 @@ def patient_series(
     """The DICOM series of one patient (files grouped by series label), for data managers."""
     access = require_project(session, user, project, Role.DATA_MANAGER)
     patient = _patient(session, access.project_id, patient_label)
-    series: dict[str, list[FileRegistry]] = {}
     keys = {m.id: m.key for m in session.scalars(select(Modality))}
-    for row in session.scalars(_dicom_files(session, patient.id)):
-        key = series_key(keys[row.modality_id], row.kind.value, row.series_label)
-        series.setdefault(key, []).append(row)
-    return [
-        SeriesInfo(label, len(rows), rows[0].id, rows[0].path) for label, rows in series.items()
+    rows = session.execute(  # counts per series, not the rows (their header JSON is large)
+        _dicom_files(session, patient.id)
+        .with_only_columns(
+            FileRegistry.modality_id, FileRegistry.kind, FileRegistry.series_label,
+            func.count(), func.min(FileRegistry.path),
+        )
+        .group_by(FileRegistry.modality_id, FileRegistry.kind, FileRegistry.series_label)
+        .order_by(None)
+    )  # fmt: skip
+    found = [
+        SeriesInfo(series_key(keys[mid], kind.value, label), count, first)
+        for mid, kind, label, count, first in rows
     ]
+    return sorted(found, key=lambda s: s.first_path)
 
 
 def series_files(
@@ -201,15 +206,13 @@ def series_files(
 
 
 def _read_header(data_root: Path, relative: str) -> pydicom.Dataset:
-    from exporter.archive import source_path  # the one place registry paths become files
+    from exporter.archive import open_source  # the one way stored files are opened
 
-    path = source_path(data_root.resolve(), relative)
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except FileNotFoundError:
-        raise SourceFileError(f"{relative}: missing from storage") from None
-    except Exception as exc:
-        raise SourceFileError(f"{relative}: DICOM header cannot be read ({exc})") from None
+    with open_source(data_root.resolve(), relative) as fh:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=True)
+        except Exception as exc:
+            raise SourceFileError(f"{relative}: DICOM header cannot be read ({exc})") from None
 
 
 def _element_text(ds: pydicom.Dataset, tag: int) -> str | None:
@@ -236,12 +239,14 @@ def header_fields(
     curated value in force for each field."""
     access = require_project(session, user, project, Role.DATA_MANAGER)
     patient = _patient(session, access.project_id, patient_label)
-    rows = list(session.scalars(_dicom_files(session, patient.id, series_label)))
-    if not rows:
-        raise NotFound(f"No DICOM series {series_label!r} for patient {patient_label!r}")
-    target = next((r for r in rows if r.id == file_id), None) if file_id else rows[0]
-    if target is None:
+    query = _dicom_files(session, patient.id, series_label)
+    if file_id:
+        query = query.where(FileRegistry.id == file_id)
+    target = session.scalars(query.limit(1)).first()
+    if target is None and file_id:
         raise NotFound(f"File {file_id} is not in series {series_label!r}")
+    if target is None:
+        raise NotFound(f"No DICOM series {series_label!r} for patient {patient_label!r}")
     ds = _read_header(data_root, target.path)
     rules = rules_for(session, [patient.id])
     key = None if series_label.endswith("/" + NO_SERIES) else series_label
@@ -308,13 +313,8 @@ def _in_force(
     return session.scalars(query.order_by(CuratedHeaderValue.id.desc()).with_for_update()).first()
 
 
-def _acquired_value(
-    session: Session, data_root: Path, patient_id: int, spec: FieldSpec, query: Any
-) -> str | None:
+def _acquired_value(data_root: Path, spec: FieldSpec, first: FileRegistry) -> str | None:
     """The value the first target file carries (what the data manager saw before the edit)."""
-    first = session.scalars(query.limit(1)).first()
-    if first is None:
-        return None
     header = first.dicom_header or {}
     if spec.keyword in header and spec.keyword != "TransferSyntaxUID":
         value = header[spec.keyword]
@@ -335,6 +335,21 @@ class Target:
         if self.file_id is not None:
             return "file"
         return "series" if self.series_label is not None else "patient"
+
+
+def targets(
+    patients: list[str], series: str | None = None, file_id: int | None = None
+) -> list[Target]:
+    """The targets of one edit: one file (of the one patient), or a series (by key) or the
+    whole of each patient."""
+    if file_id is not None:
+        if len(patients) != 1:
+            raise InvalidSelection(
+                "A single file belongs to one patient: for several patients choose their "
+                "series or the whole patient"
+            )
+        return [Target(patients[0], file_id=file_id)]
+    return [Target(p, series) for p in patients]
 
 
 def curate(
@@ -371,7 +386,7 @@ def curate(
                 raise NotFound(f"File {target.file_id} does not belong to {target.patient!r}")
             if file_row.media_type != "application/dicom":
                 raise InvalidSelection(f"{file_row.path} is not a DICOM file: nothing to curate")
-            files = select(FileRegistry).where(FileRegistry.id == file_row.id)
+            first: FileRegistry | None = file_row
         else:
             if target.series_label is not None and target.series_label.endswith("/" + NO_SERIES):
                 raise InvalidSelection(
@@ -379,7 +394,8 @@ def curate(
                     "one file at a time, or for the whole patient"
                 )
             files = _dicom_files(session, patient.id, target.series_label)
-            if session.scalars(files.limit(1)).first() is None:
+            first = session.scalars(files.limit(1)).first()
+            if first is None:
                 what = f"series {target.series_label!r}" if target.series_label else "DICOM files"
                 raise NotFound(f"Patient {target.patient!r} has no {what}: nothing to curate")
         current = _in_force(session, patient.id, stored_tag, target.series_label, target.file_id)
@@ -388,8 +404,8 @@ def curate(
             old = None if current.cleared else current.value
         else:
             old = None
-        if old is None:
-            old = _acquired_value(session, data_root, patient.id, spec, files)
+        if old is None and first is not None:
+            old = _acquired_value(data_root, spec, first)
         row = CuratedHeaderValue(
             patient_id=patient.id,
             file_id=target.file_id,

@@ -271,7 +271,8 @@ class HeaderRewriter:
                     Change(arcname, edit.tag, edit.keyword, edit.new, "deidentified",
                            edit.action, edit.old)
                 )  # fmt: skip
-        if not _encodable(ds):
+        written = [v for _, v, _ in edits.values()]
+        if not all(v.isascii() for v in written) and not _encodable(ds):
             ds.SpecificCharacterSet = "ISO_IR 192"  # a new value the old character set lacks
         return changes
 

@@ -8,16 +8,14 @@ kind, not their final values.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal
-from exporter.archive import ExportOptions, export_transform, source_path
+from exporter.archive import ExportOptions, export_transform, open_source
 from exporter.curation import rules_for
-from exporter.errors import SourceFileError
 from exporter.layout import plan_files
 from exporter.registry import FileEntry, Selection, select_files
 
@@ -55,14 +53,6 @@ def _samples(files: list[FileEntry]) -> tuple[list[FileEntry], int]:
     return list(seen.values()), len(seen)
 
 
-class _Reader:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def read(self, n: int = -1) -> bytes:
-        return os.read(self.fd, n if n > 0 else HEAD_BYTES)
-
-
 def preview(
     session: Session,
     user: Principal,
@@ -70,12 +60,11 @@ def preview(
     selection: Selection,
     options: ExportOptions,
     data_root: Path,
-    max_series: int = MAX_SERIES,
 ) -> Preview:
-    """The header changes for one file per selected series (at most ``max_series``)."""
+    """The header changes for one file per selected series (at most ``MAX_SERIES``)."""
     files = select_files(session, user, project, selection)
     samples, total = _samples(files)
-    shown = samples[:max_series]
+    shown = samples[:MAX_SERIES]
     other = 0
     if options.deidentify:
         from exporter.scrub import scrubber_for
@@ -89,18 +78,8 @@ def preview(
     root = data_root.resolve()
     rows: list[PreviewRow] = []
     for item in planned:
-        path = source_path(root, item.source.path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            raise SourceFileError(
-                f"{item.source.path}: cannot be read for the preview ({exc.strerror})"
-            ) from None
-        try:
-            reader = _Reader(fd)
+        with open_source(root, item.source.path) as reader:
             _, _, _, changes = transform.rewrite(item, reader.read(HEAD_BYTES), reader)
-        finally:
-            os.close(fd)
         source = item.source
         rows.extend(
             PreviewRow(

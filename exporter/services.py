@@ -26,7 +26,15 @@ from exporter.config import Settings
 from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace, NotFound
 from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
-from exporter.models import DatasetExport, ExportStatus, Patient, Project
+from exporter.models import (
+    DatasetExport,
+    ExportDicomChange,
+    ExportPatient,
+    ExportStatus,
+    Patient,
+    Project,
+    Role,
+)
 from exporter.preview import Preview
 from exporter.queue import connect
 from exporter.registry import Estimate, ProjectOverview, Selection
@@ -555,8 +563,6 @@ def preview_export(
     Old values are shown to the project's data managers only (they identify patients), as
     in the export's change log; others see what the export writes.
     """
-    from exporter.models import Role
-
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         found = preview.preview(
@@ -590,12 +596,10 @@ class ChangeLog:
 
 
 def export_changes(
-    settings: Settings, user_email: str, export_id: str, limit: int = 1000, offset: int = 0
+    settings: Settings, user_email: str, export_id: str, limit: int = 1000
 ) -> ChangeLog:
     """The complete DICOM change log of an export, old values included: data managers of
     the export's project only (old values identify patients)."""
-    from exporter.models import ExportDicomChange, ExportPatient, Role
-
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         row = exports.get_row(session, user, export_id)
@@ -605,9 +609,7 @@ def export_changes(
         query = select(ExportDicomChange).where(ExportDicomChange.export_id == row.id)
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.scalars(
-            query.order_by(ExportDicomChange.part, ExportDicomChange.id)
-            .limit(min(limit, 10_000))
-            .offset(offset)
+            query.order_by(ExportDicomChange.part, ExportDicomChange.id).limit(min(limit, 10_000))
         )
         keys = session.execute(
             select(ExportPatient.pseudonym, Patient.label)

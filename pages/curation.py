@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from exporter import services
-from exporter.curation import CuratedValue, Target
+from exporter import curation, services
+from exporter.curation import CuratedValue
 from exporter.dicom_values import CURATABLE_HINT
 from exporter.errors import PortalError
 from exporter.ui import data
@@ -270,21 +270,15 @@ with edit, st.container(border=True):
             clear = st.form_submit_button("Clear curation")
 
     if save or clear:
-        if scope == "file" and others:
-            st.error(
-                "A single file cannot be applied to other patients: choose 'Whole series' or "
-                "'Whole patient', or empty 'Also apply to these patients'."
-            )
-        elif not field_name:
+        if not field_name:
             st.error("Choose a field, or type the keyword of another one.")
         else:
-            if scope == "file":
-                targets = [Target(patient, file_id=file_id)]
-            elif scope == "series":
-                targets = [Target(p, series_label=series) for p in [patient, *others]]
-            else:
-                targets = [Target(p) for p in [patient, *others]]
             try:
+                targets = curation.targets(
+                    [patient, *others],
+                    series if scope == "series" else None,
+                    file_id if scope == "file" else None,
+                )
                 edits = services.curate(
                     settings(), who.email, slug, targets, field_name, value if save else None
                 )

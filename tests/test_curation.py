@@ -163,3 +163,14 @@ def test_series_are_told_apart_by_modality_and_files_outside_a_series_by_file(
         demo, MANAGER, "demo", [Target("P0003", file_id=file_id)], "StudyID", "7"
     )
     assert done[0].scope == "file"
+
+
+def test_one_edit_names_one_file_or_series_or_whole_patients() -> None:
+    assert curation.targets(["P1"], file_id=7) == [Target("P1", file_id=7)]
+    assert curation.targets(["P1", "P2"], "cbct/raw/s1") == [
+        Target("P1", "cbct/raw/s1"),
+        Target("P2", "cbct/raw/s1"),
+    ]
+    assert [t.scope for t in curation.targets(["P1", "P2"])] == ["patient", "patient"]
+    with pytest.raises(InvalidSelection, match="A single file belongs to one patient"):
+        curation.targets(["P1", "P2"], file_id=7)
