@@ -595,6 +595,32 @@ class ChangeLog:
     total: int
 
 
+def export_change_counts(
+    settings: Settings, user_email: str, export_ids: list[str]
+) -> dict[str, int]:
+    """How many DICOM changes each export logged, for the exports of projects the user
+    manages (one query for a page of exports; others get nothing)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        managed = [
+            a.project_id
+            for a in accounts.accessible_projects(session, user)
+            if a.role is Role.DATA_MANAGER
+        ]
+        if not managed or not export_ids:
+            return {}
+        rows = session.execute(
+            select(ExportDicomChange.export_id, func.count())
+            .join(DatasetExport, DatasetExport.id == ExportDicomChange.export_id)
+            .where(
+                ExportDicomChange.export_id.in_(export_ids[:1000]),
+                DatasetExport.project_id.in_(managed),
+            )
+            .group_by(ExportDicomChange.export_id)
+        )
+        return {export_id: count for export_id, count in rows}  # noqa: C416 (rows)
+
+
 def export_changes(
     settings: Settings, user_email: str, export_id: str, limit: int = 1000
 ) -> ChangeLog:

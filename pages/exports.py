@@ -89,16 +89,13 @@ def deidentification(options: dict[str, object]) -> str:
     return "De-identification: DICOM PS3.15 Basic profile · " + " · ".join(chosen)
 
 
-def dicom_changes(view: ExportView) -> None:
+def dicom_changes(view: ExportView, total: int) -> None:
     """The change log with old values, for data managers of the export's project only; the
     rows load when the expander is opened."""
-    if view.status in ("pending", "processing"):
-        return
-    summary = data.export_changes(who.email, view.id, 1)
-    if summary is None or not summary.total:  # not a data manager, or nothing changed
-        return
+    if view.status in ("pending", "processing") or not total:
+        return  # running, nothing changed, or not a data manager of its project
     box = st.expander(
-        f"DICOM changes ({summary.total:,})", icon=":material/difference:",
+        f"DICOM changes ({total:,})", icon=":material/difference:",
         key=f"changes-{view.id}", on_change="rerun",
     )  # fmt: skip
     if not box.open:
@@ -121,6 +118,8 @@ def dicom_changes(view: ExportView) -> None:
 
 try:
     views = services.list_exports(settings(), who.email, limit=200)
+    done = tuple(v.id for v in views if v.status not in ("pending", "processing"))
+    counts = data.change_counts(who.email, done)
 except PortalError as exc:
     st.error(str(exc))
     st.stop()
@@ -162,4 +161,4 @@ for view in views:
                 for e in trail
             ]
             st.dataframe(rows, hide_index=True)
-        dicom_changes(view)
+        dicom_changes(view, counts.get(view.id, 0))

@@ -148,6 +148,8 @@ def test_a_curated_value_reaches_the_archive_and_the_original_stays(
     )
     assert (row.old_value, row.new_value) == (header["StudyDescription"], "Curated cohort A")
     assert log.total == len(changes)
+    assert services.export_change_counts(portal, MANAGER, [view.id]) == {view.id: log.total}
+    assert services.export_change_counts(portal, ME, [view.id]) == {}, "managers only"
     with pytest.raises(PermissionDenied):
         services.export_changes(portal, ME, view.id)
 

@@ -85,6 +85,12 @@ def field_spec(keyword: str) -> FieldSpec | str:
 
 
 @st.cache_data(ttl=60, show_spinner=False)
+def change_counts(email: str, export_ids: tuple[str, ...]) -> dict[str, int]:
+    """DICOM changes per export, for the exports of projects the user manages (one query)."""
+    return services.export_change_counts(settings(), email, list(export_ids))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
 def export_changes(email: str, export_id: str, limit: int) -> ChangeLog | None:
     """The first ``limit`` rows of an export's DICOM change log and their total, or None
     for a user who is not a data manager of the export's project (cached either way, so the
