@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, require_project
+from exporter.dicom import tag_text
 from exporter.dicom_values import FieldSpec, curatable, field_spec, validate_value
 from exporter.errors import InvalidSelection, NotFound, SourceFileError
 from exporter.models import CuratedHeaderValue, FileRegistry, Modality, Patient, Role, User
@@ -121,11 +122,6 @@ def series_key(modality: str, kind: str, label: str | None) -> str:
     so that same-named series of another modality or kind stay apart. DICOM files outside
     any series get ``cbct/raw/(no series)``: they are curated one by one or per patient."""
     return f"{modality}/{kind}/{label if label is not None else NO_SERIES}"
-
-
-def tag_text(tag: int) -> str:
-    """``(gggg,eeee)``."""
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _stored_tag(tag: int) -> str:

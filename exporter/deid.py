@@ -12,7 +12,6 @@ PatientName: it is the dummy value those fields get.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
@@ -28,16 +27,19 @@ from pydicom.sequence import Sequence
 
 from exporter import deid_profile
 from exporter.deid_profile import effective_action, row_for
+from exporter.dicom import tag_text
 
-PSEUDONYM_KEYWORDS = frozenset({"PatientID", "PatientName"})
+# The fields that carry the patient's pseudonym (the dummy value the profile allows there).
+PSEUDONYM_FIELDS = {0x00100020: "PatientID", 0x00100010: "PatientName"}
+PSEUDONYM_KEYWORDS = frozenset(PSEUDONYM_FIELDS.values())
 # What the dummy action writes, by VR (PS3.15 asks for a value "consistent with the VR").
-_DUMMIES = {
+DUMMIES = {
     "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0",
     "DT": "19000101000000", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED",
     "PN": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED", "TM": "000000",
     "UC": "ANONYMIZED", "UR": "", "UT": "ANONYMIZED",
 }  # fmt: skip
-_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMERIC = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"})
 # Where the source's identifiers are found, to clean them out of free text.
 _IDENTIFYING = (
@@ -105,11 +107,6 @@ class Edit:
     old: str | None
     new: str | None
     action: str  # removed | blanked | replaced | shifted | cleaned | set
-
-
-@functools.lru_cache(maxsize=4096)
-def tag_text(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def element_text(elem: DataElement) -> str:
@@ -185,7 +182,7 @@ class Deidentifier:
                     if ds.get("SOPInstanceUID")
                     else self.new_uid(str(meta.MediaStorageSOPInstanceUID))
                 )
-        self._mark(ds, edits)
+        self.mark(ds, edits)
         return edits
 
     def _walk(self, ds: Dataset, prefix: str, shift: int, clean: _Cleaner, out: list[Edit]) -> None:
@@ -213,7 +210,7 @@ class Deidentifier:
             if action == "X":
                 del ds[tag]
                 out.append(Edit(where, keyword, old, None, "removed"))
-            elif action == "Z" or (action == "D" and elem.VR not in _DUMMIES
+            elif action == "Z" or (action == "D" and elem.VR not in DUMMIES
                                    and elem.VR not in _NUMERIC):  # fmt: skip
                 if _is_empty(elem):
                     continue
@@ -230,13 +227,13 @@ class Deidentifier:
                 self._set(elem, [self.new_uid(v) for v in values], where, keyword, old,
                           "replaced", out)  # fmt: skip
             elif action == "SHIFT":
-                self._set(elem, [_shift(v, elem.VR, shift) for v in _values(elem)], where,
+                self._set(elem, [shift_value(v, elem.VR, shift) for v in _values(elem)], where,
                           keyword, old, "shifted", out)  # fmt: skip
             elif action == "C":
                 if elem.VR in ("DA", "DT", "TM"):
-                    self._set(elem, [_shift(v, elem.VR, shift) for v in _values(elem)], where,
+                    self._set(elem, [shift_value(v, elem.VR, shift) for v in _values(elem)], where,
                               keyword, old, "shifted", out)  # fmt: skip
-                elif elem.VR in _TEXT_VRS:
+                elif elem.VR in TEXT_VRS:
                     self._set(elem, [clean(str(v)) for v in _values(elem)], where, keyword,
                               old, "cleaned", out)  # fmt: skip
                 else:  # nothing to clean in a code, number or binary value: it goes
@@ -262,7 +259,7 @@ class Deidentifier:
         elem.value = value
         out.append(Edit(where, keyword, old, text, action))
 
-    def _mark(self, ds: Dataset, out: list[Edit]) -> None:
+    def mark(self, ds: Dataset, out: list[Edit]) -> None:
         """Patient Identity Removed, the method and its codes, and the temporal flag."""
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self.options.method()
@@ -341,10 +338,10 @@ def _values(elem: DataElement) -> list[str]:
 
 
 def _dummy(vr: str) -> str:
-    return _DUMMIES.get(vr, "")
+    return DUMMIES.get(vr, "")
 
 
-def _shift(value: str, vr: str, days: int) -> str:
+def shift_value(value: str, vr: str, days: int) -> str:
     """A DA or DT value moved by ``days`` (times are kept); anything unreadable is blanked."""
     text = value.strip()
     if vr == "TM" or not text:

@@ -24,19 +24,25 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 
 from exporter import dicom
-from exporter.deid import _DUMMIES, META_REMOVED, Deidentifier, Edit, _shift, tag_text
+from exporter.deid import (
+    DUMMIES,
+    META_REMOVED,
+    PSEUDONYM_FIELDS,
+    TEXT_VRS,
+    Deidentifier,
+    Edit,
+    shift_value,
+)
 from exporter.deid_profile import Action
+from exporter.dicom import tag_text
 
-_ENCODINGS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
                    "TM", "UC", "UI", "UR", "UT"})  # fmt: skip
-_CLEANABLE = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBERS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
 _MEDIA_SOP_INSTANCE = 0x00020003
 _META_LENGTH = 0x00020000
 _CHARSET = 0x00080005
 _SOP_INSTANCE = 0x00080018
-_PSEUDONYM_TAGS = frozenset({0x00100010, 0x00100020})
 CACHE_SIZE = 20_000
 
 
@@ -94,7 +100,7 @@ class ByteDeidentifier:
     def _encode_marks(self) -> dict[int, tuple[bytes, Edit]]:
         ds = Dataset()
         edits: list[Edit] = []
-        self.deid._mark(ds, edits)
+        self.deid.mark(ds, edits)
         return {
             int(elem.tag): (encode_element(elem), edit)
             for elem, edit in zip(ds, edits, strict=True)
@@ -114,7 +120,7 @@ class ByteDeidentifier:
         except _Fallback:
             return
         charset = ds.get("SpecificCharacterSet", "") or ""
-        if not isinstance(charset, str) or _ENCODINGS.get(charset.strip()) != encoding:
+        if not isinstance(charset, str) or dicom.CHARSETS.get(charset.strip()) != encoding:
             return  # pydicom changed the character set: the cached bytes would not fit
         for e in elements:
             if e.vr != "SQ" or e.tag & 0x10000 or self.action(e.tag) == Action.REMOVE:
@@ -184,7 +190,7 @@ class ByteDeidentifier:
                 value = new
                 if old != new:
                     log.append((Edit(where, kw, old, new, "set"), reason))
-                if e.tag in _PSEUDONYM_TAGS:
+                if e.tag in PSEUDONYM_FIELDS:
                     out.append(_text_element(e.tag, e.vr, new))
                     continue
             action = self.action(e.tag)
@@ -254,12 +260,12 @@ class ByteDeidentifier:
         as_is = buf[e.start : e.end] if value is None else _text_element(e.tag, e.vr, value)
         if action == Action.KEEP or (action == Action.UID and e.vr != "UI"):
             return as_is, None
-        cleans_text = action == Action.CLEAN and e.vr in _CLEANABLE
+        cleans_text = action == Action.CLEAN and e.vr in TEXT_VRS
         if action == Action.REMOVE or (action == Action.CLEAN and not cleans_text
                                        and e.vr not in ("DA", "DT", "TM")):  # fmt: skip
             return b"", Edit(where, keyword, current, None, "removed")
         numbers = e.vr in _NUMBERS
-        if action == Action.ZERO or (action == Action.DUMMY and e.vr not in _DUMMIES
+        if action == Action.ZERO or (action == Action.DUMMY and e.vr not in DUMMIES
                                      and not numbers):  # fmt: skip
             if value is None and e.end == e.value_start:
                 return as_is, None  # already empty
@@ -268,14 +274,14 @@ class ByteDeidentifier:
             data = struct.pack(_NUMBERS[e.vr], 0)
             new_text, element, how = "0", _header(e.tag, e.vr, len(data)) + data, "replaced"
         elif action == Action.DUMMY:
-            new_text = _DUMMIES[e.vr]
+            new_text = DUMMIES[e.vr]
             element, how = _text_element(e.tag, e.vr, new_text), "replaced"
         elif action == Action.UID:
             parts = [self.deid.new_uid(v) for v in current.split("\\")] if current else []
             new_text = "\\".join(parts)
             element, how = _text_element(e.tag, e.vr, new_text), "replaced"
         elif action in (Action.SHIFT, Action.CLEAN) and e.vr in ("DA", "DT", "TM"):
-            parts = [_shift(v, e.vr, shift) for v in current.split("\\")] if current else []
+            parts = [shift_value(v, e.vr, shift) for v in current.split("\\")] if current else []
             new_text = "\\".join(parts)
             element, how = _text_element(e.tag, e.vr, new_text), "shifted"
         else:
@@ -317,9 +323,9 @@ def _split(buf: bytes) -> tuple[list[_Element], list[_Element], int, str]:
             raise _Fallback
         if tag == _CHARSET:
             charset = buf[element.value_start : element.end].decode("ascii").strip(" \0")
-            if charset not in _ENCODINGS:
+            if charset not in dicom.CHARSETS:
                 raise _Fallback
-            encoding = _ENCODINGS[charset]
+            encoding = dicom.CHARSETS[charset]
         elements.append(element)
         pos = element.end
     return elements, meta, pos, encoding

@@ -57,7 +57,8 @@ _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "
                          "UI", "UR", "UT"})  # fmt: skip
 # Datasets encoded other than explicit VR little endian go to pydicom.
 _SLOW_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
-_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+# The character sets the byte-level readers and writers handle, and their Python codecs.
+CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _WANTED = {
     int(pydicom.datadict.tag_for_keyword(k) or 0): (k, pydicom.datadict.dictionary_VR(k))
     for k in HEADER_KEYWORDS
@@ -69,6 +70,12 @@ _PIXEL_DATA = 0x7FE00010
 
 class _Unsupported(Exception):
     """The fast reader met something it leaves to pydicom."""
+
+
+@functools.lru_cache(maxsize=4096)
+def tag_text(tag: int) -> str:
+    """``(gggg,eeee)``, as DCMTK and the change logs write a tag."""
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -190,9 +197,9 @@ def _read_header_fast(buf: bytes) -> dict[str, Any] | None:
             return None
         if tag == _CHARSET_TAG:
             charset = buf[start + 8 : pos].decode("ascii").strip(" \0")
-            if charset not in _CHARSETS:
+            if charset not in CHARSETS:
                 return None
-            encoding = _CHARSETS[charset]
+            encoding = CHARSETS[charset]
         wanted = _WANTED.get(tag)
         if wanted is None:
             continue

@@ -30,8 +30,16 @@ from pydicom.dataset import Dataset
 
 from exporter import dicom
 from exporter.curation import CurationRules, series_key
-from exporter.deid import Deidentifier, Edit, element_text, identifiers_of, tag_text
+from exporter.deid import (
+    PSEUDONYM_FIELDS,
+    TEXT_VRS,
+    Deidentifier,
+    Edit,
+    element_text,
+    identifiers_of,
+)
 from exporter.deid_bytes import ByteDeidentifier
+from exporter.dicom import tag_text
 from exporter.dicom_values import field_spec, to_element_value
 from exporter.errors import SourceFileError
 from exporter.layout import PlannedFile
@@ -40,8 +48,6 @@ from exporter.scrub import Scrubbed, scrubber_for
 CHUNK = 1024 * 1024
 MAX_HEADER = 64 * 1024 * 1024
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
-PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
-PSEUDONYM_FIELDS = {PATIENT_ID: "PatientID", PATIENT_NAME: "PatientName"}
 CHANGE_BATCH = 5000  # changes handed to the database at a time
 CSV_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
 
@@ -375,12 +381,11 @@ def _encodable(ds: Dataset) -> bool:
     charset = ds.get("SpecificCharacterSet", "") or ""
     if isinstance(charset, list | tuple) or not isinstance(charset, str):
         return False
-    codec = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
-    encoding = codec.get(charset.strip())
+    encoding = dicom.CHARSETS.get(charset.strip())
     if encoding is None:
         return True  # leave other character sets to pydicom
     for elem in ds.iterall():
-        if elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value is not None:
+        if elem.VR in TEXT_VRS and elem.value is not None:
             try:
                 element_text(elem).encode(encoding)
             except UnicodeEncodeError:

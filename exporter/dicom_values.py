@@ -29,6 +29,7 @@ from pydicom.datadict import (
     tag_for_keyword,
 )
 
+from exporter.dicom import tag_text
 from exporter.errors import InvalidSelection
 
 TEXT_VRS = frozenset(
@@ -82,7 +83,7 @@ class FieldSpec:
 
     def tag_text(self) -> str:
         """The tag as DICOM prints it, e.g. ``(0008,1030)``."""
-        return _tag_text(self.tag)
+        return tag_text(self.tag)
 
 
 def field_spec(keyword_or_tag: str) -> FieldSpec:
@@ -186,14 +187,10 @@ def _parse_tag(text: str) -> int | None:
     return None
 
 
-def _tag_text(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
 def _label(tag: int) -> str:
     if dictionary_has_tag(tag):
-        return f"{get_entry(tag)[4]} {_tag_text(tag)}"
-    return f"Tag {_tag_text(tag)}"
+        return f"{get_entry(tag)[4]} {tag_text(tag)}"
+    return f"Tag {tag_text(tag)}"
 
 
 _REPEATING = (
