@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from exporter import openapi, services
+from exporter.archive import ExportOptions
 from exporter.config import Settings, parse_size
 from exporter.errors import (
     Gone,
@@ -117,10 +118,8 @@ async def download(request: Request) -> Response:
 MAX_OFFSET = 2**31 - 1  # beyond any list; bigger numbers overflow the databases' integers
 _LIST_FIELDS = ("folders", "patients", "tags", "modalities", "kinds")
 _BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options"}
-_FLAG_OPTIONS = (
-    "pseudonyms", "skip_missing", "deidentify", "retain_dates", "retain_uids", "remove_private",
-    "clean_descriptors",
-)  # fmt: skip
+# The on/off options: every boolean of the build options.
+_FLAG_OPTIONS = tuple(f.name for f in dataclasses.fields(ExportOptions) if f.type == "bool")
 _OPTION_FIELDS = {"compression", "part_size", *_FLAG_OPTIONS}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -41,7 +40,6 @@ _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "
 _NUMBERS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
 _MEDIA_SOP_INSTANCE = 0x00020003
 _META_LENGTH = 0x00020000
-_CHARSET = 0x00080005
 _SOP_INSTANCE = 0x00080018
 CACHE_SIZE = 20_000
 
@@ -50,13 +48,7 @@ class _Fallback(Exception):
     """This header needs pydicom."""
 
 
-@dataclass(frozen=True)
-class _Element:
-    tag: int
-    vr: str
-    start: int  # where its header starts in the buffer
-    value_start: int
-    end: int
+_Element = dicom.Element
 
 
 def encode_element(elem: DataElement, encodings: list[str] | None = None) -> bytes:
@@ -293,53 +285,19 @@ class ByteDeidentifier:
 
 def _split(buf: bytes) -> tuple[list[_Element], list[_Element], int, str]:
     """Top-level elements before the pixel data, file meta elements, the pixel data's offset,
-    and the text encoding; _Fallback for anything this path leaves to pydicom."""
-    if len(buf) < 132 or buf[128:132] != b"DICM":
-        raise _Fallback
-    pos = 132
-    meta: list[_Element] = []
-    syntax = ""
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        element = _element(buf, pos)
-        meta.append(element)
-        if element.tag == 0x00020010:
-            syntax = buf[element.value_start : element.end].decode("ascii").rstrip(" \0")
-        pos = element.end
-    if not syntax or syntax in dicom.SLOW_SYNTAXES:
-        raise _Fallback
-    elements: list[_Element] = []
-    encoding = "ascii"
-    while True:
-        if pos + 8 > len(buf):
-            raise _Fallback  # the pixel data is not within what was read
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        tag = group << 16 | elem
-        if tag == dicom.PIXEL_DATA:
-            break
-        if elem == 0x0000:
-            raise _Fallback  # group lengths would need fixing
-        element = _element(buf, pos)
-        if element.end > len(buf) or element.vr == "UN":
-            raise _Fallback
-        if tag == _CHARSET:
-            charset = buf[element.value_start : element.end].decode("ascii").strip(" \0")
-            if charset not in dicom.CHARSETS:
-                raise _Fallback
-            encoding = dicom.CHARSETS[charset]
-        elements.append(element)
-        pos = element.end
-    return elements, meta, pos, encoding
-
-
-def _element(buf: bytes, pos: int) -> _Element:
-    group, elem = struct.unpack_from("<HH", buf, pos)
-    vr = buf[pos + 4 : pos + 6]
+    and the text encoding; _Fallback for anything this path leaves to pydicom (on top of
+    what :func:`exporter.dicom.walk` refuses: group lengths, UN values, other character
+    sets)."""
     try:
-        end = dicom.skip_element(buf, pos)
-    except dicom.Unsupported:
+        header = dicom.walk(buf)
+    except (dicom.Unsupported, struct.error, UnicodeDecodeError):
         raise _Fallback from None
-    value_start = pos + (12 if vr in dicom.LONG_VRS else 8)
-    return _Element(group << 16 | elem, vr.decode("ascii"), pos, value_start, end)
+    if any(e.vr == "UN" or e.tag & 0xFFFF == 0 for e in header.elements):
+        raise _Fallback  # unknown value types, or group lengths that would need fixing
+    encoding = dicom.CHARSETS.get(header.charset)
+    if encoding is None:
+        raise _Fallback
+    return header.elements, header.meta, header.pixel, encoding
 
 
 def _text(buf: bytes, e: _Element, encoding: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -282,54 +283,104 @@ def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict
 
 
 def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, str]] | None:
-    pos = 132
-    syntax = ""
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        start, pos = pos, _skip_element(buf, pos)
-        if struct.unpack_from("<H", buf, start + 2)[0] == 0x0010:
-            header_len = 12 if buf[start + 4 : start + 6] in _LONG_VRS else 8
-            syntax = buf[start + header_len : pos].decode("ascii").rstrip(" \0")
-    if not syntax or syntax in _SLOW_SYNTAXES:
-        return None
+    header = walk(buf)
     groups = {tag >> 16 for tag in values}
-    found: dict[int, tuple[int, int, bytes]] = {}
-    while True:
-        if pos + 8 > len(buf):
-            return None  # no pixel data within what was read
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        tag = group << 16 | elem
-        if tag == _PIXEL_DATA:
-            break
-        if elem == 0x0000 and group in groups:
-            return None  # a group length would need fixing too
-        start = pos
-        vr = buf[pos + 4 : pos + 6]
-        pos = _skip_element(buf, pos)
-        if pos > len(buf):
-            return None
-        if tag in values:
-            if vr not in _PATCHABLE_VRS:
-                return None
-            found[tag] = (start, pos, vr)
+    if any(e.tag & 0xFFFF == 0 and e.tag >> 16 in groups for e in header.elements):
+        return None  # a group length would need fixing too
+    found = {e.tag: e for e in header.elements if e.tag in values}
     if len(found) != len(values):
         return None  # an element to add: pydicom does that
+    if any(e.vr.encode() not in _PATCHABLE_VRS for e in found.values()):
+        return None
     out, cursor, old = [], 0, {}
     for tag in sorted(found):
-        start, end, vr = found[tag]
+        e = found[tag]
         encoded = values[tag].encode("ascii")
         if len(encoded) % 2:
             encoded += b" "
-        old[tag] = buf[start + 8 : end].decode("latin-1").rstrip(" \0").strip()
-        out.append(buf[cursor:start])
-        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(encoded)) + encoded)
-        cursor = end
-    out.append(buf[cursor:pos])
-    return b"".join(out), pos, old
+        old[tag] = buf[e.value_start : e.end].decode("latin-1").rstrip(" \0").strip()
+        out.append(buf[cursor : e.start])
+        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, e.vr.encode(), len(encoded)))
+        out.append(encoded)
+        cursor = e.end
+    out.append(buf[cursor : header.pixel])
+    return b"".join(out), header.pixel, old
 
 
-# For the other byte-level readers (exporter.deid_bytes).
+@dataclass(frozen=True)
+class Element:
+    """Where one element lies in a buffer."""
+
+    tag: int
+    vr: str
+    start: int  # its header
+    value_start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """The layout of a Part-10 header up to its pixel data."""
+
+    meta: list[Element]
+    elements: list[Element]  # top level, before the pixel data
+    pixel: int  # where the pixel data element starts
+    charset: str  # Specific Character Set as written ("" when absent)
+
+
+def walk(buf: bytes) -> Header:
+    """The elements of an explicit VR little endian Part-10 file up to its pixel data, from
+    the bytes read so far; raises :class:`Unsupported` for another transfer syntax, or when
+    the pixel data is not within ``buf``. The callers decide which elements they handle."""
+    meta, syntax = file_meta(buf)
+    pos = meta[-1].end
+    if not syntax or syntax in _SLOW_SYNTAXES:
+        raise _Unsupported(f"transfer syntax {syntax!r}")
+    elements: list[Element] = []
+    charset = ""
+    while True:
+        if pos + 8 > len(buf):
+            raise _Unsupported("no pixel data within what was read")
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group << 16 | elem == _PIXEL_DATA:
+            break
+        element = _element_at(buf, pos)
+        if element.end > len(buf):
+            raise _Unsupported("an element goes on past what was read")
+        if element.tag == _CHARSET_TAG:
+            charset = buf[element.value_start : element.end].decode("ascii").strip(" \0")
+        elements.append(element)
+        pos = element.end
+    return Header(meta, elements, pos, charset)
+
+
+def file_meta(buf: bytes) -> tuple[list[Element], str]:
+    """The file meta elements of a Part-10 file (always explicit VR little endian) and its
+    transfer syntax; raises :class:`Unsupported` for anything else."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        raise _Unsupported("not a Part-10 file")
+    pos = 132
+    meta: list[Element] = []
+    syntax = ""
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        element = _element_at(buf, pos)
+        meta.append(element)
+        if element.tag == 0x00020010:
+            syntax = buf[element.value_start : element.end].decode("ascii").rstrip(" \0")
+        pos = element.end
+    if not meta:
+        raise _Unsupported("no file meta")
+    return meta, syntax
+
+
+def _element_at(buf: bytes, pos: int) -> Element:
+    group, elem = struct.unpack_from("<HH", buf, pos)
+    vr = buf[pos + 4 : pos + 6]
+    end = _skip_element(buf, pos)
+    value_start = pos + (12 if vr in _LONG_VRS else 8)
+    return Element(group << 16 | elem, vr.decode("ascii"), pos, value_start, end)
+
+
+# For the other byte-level code (exporter.deid_bytes, exporter.dicom_rewrite).
 LONG_VRS = _LONG_VRS
-SLOW_SYNTAXES = _SLOW_SYNTAXES
-PIXEL_DATA = _PIXEL_DATA
 Unsupported = _Unsupported
-skip_element = _skip_element

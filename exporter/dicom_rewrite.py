@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import struct
 import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -289,16 +290,10 @@ _ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 
 def _syntax(header: bytes) -> str:
     """The transfer syntax of a Part-10 header (its file meta is explicit VR little endian)."""
-    pos = 132
-    while pos + 8 <= len(header) and header[pos : pos + 2] == b"\x02\x00":
-        long = header[pos + 4 : pos + 6] in dicom.LONG_VRS
-        length = int.from_bytes(header[pos + 8 : pos + 12] if long else header[pos + 6 : pos + 8],
-                                "little")  # fmt: skip
-        start = pos + (12 if long else 8)
-        if header[pos + 2 : pos + 4] == b"\x10\x00":
-            return header[start : start + length].decode("ascii").rstrip(" \0")
-        pos = start + length
-    return ""
+    try:
+        return dicom.file_meta(header)[1]
+    except (dicom.Unsupported, struct.error, UnicodeDecodeError):
+        return ""
 
 
 class _Source:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,17 +48,11 @@ class ExportRequest:
     clean_descriptors: bool = False
 
     def options(self) -> ExportOptions:
-        return ExportOptions(
-            compression=self.compression,
-            pseudonyms=self.pseudonyms,
-            skip_missing=self.skip_missing,
-            max_part_bytes=self.part_size,
-            deidentify=self.deidentify,
-            retain_dates=self.retain_dates,
-            retain_uids=self.retain_uids,
-            remove_private=self.remove_private,
-            clean_descriptors=self.clean_descriptors,
-        )
+        """The build options: the fields both share, and the part size."""
+        shared = {
+            f.name: getattr(self, f.name) for f in fields(ExportOptions) if hasattr(self, f.name)
+        }
+        return ExportOptions(max_part_bytes=self.part_size, **shared)
 
 
 @dataclass(frozen=True)
