@@ -307,7 +307,7 @@ def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, st
     return b"".join(out), header.pixel, old
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Element:
     """Where one element lies in a buffer."""
 
