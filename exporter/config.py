@@ -9,6 +9,7 @@ setting (a test checks that it does).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,14 @@ def parse_size(text: str) -> int:
     raw = text.strip().upper().replace(" ", "")
     number = raw.rstrip("KMGTIB")
     unit = raw[len(number) :]
-    if unit not in _SIZE_UNITS or not number:
+    if number.startswith("-") and re.fullmatch(r"-\d+(\.\d+)?", number):
+        raise ConfigError(f"{text!r} is negative: sizes must be zero or more")
+    # Digits only: float() would also take "inf", "nan" and "1e999".
+    if unit not in _SIZE_UNITS or not re.fullmatch(r"\d+(\.\d+)?", number):
         raise ConfigError(
             f"{text!r} is not a size: write a number with an optional unit, e.g. 500MiB or 2GB"
         )
-    try:
-        value = float(number)
-    except ValueError:
-        raise ConfigError(
-            f"{text!r} is not a size: write a number with an optional unit, e.g. 500MiB or 2GB"
-        ) from None
-    if value < 0:
-        raise ConfigError(f"{text!r} is negative: sizes must be zero or more")
-    return int(value * _SIZE_UNITS[unit])
+    return int(float(number) * _SIZE_UNITS[unit])
 
 
 def _setting(env: str, default: str, help: str, kind: str = "str") -> Any:

@@ -102,6 +102,7 @@ def test_auth_401_and_404_for_what_you_may_not_see(client) -> None:  # type: ign
         ({**BODY, "colour": "blue"}, "colour"),
         ({**BODY, "options": {"compression": "zip"}}, "options.compression"),
         ({**BODY, "options": {"part_size": "lots"}}, "options.part_size"),
+        ({**BODY, "options": {"part_size": "INFINITY"}}, "options.part_size"),
         ({**BODY, "options": {"pseudonyms": "yes"}}, "options.pseudonyms"),
         ({**BODY, "name": 5}, "name"),
         ({**BODY, "not_exported": "no"}, "not_exported"),

@@ -36,6 +36,18 @@ def test_sizes_parse_binary_and_decimal_units(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
+@pytest.mark.parametrize("text", ["INFINITY", "inf GiB", "nan", "1e999", "5e3MiB", "+5", "", "MiB"])
+def test_what_is_not_a_plain_number_is_not_a_size(text: str) -> None:
+    """Found by the API's schema run: part_size "INFINITY" was a server error."""
+    with pytest.raises(ConfigError, match="is not a size: write a number"):
+        parse_size(text)
+
+
+def test_a_negative_size_says_so() -> None:
+    with pytest.raises(ConfigError, match="is negative"):
+        parse_size("-5 MiB")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
