@@ -12,16 +12,12 @@ name, and any error or cancellation removes the partial file.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import itertools
 import json
+import mmap
 import os
-import queue
 import shutil
-import stat
-import threading
 import time
 import zlib
 from collections import deque
@@ -30,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from exporter.curation import CurationRules
 from exporter.deid import Deidentifier, DeidOptions, new_date_shift, new_uid_key
@@ -45,15 +41,21 @@ from exporter.layout import (
     split_parts,
 )
 from exporter.registry import FileEntry
-from exporter.zipstream import DEFLATED, STORED, ZipWriter
+from exporter.sourceio import (
+    CHUNK,
+    BufferPool,
+    HashingReader,
+    HashingWriter,
+    load,
+    open_source,
+)
+from exporter.zipstream import DEFLATED, STORED, Chunk, ZipWriter, crc32
 
 SCHEMA_VERSION = 1
-CHUNK = 1024 * 1024
 PREPARE_LIMIT = 16 * 1024 * 1024
 WINDOW_BYTES = 32 * 1024 * 1024
 THREADS = 2
 DISK_CHECK_EVERY = 64 * 1024 * 1024
-FLUSH_EVERY = 128 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
 # Already-compressed content gains nothing from deflate: store it.
@@ -77,7 +79,7 @@ _COMPRESSED_SUFFIXES = (
 )
 _COMPRESSED_MEDIA = ("image/jpeg", "image/png", "application/gzip", "application/zip")
 
-Transform = Callable[[PlannedFile, BinaryIO], Iterator[bytes]]
+Transform = Callable[[PlannedFile, BinaryIO], Iterator[Chunk]]
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,14 @@ class PartResult:
 @dataclass
 class _Prepared:
     planned: PlannedFile
-    chunks: list[bytes]
+    chunks: list[Chunk]
     method: int
     crc: int
     size: int
     compressed: int
     sha256: str
     mtime: float
+    buf: mmap.mmap | None = None  # the pooled buffer ``chunks`` view, back once hashed
 
 
 @dataclass
@@ -213,69 +216,6 @@ def compression_level(planned: PlannedFile, compression: str) -> int | None:
     ):
         return None
     return level
-
-
-class _HashingReader:
-    """Reads the source, hashing what passes; a transform reads through it."""
-
-    def __init__(self, fh: BinaryIO, check: Callable[[], None]) -> None:
-        self.fh = fh
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.check = check
-
-    def read(self, n: int = -1) -> bytes:
-        self.check()
-        data = self.fh.read(n)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-
-def source_path(data_root: Path, relative: str, checked: dict[str, bool] | None = None) -> str:
-    """The file behind a registry path, refusing anything that could leave the data root.
-
-    The final component is opened with O_NOFOLLOW; the directories above it are resolved
-    here, once per directory when ``checked`` (a cache owned by one build) is given.
-    """
-    parts = relative.split("/")
-    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
-        raise SourceFileError(f"{relative}: not a plain relative path; re-register the file")
-    root = str(data_root)
-    directory = root + "/" + relative.rpartition("/")[0] if len(parts) > 1 else root
-    safe = checked.get(directory) if checked is not None else None
-    if safe is None:
-        real = os.path.realpath(directory)
-        safe = real == directory and (real == root or real.startswith(root + "/"))
-        if checked is not None:
-            checked[directory] = safe
-    if not safe:
-        raise SourceFileError(f"{relative}: leads outside the data root (a link); refused")
-    return root + "/" + relative
-
-
-def open_source(data_root: Path, relative: str, checked: dict[str, bool] | None = None) -> BinaryIO:
-    """The registered file at ``relative``, opened unbuffered for reading: never through a
-    link out of the data root or a symbolic link, never a FIFO or device (every reader of
-    stored files goes through here)."""
-    path = source_path(data_root, relative, checked)
-    try:
-        # O_NONBLOCK: a FIFO at a registered path must not hang the reader.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise SourceFileError(f"{relative}: missing from storage") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SourceFileError(f"{relative}: is a symbolic link; refused") from None
-        raise SourceFileError(f"{relative}: unreadable ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SourceFileError(f"{relative}: not a regular file; refused")
-    return os.fdopen(fd, "rb", buffering=0)
 
 
 class PartBuilder:
@@ -309,6 +249,9 @@ class PartBuilder:
         self._last_progress = 0.0
         self._dirs_checked: dict[str, bool] = {}
         self._partial = Path()
+        # Read buffers in flight (the window), being hashed, or kept for the next files.
+        self.pool = BufferPool(WINDOW_BYTES + 16 * 1024 * 1024)
+        self._out: HashingWriter | None = None
         self._checked_at = 0
         self._files_done = 0
         self._bytes_done = 0
@@ -319,27 +262,29 @@ class PartBuilder:
         if self.cancel is not None and self.cancel():
             raise ExportCancelled("The export was cancelled")
 
-    def _read(self, planned: PlannedFile, digest: Any) -> Iterator[bytes]:
-        """The entry's bytes, read once from the source, checked against the registry.
+    def _transform_for(self, planned: PlannedFile) -> Transform | None:
+        """The file's transform, or None when it goes into the archive as it is stored."""
+        transform = self.transform
+        if isinstance(transform, HeaderRewriter) and not transform.applies_to(planned):
+            return None
+        return transform
 
-        ``digest`` receives the entry's SHA-256: without a transform the entry is the source,
-        so the source's hash (needed for the integrity check anyway) serves both.
-        """
+    def _read(self, planned: PlannedFile, digest: list[str]) -> Iterator[Chunk]:
+        """A large file's entry bytes, read once in chunks, checked against the registry at
+        the end. ``digest`` receives the entry's SHA-256 (the source's when unchanged)."""
         source = planned.source
         with open_source(self.data_root, source.path, self._dirs_checked) as raw:
-            reader = _HashingReader(raw, self._check_cancel)
-            transform: Transform | None = self.transform
-            if isinstance(transform, HeaderRewriter) and not transform.applies_to(planned):
-                transform = None  # passed through unchanged: one hash serves both
+            reader = HashingReader(raw, self._check_cancel)
+            transform = self._transform_for(planned)
             if transform is None:
                 while chunk := reader.read(CHUNK):
                     yield chunk
                 digest.append(reader.sha.hexdigest())
             else:
                 entry_sha = hashlib.sha256()
-                for chunk in transform(planned, reader):  # type: ignore[arg-type]
-                    entry_sha.update(chunk)
-                    yield chunk
+                for piece in transform(planned, reader):  # type: ignore[arg-type]
+                    entry_sha.update(piece)
+                    yield piece
                 reader.drain()
                 digest.append(entry_sha.hexdigest())
         if reader.size != source.size or reader.sha.hexdigest() != source.sha256:
@@ -349,19 +294,32 @@ class PartBuilder:
             )
 
     def _prepare(self, planned: PlannedFile) -> _Prepared | _Skip:
+        """A file's whole entry, on a pool thread: read into a pooled buffer and checked
+        first, then transformed, hashed and compressed from views of that buffer."""
+        source = planned.source
         try:
+            self._check_cancel()
+            with open_source(self.data_root, source.path, self._dirs_checked) as raw:
+                loaded = load(raw, source.path, source.size, source.sha256, self.pool)
             level = compression_level(planned, self.options.compression)
             compressor = zlib.compressobj(level, zlib.DEFLATED, -15) if level is not None else None
-            digest: list[str] = []
+            transform = self._transform_for(planned)
+            entry_sha = hashlib.sha256() if transform is not None else None
+            pieces = (loaded.data,) if transform is None else transform(planned, loaded)  # type: ignore[arg-type]
             crc, size, chunks = 0, 0, []
-            for chunk in self._read(planned, digest):
-                crc = zlib.crc32(chunk, crc)
-                size += len(chunk)
-                out = compressor.compress(chunk) if compressor else chunk
+            for piece in pieces:
+                if entry_sha is not None:
+                    entry_sha.update(piece)
+                crc = crc32(piece, crc)
+                size += len(piece)
+                out = compressor.compress(piece) if compressor else piece
                 if out:
                     chunks.append(out)
+            buf: mmap.mmap | None = loaded.buf
             if compressor:
                 chunks.append(compressor.flush())
+                self.pool.give(loaded.buf)  # the entry's bytes are zlib's own now
+                buf = None
             return _Prepared(
                 planned,
                 chunks,
@@ -369,8 +327,9 @@ class PartBuilder:
                 crc,
                 size,
                 sum(len(c) for c in chunks),
-                digest[0],
-                planned.source.mtime_ns / 1e9,
+                entry_sha.hexdigest() if entry_sha is not None else loaded.sha256,
+                source.mtime_ns / 1e9,
+                buf,
             )
         except SourceFileError as exc:
             if self.options.skip_missing:
@@ -463,7 +422,7 @@ class PartBuilder:
         records: list[FileRecord] = []
         skipped: list[SkippedFile] = []
         with open(self._partial, "wb") as raw:
-            out = _HashingWriter(raw)
+            out = self._out = HashingWriter(raw, self.pool)
             writer = ZipWriter(out)  # type: ignore[arg-type]
             with ThreadPoolExecutor(THREADS, thread_name_prefix="export") as pool:
                 try:
@@ -570,6 +529,8 @@ class PartBuilder:
                     mtime=item.mtime,
                 )
                 item.chunks = []
+                if item.buf is not None and self._out is not None:
+                    self._out.release_after(item.buf)
             yield item
 
     def _metadata(
@@ -640,60 +601,6 @@ def build_metadata(
     }
 
 
-class _HashingWriter:
-    """A write-only file that hashes what is written and starts its writeback early.
-
-    The archive's SHA-256 is computed on a thread of its own (hashlib releases the GIL), so
-    it costs the writer nothing; another thread asks the kernel to write back every
-    ``FLUSH_EVERY`` bytes, so the final fsync only waits for the tail. Both queues are
-    bounded: at most a few chunks wait to be hashed.
-    """
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh = fh
-        self.sha = hashlib.sha256()
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self.flushes: queue.Queue[bool] = queue.Queue()
-        self.unflushed = 0
-        self.threads = [
-            threading.Thread(target=self._hash, name="archive-sha256", daemon=True),
-            threading.Thread(target=self._flush, name="archive-flush", daemon=True),
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def _hash(self) -> None:
-        while (data := self.queue.get()) is not None:
-            self.sha.update(data)
-
-    def _flush(self) -> None:
-        while self.flushes.get():
-            with contextlib.suppress(OSError, ValueError):
-                os.fdatasync(self.fh.fileno())
-
-    def write(self, data: bytes) -> int:
-        self.queue.put(data)
-        written = self.fh.write(data)
-        self.unflushed += written
-        if self.unflushed >= FLUSH_EVERY:
-            self.unflushed = 0
-            self.fh.flush()
-            self.flushes.put(True)
-        return written
-
-    def hexdigest(self) -> str:
-        """The SHA-256 of everything written (waits for the hashing thread)."""
-        self.close()
-        return self.sha.hexdigest()
-
-    def close(self) -> None:
-        if self.threads[0].is_alive():
-            self.queue.put(None)
-            self.flushes.put(False)
-            for thread in self.threads:
-                thread.join()
-
-
 def _add_bytes(writer: ZipWriter, name: str, data: bytes) -> None:
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
     compressed = compressor.compress(data) + compressor.flush()
@@ -701,7 +608,7 @@ def _add_bytes(writer: ZipWriter, name: str, data: bytes) -> None:
         name,
         [compressed],
         method=DEFLATED,
-        crc=zlib.crc32(data),
+        crc=crc32(data),
         size=len(data),
         compressed=len(compressed),
         mtime=time.time(),

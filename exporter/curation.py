@@ -202,7 +202,7 @@ def series_files(
 
 
 def _read_header(data_root: Path, relative: str) -> pydicom.Dataset:
-    from exporter.archive import open_source  # the one way stored files are opened
+    from exporter.sourceio import open_source  # the one way stored files are opened
 
     with open_source(data_root.resolve(), relative) as fh:
         try:

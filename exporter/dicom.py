@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -67,6 +67,8 @@ _WANTED = {
 _LAST_WANTED = max(_WANTED)
 _CHARSET_TAG = 0x00080005
 _PIXEL_DATA = 0x7FE00010
+_TAG = struct.Struct("<I")  # a tag as one little endian number: element << 16 | group
+_PIXEL_DATA_LE = 0x00107FE0
 
 
 class _Unsupported(Exception):
@@ -138,18 +140,7 @@ def _skip_undefined_sequence(buf: bytes, pos: int) -> int:
 
 
 def _skip_element(buf: bytes, pos: int) -> int:
-    vr = buf[pos + 4 : pos + 6]
-    if vr not in _KNOWN_VRS:
-        raise _Unsupported(f"value representation {vr!r}")
-    if vr in _LONG_VRS:
-        length = int(struct.unpack_from("<I", buf, pos + 8)[0])
-        pos += 12
-        if length == 0xFFFFFFFF:
-            if vr != b"SQ":
-                raise _Unsupported("undefined length outside a sequence")
-            return _skip_undefined_sequence(buf, pos)
-        return pos + length
-    return pos + 8 + int(struct.unpack_from("<H", buf, pos + 6)[0])
+    return _element_at(buf, pos)[4]
 
 
 def read_header_fast(prefix: bytes) -> dict[str, Any] | None:
@@ -307,9 +298,9 @@ def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, st
     return b"".join(out), header.pixel, old
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
-    """Where one element lies in a buffer."""
+class Element(NamedTuple):
+    """Where one element lies in a buffer (a tuple: a header walk makes one per element,
+    and a tuple is made three times faster than a frozen dataclass)."""
 
     tag: int
     vr: str
@@ -338,19 +329,19 @@ def walk(buf: bytes) -> Header:
         raise _Unsupported(f"transfer syntax {syntax!r}")
     elements: list[Element] = []
     charset = ""
+    size = len(buf)
     while True:
-        if pos + 8 > len(buf):
+        if pos + 8 > size:
             raise _Unsupported("no pixel data within what was read")
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        if group << 16 | elem == _PIXEL_DATA:
+        if _TAG.unpack_from(buf, pos)[0] == _PIXEL_DATA_LE:
             break
         element = _element_at(buf, pos)
-        if element.end > len(buf):
+        pos = element[4]  # its end (indexing: the walk runs for every file of an export)
+        if pos > size:
             raise _Unsupported("an element goes on past what was read")
-        if element.tag == _CHARSET_TAG:
-            charset = buf[element.value_start : element.end].decode("ascii").strip(" \0")
+        if element[0] == _CHARSET_TAG:
+            charset = buf[element.value_start : pos].decode("ascii").strip(" \0")
         elements.append(element)
-        pos = element.end
     return Header(meta, elements, pos, charset)
 
 
@@ -373,12 +364,30 @@ def file_meta(buf: bytes) -> tuple[list[Element], str]:
     return meta, syntax
 
 
+_ELEMENT_HEAD = struct.Struct("<HH2sH")  # tag, VR, and the length if it is a short one
+_LONG_LENGTH = struct.Struct("<I")
+_VR_TEXT = {vr: vr.decode("ascii") for vr in _KNOWN_VRS}
+_new_element = tuple.__new__  # Element(...) without the Python-level __new__ of NamedTuple
+
+
 def _element_at(buf: bytes, pos: int) -> Element:
-    group, elem = struct.unpack_from("<HH", buf, pos)
-    vr = buf[pos + 4 : pos + 6]
-    end = _skip_element(buf, pos)
-    value_start = pos + (12 if vr in _LONG_VRS else 8)
-    return Element(group << 16 | elem, vr.decode("ascii"), pos, value_start, end)
+    group, elem, vr, length = _ELEMENT_HEAD.unpack_from(buf, pos)
+    text = _VR_TEXT.get(vr)
+    if text is None:
+        raise _Unsupported(f"value representation {vr!r}")
+    if vr in _LONG_VRS:
+        length = _LONG_LENGTH.unpack_from(buf, pos + 8)[0]
+        value_start = pos + 12
+        if length == 0xFFFFFFFF:
+            if vr != b"SQ":
+                raise _Unsupported("undefined length outside a sequence")
+            end = _skip_undefined_sequence(buf, value_start)
+        else:
+            end = value_start + length
+    else:
+        value_start = pos + 8
+        end = value_start + length
+    return _new_element(Element, (group << 16 | elem, text, pos, value_start, end))
 
 
 # For the other byte-level code (exporter.deid_bytes, exporter.dicom_rewrite).

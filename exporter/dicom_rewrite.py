@@ -47,6 +47,7 @@ from exporter.layout import PlannedFile
 from exporter.scrub import Scrubbed, scrubber_for
 
 CHUNK = 1024 * 1024
+HEAD = 16 * 1024  # read for the header first (then twice as much, and so on)
 MAX_HEADER = 64 * 1024 * 1024
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 CHANGE_BATCH = 5000  # changes handed to the database at a time
@@ -55,6 +56,21 @@ CSV_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
 
 class Reader(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
+
+
+def _views(reader: Reader) -> Callable[[int], bytes | memoryview]:
+    """How to read data that only passes through: as views where the reader offers them
+    (the export's pooled buffers), else as bytes."""
+    return getattr(reader, "read_view", reader.read)
+
+
+def _head(reader: Reader) -> bytes:
+    """The first bytes of a DICOM file, as far as its pixel data where that starts within
+    the first MiB: the byte-level paths need the whole header, the rest passes as views."""
+    head = reader.read(HEAD)
+    while len(head) < CHUNK and _PIXEL_DATA_LE not in head and (more := reader.read(len(head))):
+        head += more
+    return head
 
 
 @dataclass(frozen=True)
@@ -114,7 +130,7 @@ class HeaderRewriter:
             return True
         return self.context.deid is not None and scrubber_for(planned.source.path) is not None
 
-    def __call__(self, planned: PlannedFile, reader: BinaryIO) -> Iterator[bytes]:
+    def __call__(self, planned: PlannedFile, reader: BinaryIO) -> Iterator[bytes | memoryview]:
         if planned.source.media_type != "application/dicom":
             scrubber = scrubber_for(planned.source.path) if self.context.deid else None
             if scrubber is not None:
@@ -126,14 +142,16 @@ class HeaderRewriter:
                     "this kind of file, so a de-identified export cannot carry it; leave its "
                     "modality out, or export without de-identification"
                 )
-            while chunk := reader.read(CHUNK):
+            read = _views(reader)
+            while chunk := read(CHUNK):
                 yield chunk
             return
-        header, head, offset, changes = self.rewrite(planned, reader.read(CHUNK), reader)
+        header, head, offset, changes = self.rewrite(planned, _head(reader), reader)
         yield header
         if self.context.deid is None:
-            yield head[offset:]  # from the pixel data on, the source bytes unchanged
-            while chunk := reader.read(CHUNK):
+            yield memoryview(head)[offset:]  # from the pixel data on, the source unchanged
+            read = _views(reader)
+            while chunk := read(CHUNK):
                 yield chunk
         else:  # the pixel data element unchanged; nothing after it (padding, private data)
             try:
@@ -285,6 +303,7 @@ class HeaderRewriter:
 
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little endian files write it
 _ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 
 
@@ -297,43 +316,44 @@ def _syntax(header: bytes) -> str:
 
 
 class _Source:
-    """The source from a position on: what was read already, then the reader."""
+    """The source from a position on: what was read already, then the reader (as views
+    where it offers them: the pixel data only passes through)."""
 
     def __init__(self, head: bytes, offset: int, reader: Reader) -> None:
         self.buf = memoryview(head)[offset:]
-        self.reader = reader
+        self.read = _views(reader)
 
     def peek(self, n: int) -> bytes:
         while len(self.buf) < n:
-            more = self.reader.read(CHUNK)
+            more = self.read(CHUNK)
             if not more:
                 break
             self.buf = memoryview(bytes(self.buf) + more)
         return bytes(self.buf[:n])
 
-    def take(self, n: int) -> Iterator[bytes]:
+    def take(self, n: int) -> Iterator[memoryview]:
         while n > 0:
             if not self.buf:
-                more = self.reader.read(CHUNK)
+                more = self.read(CHUNK)
                 if not more:
                     raise SourceFileError("the pixel data is truncated; the file was not exported")
                 self.buf = memoryview(more)
             piece = self.buf[:n]
             self.buf = self.buf[len(piece) :]
             n -= len(piece)
-            yield bytes(piece)
+            yield piece
 
     def drain(self) -> int:
         size = len(self.buf)
         self.buf = memoryview(b"")
-        while more := self.reader.read(CHUNK):
+        while more := self.read(CHUNK):
             size += len(more)
         return size
 
 
 def pixel_element(
     head: bytes, offset: int, reader: Reader, syntax: str
-) -> Generator[bytes, None, int]:
+) -> Generator[bytes | memoryview, None, int]:
     """Yield the pixel data element that starts at ``offset`` (native or encapsulated),
     unchanged; then read the rest of the source and return how many bytes followed it
     (dropped: trailing padding, signatures, private groups)."""

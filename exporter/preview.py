@@ -14,10 +14,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal
-from exporter.archive import ExportOptions, export_transform, open_source
+from exporter.archive import ExportOptions, export_transform
 from exporter.curation import rules_for
 from exporter.layout import plan_files
 from exporter.registry import FileEntry, Selection, select_files
+from exporter.sourceio import open_source
 
 MAX_SERIES = 20
 HEAD_BYTES = 1024 * 1024
