@@ -43,9 +43,9 @@ from exporter.layout import (
 from exporter.registry import FileEntry
 from exporter.sourceio import (
     CHUNK,
+    ArchiveWriter,
     BufferPool,
     HashingReader,
-    HashingWriter,
     load,
     open_source,
 )
@@ -251,7 +251,7 @@ class PartBuilder:
         self._partial = Path()
         # Read buffers in flight (the window), being hashed, or kept for the next files.
         self.pool = BufferPool(WINDOW_BYTES + 16 * 1024 * 1024)
-        self._out: HashingWriter | None = None
+        self._out: ArchiveWriter | None = None
         self._checked_at = 0
         self._files_done = 0
         self._bytes_done = 0
@@ -371,10 +371,12 @@ class PartBuilder:
         if writer.offset - self._checked_at >= DISK_CHECK_EVERY:
             self._checked_at = writer.offset
             free = shutil.disk_usage(self._partial.parent).free
+            if self._out is not None:  # what the writer still holds will take space too
+                free -= self._out.size - self._out.written
             if free < self.disk_reserve:
                 raise NotEnoughSpace(
-                    f"Free space at the export root fell to {free} bytes, below the reserve "
-                    f"of {self.disk_reserve}: the export was stopped; free some space"
+                    f"Free space at the export root fell to {max(free, 0)} bytes, below the "
+                    f"reserve of {self.disk_reserve}: the export was stopped; free some space"
                 )
         now = time.monotonic()
         if self.progress and (force or now - self._last_progress >= PROGRESS_EVERY_S):
@@ -421,9 +423,9 @@ class PartBuilder:
         folder = self.info.folder
         records: list[FileRecord] = []
         skipped: list[SkippedFile] = []
-        with open(self._partial, "wb") as raw:
-            out = self._out = HashingWriter(raw, self.pool)
-            writer = ZipWriter(out)  # type: ignore[arg-type]
+        out = self._out = ArchiveWriter(self._partial)
+        try:
+            writer = ZipWriter(out)
             with ThreadPoolExecutor(THREADS, thread_name_prefix="export") as pool:
                 try:
                     for item in self._ordered(pool, part.files, writer):
@@ -454,7 +456,6 @@ class PartBuilder:
                         self._tick(writer, p.patient_dir, self._files_done == self._total_files)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
-                    out.close()
                     raise
             metadata = self._metadata(part, count, records, skipped)
             _add_bytes(writer, f"{folder}/metadata.json", metadata)
@@ -472,9 +473,10 @@ class PartBuilder:
                 sums += f"{table_sha.hexdigest()}  dicom_changes.csv\n"
             _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
-            archive_sha = out.hexdigest()
-            raw.flush()
-            os.fsync(raw.fileno())
+            archive_sha = out.finish()
+        except BaseException:
+            out.abort()
+            raise
         self._partial.replace(dest)
         _fsync_dir(dest.parent)
         return PartResult(
@@ -529,8 +531,8 @@ class PartBuilder:
                     mtime=item.mtime,
                 )
                 item.chunks = []
-                if item.buf is not None and self._out is not None:
-                    self._out.release_after(item.buf)
+                if item.buf is not None:
+                    self.pool.give(item.buf)  # the writer copied what it needed
             yield item
 
     def _metadata(

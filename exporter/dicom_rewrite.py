@@ -64,6 +64,21 @@ def _views(reader: Reader) -> Callable[[int], bytes | memoryview]:
     return getattr(reader, "read_view", reader.read)
 
 
+def _rest(reader: Reader, head: bytes, offset: int) -> Iterator[bytes | memoryview]:
+    """The source from ``offset`` (within ``head``, its first bytes) on: one view where the
+    reader holds the whole file (the export's pooled buffer), else the rest of ``head`` and
+    then what remains, in chunks."""
+    data = getattr(reader, "data", None)
+    if isinstance(data, memoryview):
+        _views(reader)(-1)  # all of it is passed on here
+        yield data[offset:]
+        return
+    yield memoryview(head)[offset:]
+    read = _views(reader)
+    while chunk := read(CHUNK):
+        yield chunk
+
+
 def _head(reader: Reader) -> bytes:
     """The first bytes of a DICOM file, as far as its pixel data where that starts within
     the first MiB: the byte-level paths need the whole header, the rest passes as views."""
@@ -149,10 +164,7 @@ class HeaderRewriter:
         header, head, offset, changes = self.rewrite(planned, _head(reader), reader)
         yield header
         if self.context.deid is None:
-            yield memoryview(head)[offset:]  # from the pixel data on, the source unchanged
-            read = _views(reader)
-            while chunk := read(CHUNK):
-                yield chunk
+            yield from _rest(reader, head, offset)  # from the pixel data on, unchanged
         else:  # the pixel data element unchanged; nothing after it (padding, private data)
             try:
                 trailing = yield from pixel_element(head, offset, reader, _syntax(header))

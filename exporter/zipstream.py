@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 # ISA-L's CRC-32 (the ZIP and zlib polynomial) runs at tens of GB/s where zlib's manages ~3:
 # without it the CRC would cost half as much CPU as each SHA-256 pass of an export.
@@ -23,6 +23,13 @@ from isal.isal_zlib import crc32 as crc32
 
 # What an entry's data arrives as: bytes, or views into the export's read buffers.
 Chunk = bytes | memoryview
+
+
+class Sink(Protocol):
+    """Where the archive goes: a binary file, or :class:`exporter.sourceio.ArchiveWriter`."""
+
+    def write(self, data: Chunk, /) -> int: ...
+
 
 STORED = 0
 DEFLATED = 8
@@ -57,9 +64,9 @@ def _dos_datetime(mtime: float) -> tuple[int, int]:
 
 
 class ZipWriter:
-    """Appends entries to a seekable binary file; :meth:`close` writes the directory."""
+    """Appends entries to a file (never sought); :meth:`close` writes the directory."""
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: Sink) -> None:
         self.fh = fileobj
         self.offset = 0  # bytes written so far: the file is never sought
         self.records: list[_Record] = []

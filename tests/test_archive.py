@@ -340,6 +340,14 @@ def test_disk_guard_refuses_and_stops(
                 demo_env.data_root, disk_reserve=2 * 1024 * 1024,
             )  # fmt: skip
         assert os.listdir(small) == []
+        # Unguarded: the disk fills up under the writer, and that too is said plainly.
+        monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 2**40)
+        with pytest.raises(NotEnoughSpace, match=r"The export root is full"):
+            build_export(
+                files, small / "e1", info(), ExportOptions(compression="store"),
+                demo_env.data_root,
+            )  # fmt: skip
+        assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
 

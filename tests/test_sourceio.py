@@ -3,8 +3,11 @@ still rewritten at byte level, and the archive's hash taken from the very bytes 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import subprocess
 import threading
 import zipfile
 from datetime import UTC, datetime
@@ -13,13 +16,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from exporter import sourceio
 from exporter.archive import ExportInfo, ExportOptions, build_export, export_transform
 from exporter.curation import CurationRules
 from exporter.dicom_rewrite import HeaderRewriter
-from exporter.errors import SourceFileError
+from exporter.errors import NotEnoughSpace, SourceFileError
 from exporter.layout import PlannedFile
 from exporter.registry import FileEntry
-from exporter.sourceio import BufferPool, HashingWriter, load, open_source
+from exporter.sourceio import STAGE, ArchiveWriter, BufferPool, load, open_source
 from tests.builders import write_dicom
 
 
@@ -86,20 +90,60 @@ def test_a_loaded_source_reads_as_bytes_or_views(tmp_path: Path) -> None:
     assert loaded.read(10) == b"" and len(loaded.read_view(10)) == 0
 
 
-def test_the_archive_hash_covers_exactly_what_was_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "refused"])
+def test_the_archive_is_written_whole_and_hashed_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Several staging buffers and a tail that is not a whole block: the file holds exactly
+    what was written (no padding), and the hash is of those bytes. Where the filesystem
+    refuses O_DIRECT (open(2) says EINVAL; injected here), the writes are buffered."""
+    if not direct:
+        real_open = os.open
+
+        def refusing_open(path: object, flags: int, *args: object) -> int:
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sourceio.os, "open", refusing_open)
+    path = tmp_path / "archive.partial"
     pool = BufferPool(keep=1024 * 1024)
     buf = pool.take(100)
     buf[:5] = b"hello"
-    with open(tmp_path / "out", "wb") as raw:
-        out = HashingWriter(raw, pool)
-        for _ in range(3000):  # several hand-overs to the hashing thread
-            out.write(b"x" * 1000)
-        out.write(memoryview(buf)[:5])
-        out.release_after(buf)
-        digest = out.hexdigest()
-    assert digest == hashlib.sha256((tmp_path / "out").read_bytes()).hexdigest()
-    assert pool.take(100) is buf, "the buffer came back once hashed"
-    assert not any(t.name == "archive-sha256" for t in threading.enumerate() if t.is_alive())
+    pieces = [os.urandom(n) for n in (1, 4095, 4097, 3 * 1024 * 1024, 5 * 1024 * 1024 + 17)]
+    out = ArchiveWriter(path)
+    assert out.direct is direct
+    for piece in pieces:
+        out.write(piece)
+    out.write(memoryview(buf)[:5])
+    buf[:5] = b"later"  # the writer copied it: reusing the buffer changes nothing
+    digest = out.finish()
+    expected = b"".join(pieces) + b"hello"
+    assert path.read_bytes() == expected
+    assert digest == hashlib.sha256(expected).hexdigest()
+    assert out.size == len(expected)
+    alive = {t.name for t in threading.enumerate() if t.is_alive()}
+    assert not alive & {"archive-write", "archive-sha256"}
+
+
+def test_a_full_disk_under_the_writer_is_raised_not_lost(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)])
+    assert mounted.returncode == 0, (
+        "this test mounts a 3 MiB tmpfs: run the suite as root (CI does)"
+    )
+    try:
+        out = ArchiveWriter(small / "a.partial")
+        with pytest.raises(NotEnoughSpace, match="The export root is full: the export was stopped"):
+            for _ in range(4):
+                out.write(b"x" * STAGE)
+            out.finish()
+        out.abort()
+        alive = {t.name for t in threading.enumerate() if t.is_alive()}
+        assert not alive & {"archive-write", "archive-sha256"}
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 def long_header_dicom(path: Path) -> bytes:
