@@ -24,8 +24,15 @@ Targets: rewrite <= 1.5x no-rewrite; rewrite files/s >= dcmodify's. The export a
 every source's SHA-256 and hashes every entry and the archive (dcmodify does neither), so
 the copy cases show the rewrite itself against dcmodify.
 
+Last, per dataset, the archive writer's two ways to the disk on the same bytes: buffered
+(through the page cache) and O_DIRECT (what the export uses where the filesystem allows).
+
+--cold drops the page cache before every case instead of reading the inputs first (root
+only): the sources then come from the disk, as at 1000 patients in production.
+
 Usage: .venv/bin/python bench/export_bench.py [--patients 25] [--small-patients 8] [--rounds 3]
-       .venv/bin/python bench/export_bench.py --rewrite-only [--small-patients 8]
+       .venv/bin/python bench/export_bench.py --rewrite-only [--small-patients 8] [--cold]
+       .venv/bin/python bench/export_bench.py --writes-only [--patients 25]
 """
 
 from __future__ import annotations
@@ -167,7 +174,16 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+COLD = False  # --cold: every case starts with the page cache dropped (root only)
+
+
 def warm(source: Path) -> None:
+    """Before each case: read the inputs untimed (warm), or drop the page cache (cold: what a
+    worker meets at 1000 patients, the sources read from the disk)."""
+    if COLD:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
     subprocess.run(
         f"find {source} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True
     )
@@ -238,7 +254,7 @@ def bench(base: Path, rounds: int) -> dict[str, float]:
     }
     total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
     print(
-        f"  dataset {total / 1e9:.2f} GB, {sum(1 for p in source.rglob('*') if p.is_file())} files; medians of {rounds} rounds (warm)"
+        f"  dataset {total / 1e9:.2f} GB, {sum(1 for p in source.rglob('*') if p.is_file())} files; medians of {rounds} rounds ({'cold' if COLD else 'warm'})"
     )
     for case in ("cp-nosync", "cp", "zip0", "store", "zip1", "fast"):
         size = f"  archive {sizes[case] / 1e9:.3f} GB" if case in sizes else ""
@@ -316,6 +332,8 @@ def bench_rewrite(base: Path, rounds: int) -> None:
                 copies = scratch / "copy"
                 shutil.copytree(source / "bench", copies)
                 subprocess.run(["sync"], check=True)
+                if COLD:
+                    warm(copies)
                 per_series = deid_args if case == "dcmodify-deid" else plain_args
                 start = time.perf_counter()
                 for key, ops in per_series.items():
@@ -337,7 +355,8 @@ def bench_rewrite(base: Path, rounds: int) -> None:
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
 
-    print(f"\n== header rewrite: {len(files)} CBCT files, medians of {rounds} rounds (warm)")
+    state = "cold" if COLD else "warm"
+    print(f"\n== header rewrite: {len(files)} CBCT files, medians of {rounds} rounds ({state})")
     for case, seconds in med.items():
         print(f"  {case:<14} {seconds:7.2f} s  {len(files) / seconds:8.0f} files/s")
     print(f"  rewrite / no-rewrite export        {ratio('rewrite', 'none'):.2f}x  (target <= 1.5)")
@@ -350,6 +369,36 @@ def bench_rewrite(base: Path, rounds: int) -> None:
     print(
         f"  deid alone files/s / dcmodify (deid) files/s {ratio('dcmodify-deid', 'copy-deid'):.2f}x"
     )
+
+
+def bench_writes(directory: Path, size: int, rounds: int) -> None:
+    """The archive writer's two ways to the disk, on the same bytes: buffered (through the
+    page cache, as the export wrote until it took O_DIRECT) and O_DIRECT. Each writes
+    ``size`` bytes from a reused buffer, hashes them and fsyncs; CPU is this process's."""
+    from exporter.sourceio import ArchiveWriter
+
+    piece = os.urandom(1024 * 1024)
+    results: dict[str, list[tuple[float, float]]] = {"buffered": [], "direct": []}
+    for _ in range(rounds):
+        for case in results:
+            path = directory / f"writes-{case}.bin"
+            subprocess.run(["sync"], check=True)
+            before, start = os.times(), time.perf_counter()
+            out = ArchiveWriter(path, direct=case == "direct")
+            for _ in range(size // len(piece)):
+                out.write(piece)
+            out.finish()
+            after = os.times()
+            cpu = after.user + after.system - before.user - before.system
+            results[case].append((time.perf_counter() - start, cpu))
+            path.unlink()
+    print(
+        f"\n== archive writes: {size / 1e9:.2f} GB, hashed and fsynced, medians of {rounds} rounds"
+    )
+    for case, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        print(f"  {case:<9} {wall:6.2f} s  {size / wall / 1e6:6.0f} MB/s  CPU {cpu:5.2f} s")
 
 
 def main() -> None:
@@ -365,11 +414,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rewrite-only", action="store_true", help="only the rewrite section")
     parser.add_argument(
+        "--cold", action="store_true", help="drop the page cache before every case (root)"
+    )
+    parser.add_argument(
+        "--writes-only", action="store_true", help="only the archive write-path section"
+    )
+    parser.add_argument(
         "--child", nargs=4, metavar=("BASE", "COMPRESSION", "OUT", "MODE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), args.child[1], Path(args.child[2]), args.child[3])
+        return
+    global COLD
+    COLD = args.cold
+    if args.writes_only:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            bench_writes(Path(tmp), args.patients * 108 * 1024 * 1024, args.rounds)
         return
     rss = {}
     for patients in (args.small_patients, args.patients):
@@ -383,6 +444,7 @@ def main() -> None:
                 bench_rewrite(base, args.rounds)
             if not args.rewrite_only:
                 rss[patients] = bench(base, args.rounds)["rss"]
+                bench_writes(base, size, args.rounds)
         finally:
             shutil.rmtree(base, ignore_errors=True)
     if rss:

@@ -196,7 +196,7 @@ class _Prepared:
     compressed: int
     sha256: str
     mtime: float
-    buf: mmap.mmap | None = None  # the pooled buffer ``chunks`` view, back once hashed
+    buf: mmap.mmap | None = None  # the pooled buffer ``chunks`` view: back once written
 
 
 @dataclass

@@ -198,14 +198,13 @@ STAGES = 8  # in flight: a slow write does not stall the export at once
 BLOCK = 4096
 
 
-def _open_archive(path: Path) -> tuple[int, bool]:
-    """Create ``path`` for writing, with O_DIRECT where its filesystem takes it (tmpfs, for
-    one, does not); returns the descriptor and whether it is direct."""
+def _open_archive(path: Path, direct: bool) -> tuple[int, bool]:
+    """Create ``path`` for writing, with O_DIRECT when asked and the filesystem takes it;
+    returns the descriptor and whether it is direct."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    direct = getattr(os, "O_DIRECT", 0)
-    if direct:
+    if direct and hasattr(os, "O_DIRECT"):
         try:
-            return os.open(path, flags | direct, 0o644), True
+            return os.open(path, flags | os.O_DIRECT, 0o644), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -224,8 +223,9 @@ class ArchiveWriter:
     ``FLUSH_EVERY`` bytes, so the final fsync only waits for the tail.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.fd, self.direct = _open_archive(path)
+    def __init__(self, path: Path, direct: bool = True) -> None:
+        """``direct`` False: buffered writes (the benchmark compares the two)."""
+        self.fd, self.direct = _open_archive(path, direct)
         self.sha = hashlib.sha256()
         self.size = 0  # bytes accepted
         self.written = 0  # bytes in the file

@@ -90,14 +90,14 @@ def test_a_loaded_source_reads_as_bytes_or_views(tmp_path: Path) -> None:
     assert loaded.read(10) == b"" and len(loaded.read_view(10)) == 0
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "refused"])
+@pytest.mark.parametrize("how", ["O_DIRECT", "buffered", "refused"])
 def test_the_archive_is_written_whole_and_hashed_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Several staging buffers and a tail that is not a whole block: the file holds exactly
     what was written (no padding), and the hash is of those bytes. Where the filesystem
     refuses O_DIRECT (open(2) says EINVAL; injected here), the writes are buffered."""
-    if not direct:
+    if how == "refused":
         real_open = os.open
 
         def refusing_open(path: object, flags: int, *args: object) -> int:
@@ -111,8 +111,8 @@ def test_the_archive_is_written_whole_and_hashed_exactly(
     buf = pool.take(100)
     buf[:5] = b"hello"
     pieces = [os.urandom(n) for n in (1, 4095, 4097, 3 * 1024 * 1024, 5 * 1024 * 1024 + 17)]
-    out = ArchiveWriter(path)
-    assert out.direct is direct
+    out = ArchiveWriter(path, direct=how != "buffered")
+    assert out.direct is (how == "O_DIRECT")
     for piece in pieces:
         out.write(piece)
     out.write(memoryview(buf)[:5])
