@@ -54,7 +54,7 @@ from exporter.zipstream import DEFLATED, STORED, Chunk, ZipWriter, crc32
 SCHEMA_VERSION = 1
 PREPARE_LIMIT = 16 * 1024 * 1024
 WINDOW_BYTES = 32 * 1024 * 1024
-THREADS = 2
+THREADS = 4  # preparing files: more reads in flight when the sources come from the disk
 DISK_CHECK_EVERY = 64 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
