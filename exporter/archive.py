@@ -54,7 +54,7 @@ from exporter.zipstream import DEFLATED, STORED, Chunk, ZipWriter, crc32
 SCHEMA_VERSION = 1
 PREPARE_LIMIT = 16 * 1024 * 1024
 WINDOW_BYTES = 32 * 1024 * 1024
-THREADS = 4  # preparing files: more reads in flight when the sources come from the disk
+THREADS = 4  # at most, preparing files (see prepare_threads)
 DISK_CHECK_EVERY = 64 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
@@ -205,6 +205,16 @@ class _Skip:
     reason: str
 
 
+def prepare_threads(compression: str) -> int:
+    """Threads preparing files. Storing is mostly reading: more reads in flight help when the
+    sources come from the disk (a cold 0.87 GB export: 2.2-2.5 s with two, 1.9-2.1 s with
+    four). Deflating is CPU work: one thread a core, since each holds a file and its output
+    (four on two cores: +29 MiB peak memory, no faster)."""
+    if compression == "store":
+        return THREADS
+    return max(2, min(THREADS, os.cpu_count() or 2))
+
+
 def compression_level(planned: PlannedFile, compression: str) -> int | None:
     """zlib level for this file under the policy, or None to store it."""
     level = COMPRESSION_LEVELS[compression]
@@ -250,7 +260,7 @@ class PartBuilder:
         self._dirs_checked: dict[str, bool] = {}
         self._partial = Path()
         # Read buffers in flight (the window), being hashed, or kept for the next files.
-        self.pool = BufferPool(WINDOW_BYTES + 16 * 1024 * 1024)
+        self.pool = BufferPool(WINDOW_BYTES)
         self._out: ArchiveWriter | None = None
         self._checked_at = 0
         self._files_done = 0
@@ -426,7 +436,8 @@ class PartBuilder:
         out = self._out = ArchiveWriter(self._partial)
         try:
             writer = ZipWriter(out)
-            with ThreadPoolExecutor(THREADS, thread_name_prefix="export") as pool:
+            threads = prepare_threads(self.options.compression)
+            with ThreadPoolExecutor(threads, thread_name_prefix="export") as pool:
                 try:
                     for item in self._ordered(pool, part.files, writer):
                         self._check_cancel()

@@ -194,7 +194,7 @@ class HashingReader:
 
 
 STAGE = 4 * 1024 * 1024  # bytes handed to the disk at a time: a multiple of any block size
-STAGES = 8  # in flight: a slow write does not stall the export at once
+STAGES = 4  # in flight, 16 MiB: enough to ride out a slow write
 BLOCK = 4096
 
 
