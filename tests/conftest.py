@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from email.message import Message
@@ -100,6 +101,21 @@ def redis_server() -> Iterator[PrivateRedis]:
     """The suite's own Redis on a free port: never the shared one on 6379."""
     with PrivateRedis() as server:
         yield server
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MiB filesystem (tmpfs) that fills up; mounting it needs root (CI is root)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)])
+    assert mounted.returncode == 0, (
+        "this test mounts a 3 MiB tmpfs: run the suite as root (CI does)"
+    )
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 @pytest.fixture

@@ -316,7 +316,7 @@ def test_transform_hook_output_is_what_gets_hashed(demo_env: Settings, tmp_path:
 
 
 def test_disk_guard_refuses_and_stops(
-    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path
 ) -> None:
     files = demo_files(demo_env)
     with pytest.raises(NotEnoughSpace, match="Not enough space at the export root"):
@@ -325,31 +325,22 @@ def test_disk_guard_refuses_and_stops(
         )
     assert not (tmp_path / "e1").exists()
     # A real small filesystem that fills up while writing.
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)])
-    assert mounted.returncode == 0, (
-        "this test mounts a 3 MiB tmpfs: run the suite as root (CI does)"
-    )
-    try:
-        monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 256 * 1024)
-        monkeypatch.setattr(archive, "check_free_space", lambda *a: None)  # let it start
-        with pytest.raises(NotEnoughSpace, match=r"fell to .* below the reserve"):
-            build_export(
-                files, small / "e1", info(), ExportOptions(compression="store"),
-                demo_env.data_root, disk_reserve=2 * 1024 * 1024,
-            )  # fmt: skip
-        assert os.listdir(small) == []
-        # Unguarded: the disk fills up under the writer, and that too is said plainly.
-        monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 2**40)
-        with pytest.raises(NotEnoughSpace, match=r"The export root is full"):
-            build_export(
-                files, small / "e1", info(), ExportOptions(compression="store"),
-                demo_env.data_root,
-            )  # fmt: skip
-        assert os.listdir(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+    monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 256 * 1024)
+    monkeypatch.setattr(archive, "check_free_space", lambda *a: None)  # let it start
+    with pytest.raises(NotEnoughSpace, match=r"fell to .* below the reserve"):
+        build_export(
+            files, small_disk / "e1", info(), ExportOptions(compression="store"),
+            demo_env.data_root, disk_reserve=2 * 1024 * 1024,
+        )  # fmt: skip
+    assert os.listdir(small_disk) == []
+    # Unguarded: the disk fills up under the writer, and that too is said plainly.
+    monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 2**40)
+    with pytest.raises(NotEnoughSpace, match=r"The export root is full"):
+        build_export(
+            files, small_disk / "e1", info(), ExportOptions(compression="store"),
+            demo_env.data_root,
+        )  # fmt: skip
+    assert os.listdir(small_disk) == []
 
 
 def test_verify_reports_unsafe_missing_and_extra_entries(tmp_path: Path) -> None:
