@@ -259,9 +259,11 @@ def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict
     """Set top-level text elements (``{tag: value}``) at byte level.
 
     For explicit VR little endian files whose target elements are all present, with text VRs
-    and 2-byte lengths, and no group length in their groups; ASCII values only. Returns (new
-    header bytes up to the pixel data, the pixel data's offset in ``buf``, the old values by
-    tag), or None to let pydicom do it. About 20x faster than a pydicom read and write.
+    and 2-byte lengths, and no group length in their groups, every element in ascending tag
+    order and none repeated; ASCII values only. Returns (new header bytes up to the pixel
+    data, the pixel data's offset in ``buf``, the old values by tag), or None to let pydicom
+    do it (about 45x faster than a pydicom read and write: 86 against ~3,900 us a CBCT
+    slice's header here).
     """
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
@@ -274,28 +276,52 @@ def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict
 
 
 def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, str]] | None:
-    header = walk(buf)
+    # Its own walk, faster than walk(): it keeps only the targets, and it gives up on
+    # elements out of order or repeated, where patching one copy would leave the other's
+    # value (an identifier, maybe) in the file.
+    meta, syntax = file_meta(buf)
+    if not syntax or syntax in _SLOW_SYNTAXES:
+        return None
     groups = {tag >> 16 for tag in values}
-    if any(e.tag & 0xFFFF == 0 and e.tag >> 16 in groups for e in header.elements):
-        return None  # a group length would need fixing too
-    found = {e.tag: e for e in header.elements if e.tag in values}
+    found: dict[int, tuple[bytes, int, int, int]] = {}
+    unpack, long_vrs, known = _ELEMENT_HEAD.unpack_from, _LONG_VRS, _KNOWN_VRS
+    pos, size, last = meta[-1].end, len(buf), -1
+    while True:
+        if pos + 8 > size:
+            return None  # no pixel data within what was read
+        group, elem, vr, length = unpack(buf, pos)
+        tag = group << 16 | elem
+        if tag == _PIXEL_DATA:
+            break
+        if tag <= last or (elem == 0 and group in groups) or vr not in known:
+            return None  # out of order, repeated, a group length to fix, or an unknown VR
+        last = tag
+        if vr in long_vrs:  # 4-byte lengths and sequences (a few an image): as walk() reads them
+            start, end = _element_at(buf, pos)[3:]
+        else:
+            start = pos + 8
+            end = start + length
+        if tag in values:
+            found[tag] = (vr, pos, start, end)
+        pos = end
+    pixel = pos
     if len(found) != len(values):
         return None  # an element to add: pydicom does that
-    if any(e.vr.encode() not in _PATCHABLE_VRS for e in found.values()):
+    if any(vr not in _PATCHABLE_VRS for vr, _, _, _ in found.values()):
         return None
     out, cursor, old = [], 0, {}
     for tag in sorted(found):
-        e = found[tag]
+        vr, begin, start, end = found[tag]
         encoded = values[tag].encode("ascii")
         if len(encoded) % 2:
             encoded += b" "
-        old[tag] = buf[e.value_start : e.end].decode("latin-1").rstrip(" \0").strip()
-        out.append(buf[cursor : e.start])
-        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, e.vr.encode(), len(encoded)))
+        old[tag] = buf[start:end].decode("latin-1").rstrip(" \0").strip()
+        out.append(buf[cursor:begin])
+        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(encoded)))
         out.append(encoded)
-        cursor = e.end
-    out.append(buf[cursor : header.pixel])
-    return b"".join(out), header.pixel, old
+        cursor = end
+    out.append(buf[cursor:pixel])
+    return b"".join(out), pixel, old
 
 
 class Element(NamedTuple):

@@ -419,6 +419,39 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
     assert verify(result.parts[0].path).ok
 
 
+@pytest.mark.parametrize("deidentify", [False, True])
+@pytest.mark.parametrize("where", ["repeated", "out of order"])
+def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
+    demo_env: Settings, tmp_path: Path, where: str, deidentify: bool
+) -> None:
+    """A non-conformant header with a second PatientName (right after the first, or after
+    the image elements): neither copy of the name may reach the pseudonymised archive."""
+    import struct
+
+    files = demo_files(demo_env, modalities=["cbct"])
+    good = next(f for f in files if f.path.endswith(".dcm"))
+    raw = (demo_env.data_root / good.path).read_bytes()
+    name = b"DUPLICATE^NAME"
+    element = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", len(name)) + name
+    at = raw.index(b"\x10\x00\x10\x00PN") if where == "repeated" else raw.index(b"\xe0\x7f\x10\x00")
+    odd = demo_env.data_root / "demo" / "twice.dcm"
+    odd.write_bytes(raw[:at] + element + raw[at:])
+    entry = replace(
+        good, path="demo/twice.dcm", size=odd.stat().st_size,
+        sha256=hashlib.sha256(odd.read_bytes()).hexdigest(),
+    )  # fmt: skip
+    try:
+        result = build(demo_env, tmp_path, [entry], deidentify=deidentify)
+    finally:
+        odd.unlink()
+    with zipfile.ZipFile(result.parts[0].path) as zf:
+        exported = [zf.read(n) for n in zf.namelist() if n.endswith(".dcm")]
+    assert len(exported) == 1
+    assert name not in exported[0]
+    assert good.patient_label.encode() not in exported[0]
+    assert b"patient_001" in exported[0]
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_dicom_that_cannot_be_rewritten_fails_the_export_naming_it(
     demo_env: Settings, tmp_path: Path
