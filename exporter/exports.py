@@ -192,6 +192,11 @@ def create(
     quota: int,
 ) -> tuple[DatasetExport, bool]:
     """Save a pending export; returns (row, created). A double submit returns the first."""
+    # One user's requests take turns from here to the commit, so that the quota and
+    # double-submit checks below see an export that a request arriving at the same moment
+    # has just saved: the user's row is locked (PostgreSQL), or the write transaction starts
+    # here (SQLite has one writer at a time). Without it, both requests passed both checks.
+    session.execute(update(User).where(User.id == user.id).values(name=User.name))
     check = preflight(session, user, project, request, max_bytes, quota)
     if check.refusal:
         error = LimitExceeded if "limit" in check.refusal or "quota" in check.refusal else None

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from email.message import Message
 from pathlib import Path
 
@@ -124,6 +125,56 @@ def test_double_submit_gives_one_export(portal: Settings) -> None:
     assert first.id == second.id
     third = services.create_export(portal, ME, "demo", request(name="y"))
     assert third.id != first.id
+
+
+def _while_another_is_saving(settings: Settings, first: ExportRequest, second: ExportRequest):  # type: ignore[no-untyped-def]
+    """Save ``first`` in a transaction held open while ``second`` is submitted (two tabs, or
+    a retried API call, at the same moment); returns (first's id, second's outcome)."""
+    import threading
+
+    from exporter import accounts, exports
+
+    outcome: dict[str, object] = {}
+
+    def submit() -> None:
+        try:
+            outcome["view"] = services.create_export(settings, ME, "demo", second)
+        except Exception as exc:  # what the caller would see
+            outcome["error"] = exc
+
+    session = db.session_factory(settings)()
+    try:
+        user = accounts.principal_for(session, ME)
+        row, created = exports.create(
+            session, user, "demo", first, settings.max_export_bytes, settings.user_quota_bytes
+        )
+        assert created
+        thread = threading.Thread(target=submit)
+        thread.start()
+        thread.join(1.0)  # the second request arrives before the first is committed
+        session.commit()
+    finally:
+        session.close()
+    thread.join(30)
+    return row.id, outcome
+
+
+def test_double_submit_at_the_same_moment_gives_one_export(portal: Settings) -> None:
+    first_id, outcome = _while_another_is_saving(portal, request(name="x"), request(name="x"))
+    assert "error" not in outcome, outcome
+    assert outcome["view"].id == first_id  # type: ignore[attr-defined]
+    with db.session_scope(portal) as session:
+        assert len(session.scalars(select(DatasetExport)).all()) == 1
+
+
+def test_two_requests_at_the_same_moment_cannot_both_fit_the_quota(portal: Settings) -> None:
+    size = services.preflight_export(portal, ME, "demo", request()).estimate.total_bytes
+    tight = replace(portal, user_quota_bytes=size + size // 2)  # room for one of the two
+    first_id, outcome = _while_another_is_saving(tight, request(name="a"), request(name="b"))
+    assert isinstance(outcome.get("error"), LimitExceeded), outcome
+    assert "quota" in str(outcome["error"])
+    with db.session_scope(portal) as session:
+        assert [r.id for r in session.scalars(select(DatasetExport))] == [first_id]
 
 
 def test_cancel_pending_is_immediate_and_the_job_never_runs(portal: Settings) -> None:
