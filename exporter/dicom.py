@@ -347,8 +347,9 @@ class Header:
 
 def walk(buf: bytes) -> Header:
     """The elements of an explicit VR little endian Part-10 file up to its pixel data, from
-    the bytes read so far; raises :class:`Unsupported` for another transfer syntax, or when
-    the pixel data is not within ``buf``. The callers decide which elements they handle."""
+    the bytes read so far; raises :class:`Unsupported` for another transfer syntax, when
+    the pixel data is not within ``buf``, or for elements out of order or repeated (changing
+    one copy would leave the other). The callers decide which elements they handle."""
     meta, syntax = file_meta(buf)
     pos = meta[-1].end
     if not syntax or syntax in _SLOW_SYNTAXES:
@@ -362,6 +363,8 @@ def walk(buf: bytes) -> Header:
         if _TAG.unpack_from(buf, pos)[0] == _PIXEL_DATA_LE:
             break
         element = _element_at(buf, pos)
+        if elements and element[0] <= elements[-1][0]:
+            raise _Unsupported("elements out of order, or one repeated")
         pos = element[4]  # its end (indexing: the walk runs for every file of an export)
         if pos > size:
             raise _Unsupported("an element goes on past what was read")

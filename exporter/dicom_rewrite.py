@@ -5,7 +5,8 @@ photos, scans and volumes. The originals are never touched.
 For a DICOM file the header is parsed without its pixel data from the bytes already read
 (one read per file), and changed in a fixed order: (a) the curated values in force, (b) the
 patient's pseudonym (or label) in PatientID and PatientName, (c) the de-identification
-profile. The new header is followed by the source's pixel data bytes unchanged. Where only
+profile. The new header is followed by the source's pixel data element unchanged; anything
+after it is dropped (and logged), since it escapes the rewrite. Where only
 text values of existing elements change, a byte-level patch does it; otherwise pydicom. A
 DICOM file whose header cannot be parsed or written fails the export with its name: it is
 never exported unmodified, since it may carry identifiers.
@@ -62,21 +63,6 @@ def _views(reader: Reader) -> Callable[[int], bytes | memoryview]:
     """How to read data that only passes through: as views where the reader offers them
     (the export's pooled buffers), else as bytes."""
     return getattr(reader, "read_view", reader.read)
-
-
-def _rest(reader: Reader, head: bytes, offset: int) -> Iterator[bytes | memoryview]:
-    """The source from ``offset`` (within ``head``, its first bytes) on: one view where the
-    reader holds the whole file (the export's pooled buffer), else the rest of ``head`` and
-    then what remains, in chunks."""
-    data = getattr(reader, "data", None)
-    if isinstance(data, memoryview):
-        _views(reader)(-1)  # all of it is passed on here
-        yield data[offset:]
-        return
-    yield memoryview(head)[offset:]
-    read = _views(reader)
-    while chunk := read(CHUNK):
-        yield chunk
 
 
 def _head(reader: Reader) -> bytes:
@@ -163,18 +149,19 @@ class HeaderRewriter:
             return
         header, head, offset, changes = self.rewrite(planned, _head(reader), reader)
         yield header
-        if self.context.deid is None:
-            yield from _rest(reader, head, offset)  # from the pixel data on, unchanged
-        else:  # the pixel data element unchanged; nothing after it (padding, private data)
-            try:
-                trailing = yield from pixel_element(head, offset, reader, _syntax(header))
-            except SourceFileError as exc:
-                raise SourceFileError(f"{planned.source.path}: {exc}") from None
-            if trailing:
-                changes.append(
-                    Change(planned.arcname, "(7FE0,0010)+", "elements after the pixel data",
-                           None, "deidentified", "removed", f"<{trailing} bytes>")
-                )  # fmt: skip
+        # The pixel data element unchanged, and nothing after it (padding, signatures that
+        # no longer match, private data): elements there escape the header rewrite, and a
+        # PatientName among them would reach the archive.
+        try:
+            trailing = yield from pixel_element(head, offset, reader, _syntax(header))
+        except SourceFileError as exc:
+            raise SourceFileError(f"{planned.source.path}: {exc}") from None
+        if trailing:
+            reason = "deidentified" if self.context.deid is not None else "pseudonym"
+            changes.append(
+                Change(planned.arcname, "(7FE0,0010)+", "elements after the pixel data",
+                       None, reason, "removed", f"<{trailing} bytes>")
+            )  # fmt: skip
         self._record(planned.arcname, changes)
 
     def _scrub(self, planned: PlannedFile, scrubber: object, reader: BinaryIO) -> Iterator[bytes]:

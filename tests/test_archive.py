@@ -420,20 +420,31 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
 
 
 @pytest.mark.parametrize("deidentify", [False, True])
-@pytest.mark.parametrize("where", ["repeated", "out of order"])
+@pytest.mark.parametrize("where", ["repeated", "out of order", "after the pixel data"])
 def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
     demo_env: Settings, tmp_path: Path, where: str, deidentify: bool
 ) -> None:
-    """A non-conformant header with a second PatientName (right after the first, or after
-    the image elements): neither copy of the name may reach the pseudonymised archive."""
+    """A non-conformant header with a second PatientName (right after the first, after the
+    image elements, or after the pixel data): neither the patient's name nor the second one
+    may reach the pseudonymised archive, and the pixel data stays as it was."""
     import struct
+    from io import BytesIO
+
+    import pydicom
 
     files = demo_files(demo_env, modalities=["cbct"])
     good = next(f for f in files if f.path.endswith(".dcm"))
     raw = (demo_env.data_root / good.path).read_bytes()
-    name = b"DUPLICATE^NAME"
-    element = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", len(name)) + name
-    at = raw.index(b"\x10\x00\x10\x00PN") if where == "repeated" else raw.index(b"\xe0\x7f\x10\x00")
+    source = pydicom.dcmread(BytesIO(raw))
+    original = str(source.PatientName).encode()
+    assert original and original in raw
+    name = b"SECOND^NAME"
+    element = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", len(name) + 1) + name + b" "
+    at = {
+        "repeated": raw.index(b"\x10\x00\x10\x00PN"),
+        "out of order": raw.index(b"\xe0\x7f\x10\x00"),
+        "after the pixel data": len(raw),
+    }[where]
     odd = demo_env.data_root / "demo" / "twice.dcm"
     odd.write_bytes(raw[:at] + element + raw[at:])
     entry = replace(
@@ -447,9 +458,17 @@ def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
     with zipfile.ZipFile(result.parts[0].path) as zf:
         exported = [zf.read(n) for n in zf.namelist() if n.endswith(".dcm")]
     assert len(exported) == 1
-    assert name not in exported[0]
-    assert good.patient_label.encode() not in exported[0]
-    assert b"patient_001" in exported[0]
+    data = exported[0]
+    assert name not in data
+    names, at = [], data.find(b"\x10\x00\x10\x00PN")  # every PatientName element
+    while at >= 0:
+        size = int.from_bytes(data[at + 6 : at + 8], "little")
+        names.append(data[at + 8 : at + 8 + size].strip())
+        at = data.find(b"\x10\x00\x10\x00PN", at + 8 + size)
+    assert names == [b"patient_001"]
+    if deidentify:  # (without, other fields, e.g. the demo's private tag, keep the name)
+        assert original not in data
+    assert pydicom.dcmread(BytesIO(data)).PixelData == source.PixelData
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

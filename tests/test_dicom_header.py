@@ -121,6 +121,6 @@ def test_byte_level_patch_equals_a_pydicom_rewrite(tmp_path: Path) -> None:
     assert dicom.patch_elements(raw, {pid: "pätient"}) is None  # not ASCII: pydicom does it
     assert dicom.patch_elements(raw[:300], {pid: "p"}) is None  # no pixel data within the bytes
     assert dicom.patch_elements(raw, {0x00100030: "19700101", 0x00102160: "x"}) is None  # absent
-    at = raw.index(b"\x10\x00\x10\x00PN")  # PatientName written twice: both must change
+    at = raw.index(b"\x10\x00\x10\x00PN")  # PatientName twice: pydicom's, not one copy
     twice = raw[:at] + raw[at : at + 8 + int.from_bytes(raw[at + 6 : at + 8], "little")] + raw[at:]
     assert dicom.patch_elements(twice, {name: "patient_007"}) is None

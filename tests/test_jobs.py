@@ -135,6 +135,12 @@ def _while_another_is_saving(settings: Settings, first: ExportRequest, second: E
     from exporter import accounts, exports
 
     outcome: dict[str, object] = {}
+    arrived = threading.Event()
+    create = exports.create
+
+    def create_noting_arrival(*args, **kwargs):  # type: ignore[no-untyped-def]
+        arrived.set()
+        return create(*args, **kwargs)
 
     def submit() -> None:
         try:
@@ -145,17 +151,21 @@ def _while_another_is_saving(settings: Settings, first: ExportRequest, second: E
     session = db.session_factory(settings)()
     try:
         user = accounts.principal_for(session, ME)
-        row, created = exports.create(
+        row, created = create(
             session, user, "demo", first, settings.max_export_bytes, settings.user_quota_bytes
         )
         assert created
+        exports.create = create_noting_arrival  # type: ignore[assignment]
         thread = threading.Thread(target=submit)
         thread.start()
-        thread.join(1.0)  # the second request arrives before the first is committed
+        assert arrived.wait(30), "the second request never reached exports.create"
+        time.sleep(0.5)  # it is at its first statement now, the first not yet committed
         session.commit()
     finally:
+        exports.create = create  # type: ignore[assignment]
         session.close()
     thread.join(30)
+    assert not thread.is_alive(), "the second request is still waiting"
     return row.id, outcome
 
 
