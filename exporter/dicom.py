@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -67,8 +68,6 @@ _WANTED = {
 _LAST_WANTED = max(_WANTED)
 _CHARSET_TAG = 0x00080005
 _PIXEL_DATA = 0x7FE00010
-_TAG = struct.Struct("<I")  # a tag as one little endian number: element << 16 | group
-_PIXEL_DATA_LE = 0x00107FE0
 
 
 class _Unsupported(Exception):
@@ -262,7 +261,7 @@ def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict
     and 2-byte lengths, and no group length in their groups, every element in ascending tag
     order and none repeated; ASCII values only. Returns (new header bytes up to the pixel
     data, the pixel data's offset in ``buf``, the old values by tag), or None to let pydicom
-    do it (about 45x faster than a pydicom read and write: 86 against ~3,900 us a CBCT
+    do it (about 40x faster than a pydicom read and write: 100 against ~3,900 us a CBCT
     slice's header here).
     """
     if len(buf) < 132 or buf[128:132] != b"DICM":
@@ -276,52 +275,26 @@ def patch_elements(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict
 
 
 def _patch(buf: bytes, values: dict[int, str]) -> tuple[bytes, int, dict[int, str]] | None:
-    # Its own walk, faster than walk(): it keeps only the targets, and it gives up on
-    # elements out of order or repeated, where patching one copy would leave the other's
-    # value (an identifier, maybe) in the file.
-    meta, syntax = file_meta(buf)
-    if not syntax or syntax in _SLOW_SYNTAXES:
-        return None
     groups = {tag >> 16 for tag in values}
-    found: dict[int, tuple[bytes, int, int, int]] = {}
-    unpack, long_vrs, known = _ELEMENT_HEAD.unpack_from, _LONG_VRS, _KNOWN_VRS
-    pos, size, last = meta[-1].end, len(buf), -1
-    while True:
-        if pos + 8 > size:
-            return None  # no pixel data within what was read
-        group, elem, vr, length = unpack(buf, pos)
-        tag = group << 16 | elem
-        if tag == _PIXEL_DATA:
-            break
-        if tag <= last or (elem == 0 and group in groups) or vr not in known:
-            return None  # out of order, repeated, a group length to fix, or an unknown VR
-        last = tag
-        if vr in long_vrs:  # 4-byte lengths and sequences (a few an image): as walk() reads them
-            start, end = _element_at(buf, pos)[3:]
-        else:
-            start = pos + 8
-            end = start + length
-        if tag in values:
-            found[tag] = (vr, pos, start, end)
-        pos = end
-    pixel = pos
-    if len(found) != len(values):
-        return None  # an element to add: pydicom does that
-    if any(vr not in _PATCHABLE_VRS for vr, _, _, _ in found.values()):
+    header = walk(buf, only=values.keys() | {group << 16 for group in groups})
+    found = {e.tag: e for e in header.elements}
+    if found.keys() != values.keys():
+        return None  # an element to add (pydicom does that), or a group length to fix
+    if any(e.vr.encode() not in _PATCHABLE_VRS for e in found.values()):
         return None
     out, cursor, old = [], 0, {}
     for tag in sorted(found):
-        vr, begin, start, end = found[tag]
+        e = found[tag]
         encoded = values[tag].encode("ascii")
         if len(encoded) % 2:
             encoded += b" "
-        old[tag] = buf[start:end].decode("latin-1").rstrip(" \0").strip()
-        out.append(buf[cursor:begin])
-        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(encoded)))
+        old[tag] = buf[e.value_start : e.end].decode("latin-1").rstrip(" \0").strip()
+        out.append(buf[cursor : e.start])
+        out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, e.vr.encode(), len(encoded)))
         out.append(encoded)
-        cursor = end
-    out.append(buf[cursor:pixel])
-    return b"".join(out), pixel, old
+        cursor = e.end
+    out.append(buf[cursor : header.pixel])
+    return b"".join(out), header.pixel, old
 
 
 class Element(NamedTuple):
@@ -345,32 +318,45 @@ class Header:
     charset: str  # Specific Character Set as written ("" when absent)
 
 
-def walk(buf: bytes) -> Header:
+def walk(buf: bytes, only: Collection[int] | None = None) -> Header:
     """The elements of an explicit VR little endian Part-10 file up to its pixel data, from
-    the bytes read so far; raises :class:`Unsupported` for another transfer syntax, when
-    the pixel data is not within ``buf``, or for elements out of order or repeated (changing
-    one copy would leave the other). The callers decide which elements they handle."""
+    the bytes read so far (``only``: just the elements with these tags, the rest skipped);
+    raises :class:`Unsupported` for another transfer syntax, when the pixel data is not
+    within ``buf``, or for elements out of order or repeated (changing one copy would leave
+    the other). The callers decide which elements they handle."""
     meta, syntax = file_meta(buf)
     pos = meta[-1].end
     if not syntax or syntax in _SLOW_SYNTAXES:
         raise _Unsupported(f"transfer syntax {syntax!r}")
     elements: list[Element] = []
     charset = ""
-    size = len(buf)
-    while True:
+    size, last, unpack = len(buf), -1, _ELEMENT_HEAD.unpack_from
+    while True:  # the walk runs for every file of an export: short VRs are read inline
         if pos + 8 > size:
             raise _Unsupported("no pixel data within what was read")
-        if _TAG.unpack_from(buf, pos)[0] == _PIXEL_DATA_LE:
+        group, elem, vr, length = unpack(buf, pos)
+        tag = group << 16 | elem
+        if tag == _PIXEL_DATA:
             break
-        element = _element_at(buf, pos)
-        if elements and element[0] <= elements[-1][0]:
+        if tag <= last:
             raise _Unsupported("elements out of order, or one repeated")
-        pos = element[4]  # its end (indexing: the walk runs for every file of an export)
-        if pos > size:
+        last = tag
+        if vr in _LONG_VRS:  # 4-byte lengths and sequences, a few a header
+            element = _element_at(buf, pos)
+            start, end = element[3], element[4]
+        elif vr in _KNOWN_VRS:
+            start = pos + 8
+            end = start + length
+            element = None
+        else:
+            raise _Unsupported(f"value representation {vr!r}")
+        if end > size:
             raise _Unsupported("an element goes on past what was read")
-        if element[0] == _CHARSET_TAG:
-            charset = buf[element.value_start : pos].decode("ascii").strip(" \0")
-        elements.append(element)
+        if tag == _CHARSET_TAG:
+            charset = buf[start:end].decode("ascii").strip(" \0")
+        if only is None or tag in only:
+            elements.append(element or _new_element(Element, (tag, _VR_TEXT[vr], pos, start, end)))
+        pos = end
     return Header(meta, elements, pos, charset)
 
 
