@@ -257,9 +257,12 @@ def bench(base: Path, rounds: int) -> dict[str, float]:
             z / f for z, f in zip(results["zip1"], results["fast"], strict=True)
         ),
     }
-    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    sizes_on_disk = [p.stat().st_size for p in source.rglob("*") if p.is_file()]
+    total = sum(sizes_on_disk)
+    state = "cold" if COLD else "warm"
     print(
-        f"  dataset {total / 1e9:.2f} GB, {sum(1 for p in source.rglob('*') if p.is_file())} files; medians of {rounds} rounds ({'cold' if COLD else 'warm'})"
+        f"  dataset {total / 1e9:.2f} GB, {len(sizes_on_disk)} files; "
+        f"medians of {rounds} rounds ({state})"
     )
     for case in ("cp-nosync", "cp", "zip0", "store", "zip1", "fast"):
         size = f"  archive {sizes[case] / 1e9:.3f} GB" if case in sizes else ""

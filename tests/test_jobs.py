@@ -127,7 +127,10 @@ def test_double_submit_gives_one_export(portal: Settings) -> None:
     assert third.id != first.id
 
 
-def _while_another_is_saving(settings: Settings, first: ExportRequest, second: ExportRequest):  # type: ignore[no-untyped-def]
+def _while_another_is_saving(  # type: ignore[no-untyped-def]
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, first: ExportRequest,
+    second: ExportRequest,
+):  # fmt: skip
     """Save ``first`` in a transaction held open while ``second`` is submitted (two tabs, or
     a retried API call, at the same moment); returns (first's id, second's outcome)."""
     import threading
@@ -155,32 +158,39 @@ def _while_another_is_saving(settings: Settings, first: ExportRequest, second: E
             session, user, "demo", first, settings.max_export_bytes, settings.user_quota_bytes
         )
         assert created
-        exports.create = create_noting_arrival  # type: ignore[assignment]
+        monkeypatch.setattr(exports, "create", create_noting_arrival)
         thread = threading.Thread(target=submit)
         thread.start()
         assert arrived.wait(30), "the second request never reached exports.create"
         time.sleep(0.5)  # it is at its first statement now, the first not yet committed
         session.commit()
     finally:
-        exports.create = create  # type: ignore[assignment]
         session.close()
     thread.join(30)
     assert not thread.is_alive(), "the second request is still waiting"
     return row.id, outcome
 
 
-def test_double_submit_at_the_same_moment_gives_one_export(portal: Settings) -> None:
-    first_id, outcome = _while_another_is_saving(portal, request(name="x"), request(name="x"))
+def test_double_submit_at_the_same_moment_gives_one_export(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_id, outcome = _while_another_is_saving(
+        portal, monkeypatch, request(name="x"), request(name="x")
+    )
     assert "error" not in outcome, outcome
     assert outcome["view"].id == first_id  # type: ignore[attr-defined]
     with db.session_scope(portal) as session:
         assert len(session.scalars(select(DatasetExport)).all()) == 1
 
 
-def test_two_requests_at_the_same_moment_cannot_both_fit_the_quota(portal: Settings) -> None:
+def test_two_requests_at_the_same_moment_cannot_both_fit_the_quota(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     size = services.preflight_export(portal, ME, "demo", request()).estimate.total_bytes
     tight = replace(portal, user_quota_bytes=size + size // 2)  # room for one of the two
-    first_id, outcome = _while_another_is_saving(tight, request(name="a"), request(name="b"))
+    first_id, outcome = _while_another_is_saving(
+        tight, monkeypatch, request(name="a"), request(name="b")
+    )
     assert isinstance(outcome.get("error"), LimitExceeded), outcome
     assert "quota" in str(outcome["error"])
     with db.session_scope(portal) as session:
