@@ -4,18 +4,26 @@ Generates CBCT series of 512x512 slices, STL scans and JPEG photos (the demo gen
 "large" scale), registers them, then times, per round and interleaved:
   cp -r            copy of the source tree (the disk's own pace)
   zip -r -0 / -1   Info-ZIP stored / fastest deflate on the same files
-  export store     the portal's export, stored, SHA-256 of every file checked and recorded
-  export fast      the portal's export, deflate level 1 on DICOM/STL, both cores
+  export store     the portal's default export (pseudonymised: PS3.15 profile on every
+                   header, other files scrubbed, the residual-identifier check), stored,
+                   SHA-256 of every file checked and recorded
+  export fast      the same, deflate level 1 on DICOM/STL, both cores
 Every figure is warm (the sources are read untimed right before each case); ratios are
 medians of per-round ratios. The export fsyncs its archive before it calls it complete, so
 each peer is timed up to a `sync` of what it wrote (cp -r without it is shown for
 reference). Peak RSS of the export process is shown at two dataset sizes, with the RSS of
 the same process before the export began (Python, SQLAlchemy, the file list).
 
+Then, on the smaller dataset (``--privacy-only`` runs just this part): the default export
+with and without the residual-identifier check (target: at most 10 % more time, the same
+peak memory), stored and fast, and the DICOM change log's rows per 1,000 CBCT files, as the
+log stored them before (one row per file and field) and as it stores them now (series rows).
+
 Then, on the CBCT series of the smaller dataset (``--rewrite-only`` runs just this part):
   export no-rewrite   the export with DICOM files copied as they are
-  export rewrite      curated values (2 fields) and the pseudonym written into every header
-  export deid         the PS3.15 Basic profile on every header (pydicom, header only)
+  export rewrite      curated values (2 fields) and the label written into every header
+                      (an identified export: only those 4 fields change)
+  export deid         the PS3.15 Basic profile on every header (a de-identified export)
   dcmodify            DCMTK changing the same 4 fields on copies of the same files, in place
   dcmodify deid       DCMTK making the de-identified export's changes (same tags) in place
   copy / copy-deid    the portal's rewrite alone, as dcmodify works: modified copies of the
@@ -37,6 +45,7 @@ cost more than all of dcmodify's work.
 
 Usage: .venv/bin/python bench/export_bench.py [--patients 25] [--small-patients 8] [--rounds 3]
        .venv/bin/python bench/export_bench.py --rewrite-only [--small-patients 8] [--cold]
+       .venv/bin/python bench/export_bench.py --privacy-only [--small-patients 8]
        .venv/bin/python bench/export_bench.py --writes-only [--patients 25]
 """
 
@@ -58,14 +67,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter import db, services  # noqa: E402
+from exporter import db, registry, services  # noqa: E402
 from exporter.accounts import principal_for  # noqa: E402
 from exporter.archive import ExportInfo, ExportOptions, build_export, export_transform  # noqa: E402
 from exporter.config import Settings  # noqa: E402
 from exporter.curation import CurationRules  # noqa: E402
 from exporter.dicom_rewrite import HeaderRewriter  # noqa: E402
-from exporter.layout import PlannedFile, plan_files  # noqa: E402
+from exporter.layout import PlannedFile, plan_files, pseudonyms  # noqa: E402
 from exporter.registry import FileEntry, select_files  # noqa: E402
+from exporter.residual import PatientFacts, known_identifiers  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -109,19 +119,45 @@ class NoRewrite(HeaderRewriter):
         return False
 
 
+WHOLE = ("default", "nocheck", "changelog")  # modes that export the whole dataset
+LEVEL = {"none": "identified", "rewrite": "identified", "deid": "deidentified"}
+
+
 def child(base: Path, compression: str, out: Path, mode: str = "default") -> None:
     """Run one export in this (fresh) process and print its time, size and peak RSS.
 
-    ``mode``: default (the whole dataset, as exports run), or on the CBCT series only:
-    none (no rewrite), rewrite (curated values + pseudonym), deid (the profile)."""
+    ``mode``: default (the whole dataset, as exports run: pseudonymised, with the residual
+    check on the registry's identifiers), nocheck (the same without the check), changelog
+    (the default, counting the change log's rows), or on the CBCT series only: none (no
+    rewrite), rewrite (curated values + label), deid (the profile)."""
     settings = settings_for(base)
-    modalities = ["cbct", "ios", "intraoral-photo"] if mode == "default" else ["cbct"]
-    kinds = None if mode == "default" else ["raw"]
+    modalities = ["cbct", "ios", "intraoral-photo"] if mode in WHOLE else ["cbct"]
+    kinds = None if mode in WHOLE else ["raw"]
     sel = services.parse_selection(folders=["/"], modalities=modalities, kinds=kinds)
     with db.session_scope(settings) as session:
         files = select_files(session, principal_for(session, USER), "bench", sel)
+        found = registry.identities(session, {f.patient_id for f in files})
+    names = pseudonyms({f.patient_label for f in files})
+    facts = [PatientFacts(names[p.label], p.label, p.source_dir, p.headers) for p in found]
+
+    def identifiers(part: object) -> object:
+        """The needles the job builds: registry identifiers and the part's stored names."""
+        paths: dict[str, list[str]] = {}
+        for f in part.files:  # type: ignore[attr-defined]
+            paths.setdefault(f.patient_dir, []).append(f.source.path)
+        for fact in facts:
+            fact.paths = paths.get(fact.patient_dir, [])
+        return known_identifiers(facts, search_study_dates=True, pseudonyms=list(names.values()))
+
     info = ExportInfo("bench", "export_bench", "bench", USER, datetime.now(UTC))
-    options = ExportOptions(compression=compression, deidentify=mode == "deid")
+    options = ExportOptions(compression=compression, privacy=LEVEL.get(mode, "pseudonymised"))
+    counted = {"rows": 0, "changes": 0, "dicom": sum(f.media_type == "application/dicom"
+                                                       for f in files)}  # fmt: skip
+
+    def sink(rows: list[object]) -> None:
+        counted["rows"] += len(rows)
+        counted["changes"] += sum(r.files for r in rows)  # type: ignore[attr-defined]
+
     transform: HeaderRewriter | None = None
     if mode == "none":
         transform = NoRewrite()
@@ -133,9 +169,14 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
         return
     before_kib = peak_rss_kib()
     start = time.perf_counter()
-    result = build_export(files, out, info, options, settings.data_root, transform=transform)
+    result = build_export(
+        files, out, info, options, settings.data_root, transform=transform, names=names,
+        identifiers=identifiers, check_identifiers=mode != "nocheck",  # type: ignore[arg-type]
+        changes_sink=sink if mode == "changelog" else None,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     rss_kib = peak_rss_kib()
+    report = result.parts[0].privacy_report
     print(
         json.dumps(
             {
@@ -144,6 +185,9 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
                 "rss_mib": rss_kib / 1024,
                 "rss_before_mib": before_kib / 1024,
                 "files": result.files,
+                "check": report.get("result"),
+                "searched": report.get("checked", {}).get("bytes_searched", 0),
+                **counted,
             }
         )
     )
@@ -152,8 +196,8 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
 def copy_rewritten(files: list[FileEntry], root: Path, out: Path, deid: bool) -> None:
     """The rewrite alone, as dcmodify does it: read each file, write a copy with the new
     header (no ZIP, no hashes), then sync; one process, one thread, like dcmodify."""
-    options = ExportOptions(deidentify=deid)
-    planned = plan_files(files)
+    options = ExportOptions(privacy="deidentified" if deid else "identified")
+    planned = plan_files(files, pseudonyms({f.patient_label for f in files}) if deid else None)
     rules = CurationRules(by_patient={f.patient_id: dict(CURATED) for f in files})
     transform = export_transform(options, [], None if deid else rules)
     out.mkdir(parents=True)
@@ -297,8 +341,10 @@ def dcmodify_args(base: Path, files: list[FileEntry], deid: bool) -> dict[str, l
     for f in files:
         by_series.setdefault(f"{f.patient_label}/{f.series_label}", []).append(f)
     args: dict[str, list[str]] = {}
-    planned = {p.source.id: p for p in plan_files(files)}
-    transform = export_transform(ExportOptions(deidentify=True), [])
+    planned = {
+        p.source.id: p for p in plan_files(files, pseudonyms({f.patient_label for f in files}))
+    }
+    transform = export_transform(ExportOptions(privacy="deidentified"), [])
     for key, members in by_series.items():
         item = planned[members[0].id]
         if not deid:
@@ -379,6 +425,48 @@ def bench_rewrite(base: Path, rounds: int) -> None:
     )
 
 
+def bench_privacy(base: Path, rounds: int) -> None:
+    """The residual-identifier check's cost, and the change log's size, on the default
+    export (pseudonymised) of the whole dataset."""
+    source = base / "data" / "bench"
+    scratch = base / "scratch"
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for compression in ("store", "fast"):
+            for mode in ("default", "nocheck"):
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir()
+                subprocess.run(["sync"], check=True)
+                warm(source)
+                figures = run_export(base, compression, scratch / "export", mode)
+                runs.setdefault(f"{compression} {mode}", []).append(figures)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    log = run_export(base, "store", scratch / "export", "changelog")
+    shutil.rmtree(scratch, ignore_errors=True)
+    state = "cold" if COLD else "warm"
+    print(f"\n== residual-identifier check: medians of {rounds} rounds ({state})")
+    for compression in ("store", "fast"):
+        on, off = runs[f"{compression} default"], runs[f"{compression} nocheck"]
+        ratio = statistics.median(a["seconds"] / b["seconds"] for a, b in zip(on, off, strict=True))
+        print(
+            f"  {compression:<5} with check {statistics.median(r['seconds'] for r in on):6.2f} s, "
+            f"without {statistics.median(r['seconds'] for r in off):6.2f} s: {ratio:.3f}x "
+            "(target <= 1.10)"
+        )
+        print(
+            f"        peak RSS with {max(r['rss_mib'] for r in on):.0f} MiB, without "
+            f"{max(r['rss_mib'] for r in off):.0f} MiB; check {on[0]['check']}, "
+            f"{on[0]['searched'] / 1e6:.1f} MB searched"
+        )
+    per = 1000 / log["dicom"] if log["dicom"] else 0
+    print(
+        f"  change log per 1,000 CBCT files: {log['changes'] * per:,.0f} rows before (one per "
+        f"file and field), {log['rows'] * per:,.0f} rows now: "
+        f"{log['changes'] / max(log['rows'], 1):.1f}x fewer   (target >= 10x)"
+    )
+
+
 def bench_writes(directory: Path, size: int, rounds: int) -> None:
     """The archive writer's two ways to the disk, on the same bytes: buffered (through the
     page cache, as the export wrote until it took O_DIRECT) and O_DIRECT. Each writes
@@ -428,6 +516,9 @@ def main() -> None:
         "--writes-only", action="store_true", help="only the archive write-path section"
     )
     parser.add_argument(
+        "--privacy-only", action="store_true", help="only the residual check and change log"
+    )
+    parser.add_argument(
         "--child", nargs=4, metavar=("BASE", "COMPRESSION", "OUT", "MODE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -442,15 +533,17 @@ def main() -> None:
         return
     rss = {}
     for patients in (args.small_patients, args.patients):
-        if args.rewrite_only and patients != args.small_patients:
+        if (args.rewrite_only or args.privacy_only) and patients != args.small_patients:
             break
         base = Path(tempfile.mkdtemp(prefix="bench-export-", dir=os.environ.get("BENCH_DIR")))
         try:
             size = prepare(base, patients)
             print(f"\n== {patients} patients ({size / 1e9:.2f} GB)")
-            if patients == args.small_patients:
+            if patients == args.small_patients and not args.privacy_only:
                 bench_rewrite(base, args.rounds)
-            if not args.rewrite_only:
+            if patients == args.small_patients and not args.rewrite_only:
+                bench_privacy(base, args.rounds)
+            if not (args.rewrite_only or args.privacy_only):
                 rss[patients] = bench(base, args.rounds)["rss"]
                 bench_writes(base, size, args.rounds)
         finally:

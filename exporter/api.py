@@ -21,7 +21,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from exporter import openapi, services
-from exporter.archive import ExportOptions
 from exporter.config import Settings, parse_size
 from exporter.errors import (
     Gone,
@@ -34,6 +33,7 @@ from exporter.errors import (
     PortalError,
 )
 from exporter.exports import ExportRequest, ExportView, archive_bytes_estimate
+from exporter.privacy import LEVELS, PrivacyLevel
 
 USER_HEADER = "X-Forwarded-User"  # the reverse proxy's; same as .streamlit/config.toml
 STATUS = {
@@ -118,9 +118,9 @@ async def download(request: Request) -> Response:
 MAX_OFFSET = 2**31 - 1  # beyond any list; bigger numbers overflow the databases' integers
 _LIST_FIELDS = ("folders", "patients", "tags", "modalities", "kinds")
 _BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options"}
-# The on/off options: every boolean of the build options.
-_FLAG_OPTIONS = tuple(f.name for f in dataclasses.fields(ExportOptions) if f.type == "bool")
-_OPTION_FIELDS = {"compression", "part_size", *_FLAG_OPTIONS}
+# The on/off options: every boolean a request has.
+_FLAG_OPTIONS = tuple(f.name for f in dataclasses.fields(ExportRequest) if f.type == "bool")
+_OPTION_FIELDS = {"compression", "part_size", "privacy", *_FLAG_OPTIONS}
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -158,6 +158,8 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
             bad[f"options.{key}"] = "must be true or false"
     if "compression" in options and options["compression"] not in ("store", "fast", "small"):
         bad["options.compression"] = "must be store, fast or small"
+    if "privacy" in options and options["privacy"] not in LEVELS:
+        bad["options.privacy"] = f"must be {', '.join(LEVELS)}"
     part_size = options.get("part_size")
     if part_size is not None:
         try:
@@ -182,6 +184,7 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         notes=body.get("notes", ""),
         compression=options.get("compression", "fast"),
         part_size=part_size or None,
+        privacy=options.get("privacy", PrivacyLevel.PSEUDONYMISED.value),
         **{key: options[key] for key in _FLAG_OPTIONS if key in options},  # else the defaults
     )
 

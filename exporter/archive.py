@@ -21,26 +21,41 @@ import shutil
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from exporter.curation import CurationRules
-from exporter.deid import Deidentifier, DeidOptions, new_date_shift, new_uid_key
+from exporter.deid import Deidentifier, DeidOptions, PrivateTag, new_date_shift, new_uid_key
 from exporter.dicom_rewrite import Change, ChangeTable, HeaderRewriter, RewriteContext
-from exporter.errors import ExportCancelled, InvalidSelection, NotEnoughSpace, SourceFileError
+from exporter.errors import (
+    ExportCancelled,
+    InvalidSelection,
+    NotEnoughSpace,
+    PrivacyCheckFailed,
+    SourceFileError,
+)
 from exporter.layout import (
     PlannedFile,
     PlannedPart,
     export_folder_name,
     plan_files,
+    pseudonyms,
     sanitize_component,
     split_parts,
 )
+from exporter.privacy import LEVELS, SUMMARIES, PrivacyLevel
 from exporter.registry import FileEntry
+from exporter.residual import (
+    Needles,
+    PatientFacts,
+    ResidualCheck,
+    format_of,
+    known_identifiers,
+)
 from exporter.sourceio import (
     CHUNK,
     ArchiveWriter,
@@ -51,7 +66,7 @@ from exporter.sourceio import (
 )
 from exporter.zipstream import DEFLATED, STORED, Chunk, ZipWriter, crc32
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: privacy levels (the "privacy" section, new options)
 PREPARE_LIMIT = 16 * 1024 * 1024
 WINDOW_BYTES = 32 * 1024 * 1024
 THREADS = 4  # at most, preparing files (see prepare_threads)
@@ -84,38 +99,70 @@ Transform = Callable[[PlannedFile, BinaryIO], Iterator[Chunk]]
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How to build: compression, naming, what to do with missing sources, part size."""
+    """How to build: privacy level, compression, missing sources, part size, and what the
+    project's policy let a pseudonymised export keep (frozen when the export is created)."""
 
     compression: str = "fast"
-    pseudonyms: bool = True
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    fresh_pseudonyms: bool = False  # unlinkable to earlier exports: new pseudonyms and keys
     skip_missing: bool = False
     max_part_bytes: int | None = None
-    # The PS3.15 Basic profile on DICOM headers, and metadata stripped from other files.
-    deidentify: bool = False
-    retain_dates: bool = False
+    shift_dates: bool = False  # de-identified: dates shifted per patient (else removed)
+    clean_descriptors: bool = False  # descriptions kept, cleaned of identifiers
+    # The project's policy, for pseudonymised exports only.
+    retain_full_dates: bool = False
     retain_uids: bool = False
-    remove_private: bool = True
-    clean_descriptors: bool = False
+    retain_device_identity: bool = False
+    retain_patient_characteristics: bool = False
+    kept_private: tuple[str, ...] = ()  # PrivateTag texts: "0009,DEMO VENDOR,10"
+
+    @property
+    def level(self) -> PrivacyLevel:
+        return PrivacyLevel(self.privacy)
+
+    @property
+    def pseudonyms(self) -> bool:
+        """Pseudonyms in headers and entry names (every level but identified)."""
+        return self.level is not PrivacyLevel.IDENTIFIED
+
+    @property
+    def deidentify(self) -> bool:
+        """The Basic profile, scrubbed files, generic names, export-time entry times."""
+        return self.level is not PrivacyLevel.IDENTIFIED
 
     def deid_options(self) -> DeidOptions | None:
-        """The profile's options when the export is de-identified, else None."""
-        if not self.deidentify:
+        """The profile's options, or None for an identified export."""
+        if self.level is PrivacyLevel.IDENTIFIED:
             return None
         return DeidOptions(
-            self.retain_dates, self.retain_uids, self.remove_private, self.clean_descriptors
+            retain_dates=self.shift_dates,
+            retain_uids=self.retain_uids,
+            clean_descriptors=self.clean_descriptors,
+            retain_full_dates=self.retain_full_dates,
+            retain_device_identity=self.retain_device_identity,
+            retain_patient_characteristics=self.retain_patient_characteristics,
+            kept_private=tuple(PrivateTag.parse(t) for t in self.kept_private),
         )
 
     def __post_init__(self) -> None:
-        if self.deidentify and not self.pseudonyms:
+        if self.privacy not in LEVELS:
             raise InvalidSelection(
-                "De-identification needs pseudonyms: turn pseudonyms on, or export without "
-                "de-identification"
+                f"Privacy level {self.privacy!r} is not known: use {', '.join(LEVELS)}"
             )
-        changed = self.retain_dates or self.retain_uids or self.clean_descriptors
-        if not self.deidentify and (changed or not self.remove_private):
+        level = self.level
+        kept = (self.retain_full_dates or self.retain_uids or self.retain_device_identity
+                or self.retain_patient_characteristics or self.kept_private)  # fmt: skip
+        if kept and level is not PrivacyLevel.PSEUDONYMISED:
             raise InvalidSelection(
-                "The options retain dates, retain UIDs, keep private tags and clean "
-                "descriptors apply to de-identification: turn de-identification on"
+                "Retained dates, UIDs, device identity, patient characteristics and private "
+                "tags come from the project's policy and apply to pseudonymised exports only"
+            )
+        if self.shift_dates and level is not PrivacyLevel.DEIDENTIFIED:
+            raise InvalidSelection("Shifted dates apply to de-identified exports only")
+        if level is PrivacyLevel.IDENTIFIED and (self.fresh_pseudonyms or self.clean_descriptors):
+            raise InvalidSelection(
+                "An identified export has no pseudonyms and keeps descriptions as stored: "
+                "fresh pseudonyms and cleaned descriptions apply to the other levels"
             )
         if self.compression not in COMPRESSION_LEVELS:
             raise InvalidSelection(
@@ -123,6 +170,41 @@ class ExportOptions:
             )
         if self.max_part_bytes is not None and self.max_part_bytes < 1024 * 1024:
             raise InvalidSelection("Part size must be at least 1 MiB")
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as the export row and ``metadata.json`` store them."""
+        data = asdict(self)
+        data["kept_private"] = list(self.kept_private)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExportOptions:
+        """Options stored on an export row. A row made before privacy levels (it has
+        ``pseudonyms``/``deidentify`` and no ``privacy``) maps to the nearest level."""
+        if "privacy" not in data:
+            return cls(
+                compression=data.get("compression", "fast"),
+                privacy=legacy_level(data),
+                skip_missing=bool(data.get("skip_missing")),
+                max_part_bytes=data.get("max_part_bytes"),
+                shift_dates=bool(data.get("deidentify") and data.get("retain_dates")),
+                clean_descriptors=bool(data.get("deidentify") and data.get("clean_descriptors")),
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["kept_private"] = tuple(values.get("kept_private") or ())
+        return cls(**values)
+
+
+def legacy_level(options: dict[str, Any]) -> str:
+    """The privacy level nearest to options stored before privacy levels existed."""
+    if "privacy" in options:
+        return str(options["privacy"])
+    if not options.get("pseudonyms", True):
+        return PrivacyLevel.IDENTIFIED.value
+    if options.get("deidentify"):
+        return PrivacyLevel.DEIDENTIFIED.value
+    return PrivacyLevel.PSEUDONYMISED.value
 
 
 @dataclass(frozen=True)
@@ -184,6 +266,7 @@ class PartResult:
     files: list[FileRecord]
     skipped: list[SkippedFile]
     patients: list[str]
+    privacy_report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +286,50 @@ class _Prepared:
 class _Skip:
     planned: PlannedFile
     reason: str
+
+
+class _Tap(Protocol):
+    def feed(self, piece: Chunk, /) -> None: ...
+    def close(self) -> None: ...
+
+
+class _NoTap:
+    def feed(self, piece: Chunk, /) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_NO_TAP = _NoTap()
+
+
+class _DicomTap:
+    """A DICOM entry for the residual check: the header rewrite yields the whole new header
+    first, then the pixel data element (out of the check's scope); the header is searched."""
+
+    def __init__(self, check: ResidualCheck, file: str, scope: str) -> None:
+        self.check, self.file, self.scope = check, file, scope
+        self.first = True
+
+    def feed(self, piece: Chunk, /) -> None:
+        if self.first:
+            self.first = False
+            self.check.dicom_header(self.file, bytes(piece), self.scope)
+
+    def close(self) -> None:
+        pass
+
+
+def default_identifiers(part: PlannedPart) -> Needles:
+    """The identifiers a part's own files tell of: labels and stored names (the job adds
+    what the registry's headers hold)."""
+    facts: dict[str, PatientFacts] = {}
+    for f in part.files:
+        fact = facts.setdefault(f.patient_dir, PatientFacts(f.patient_dir, f.source.patient_label))
+        fact.paths.append(f.source.path)
+    return known_identifiers(facts.values(), search_study_dates=False,
+                             pseudonyms=list(facts))  # fmt: skip
 
 
 def prepare_threads(compression: str) -> int:
@@ -242,18 +369,31 @@ class PartBuilder:
         progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         changes_sink: Callable[[list[Change]], None] | None = None,
+        identifiers: Callable[[PlannedPart], Needles] | None = None,
+        check_identifiers: bool = True,
     ) -> None:
         """``changes_sink`` receives every DICOM change, old values included, in batches
-        as the part is written (the archive's ``dicom_changes.csv`` has new values only)."""
+        as the part is written (the archive's ``dicom_changes.csv`` has new values only).
+        ``identifiers`` gives the known identifiers of a part's patients (the job reads
+        them from the registry); by default they are the labels and stored names of the
+        part's files. ``check_identifiers`` False skips the residual-identifier check (for
+        the benchmark that measures its cost; no export runs without it)."""
         self.info = info
         self.changes_sink = changes_sink
         self.options = options
         self.data_root = data_root.resolve()
         self.disk_reserve = disk_reserve
-        # By default DICOM headers carry the patient's pseudonym (or label), not the stored one.
-        if transform is None and options.deidentify:
-            raise ValueError("a de-identified export needs export_transform(...) as transform")
-        self.transform = transform if transform is not None else HeaderRewriter()
+        if transform is None:
+            if options.shift_dates:
+                raise ValueError("shifted dates need export_transform(...) as transform")
+            transform = export_transform(options, [])
+        self.transform = transform
+        self.identifiers = identifiers or default_identifiers
+        self.check_identifiers = check_identifiers
+        self.check = ResidualCheck(Needles())
+        # Entry times say nothing of the sources: the export's own time, except in an
+        # identified export (which keeps the stored files' times).
+        self.entry_time = info.created_at.timestamp() if options.deidentify else None
         self.progress = progress
         self.cancel = cancel
         self._last_progress = 0.0
@@ -316,15 +456,18 @@ class PartBuilder:
             transform = self._transform_for(planned)
             entry_sha = hashlib.sha256() if transform is not None else None
             pieces = (loaded.data,) if transform is None else transform(planned, loaded)  # type: ignore[arg-type]
+            tap = self._tap(planned)
             crc, size, chunks = 0, 0, []
             for piece in pieces:
                 if entry_sha is not None:
                     entry_sha.update(piece)
+                tap.feed(piece)
                 crc = crc32(piece, crc)
                 size += len(piece)
                 out = compressor.compress(piece) if compressor else piece
                 if out:
                     chunks.append(out)
+            tap.close()
             buf: mmap.mmap | None = loaded.buf
             if compressor:
                 chunks.append(compressor.flush())
@@ -338,13 +481,14 @@ class PartBuilder:
                 size,
                 sum(len(c) for c in chunks),
                 entry_sha.hexdigest() if entry_sha is not None else loaded.sha256,
-                source.mtime_ns / 1e9,
+                self._mtime(planned),
                 buf,
             )
         except SourceFileError as exc:
+            redacted = self._redact(exc, planned)
             if self.options.skip_missing:
-                return _Skip(planned, str(exc))
-            raise
+                return _Skip(planned, str(redacted))
+            raise redacted from exc
 
     def _stream(self, writer: ZipWriter, name: str, planned: PlannedFile) -> _Prepared | _Skip:
         """Write a large file's entry as it is read. A missing or unreadable file is noticed
@@ -352,18 +496,27 @@ class PartBuilder:
         when the entry is written, and always fails the part."""
         digest: list[str] = []
         chunks = self._read(planned, digest)
-        first = next(chunks, b"")
+        try:
+            first = next(chunks, b"")
+        except SourceFileError as exc:
+            raise self._redact(exc, planned) from exc
         chunks = itertools.chain([first], chunks)
         level = compression_level(planned, self.options.compression)
         # Deflate at level 0 (stored blocks) rather than STORED: a streamed entry's sizes
         # follow its data, which readers that walk local headers (Java's ZipInputStream)
         # accept only for deflated entries. It costs 5 bytes per 64 KiB.
-        entry = writer.open_entry(
-            name, method=DEFLATED, level=level or 0, mtime=planned.source.mtime_ns / 1e9
-        )
-        for chunk in chunks:
-            entry.write(chunk)
-            self._tick(writer, planned.patient_dir)
+        mtime = self._mtime(planned)
+        self._check_entry(name, planned, mtime)
+        entry = writer.open_entry(name, method=DEFLATED, level=level or 0, mtime=mtime)
+        tap = self._tap(planned)
+        try:
+            for chunk in chunks:
+                tap.feed(chunk)
+                entry.write(chunk)
+                self._tick(writer, planned.patient_dir)
+        except SourceFileError as exc:
+            raise self._redact(exc, planned) from exc
+        tap.close()
         entry.close()
         return _Prepared(
             planned,
@@ -373,8 +526,33 @@ class PartBuilder:
             entry.size,
             entry.compressed,
             digest[0],
-            planned.source.mtime_ns / 1e9,
+            mtime,
         )
+
+    def _mtime(self, planned: PlannedFile) -> float:
+        return self.entry_time or planned.source.mtime_ns / 1e9
+
+    def _redact(self, exc: SourceFileError, planned: PlannedFile) -> SourceFileError:
+        """The error as users see it: the file's entry name, not its stored path (which
+        carries the patient's label and the names it was stored under). The stored path
+        stays in the traceback kept for administrators."""
+        if not self.options.pseudonyms:
+            return exc
+        return SourceFileError(str(exc).replace(planned.source.path, planned.arcname))
+
+    def _tap(self, planned: PlannedFile) -> _Tap:
+        """What reads an entry's bytes for the residual check as they are written."""
+        if not self.check_identifiers:
+            return _NO_TAP
+        file, scope = planned.arcname, planned.patient_dir
+        if planned.source.media_type == "application/dicom":
+            return _DicomTap(self.check, file, scope)
+        return self.check.tap(file, format_of(planned.source.path), scope) or _NO_TAP
+
+    def _check_entry(self, name: str, planned: PlannedFile, mtime: float) -> None:
+        if self.check_identifiers:
+            self.check.entry_name(name, planned.patient_dir)
+            self.check.entry_time(name, mtime)
 
     def _tick(self, writer: ZipWriter, current: str, force: bool = False) -> None:
         """Check free space every so many bytes, and report progress at most twice a second."""
@@ -419,12 +597,42 @@ class PartBuilder:
 
     def _build(self, part: PlannedPart, count: int, dest: Path) -> PartResult:
         rewriter = self.transform if isinstance(self.transform, HeaderRewriter) else None
-        table = ChangeTable(self.changes_sink) if rewriter is not None else None
+        sources = {int(f.source.mtime_ns // 1_000_000_000) for f in part.files}
+        needles = self.identifiers(part) if self.check_identifiers else Needles()
+        self.check = ResidualCheck(needles, sources, strict=self.options.deidentify)
+        table = (
+            ChangeTable(self.changes_sink, inspect=self._inspect_changes)
+            if rewriter is not None
+            else None
+        )
         try:
             return self._write_part(part, count, dest, rewriter, table)
         finally:
             if table is not None:
                 table.close()
+
+    def _inspect_changes(self, rows: list[Change]) -> None:
+        """The new values ``dicom_changes.csv`` gets, searched as the rows are written."""
+        if not self.check_identifiers:
+            return
+        for c in rows:
+            if c.new_value:
+                scope = c.path.split("/", 1)[0]
+                self.check.search(
+                    "dicom_changes.csv", f"new value of {c.tag} for {c.path}", c.new_value,
+                    scope, "dicom_changes.csv rows",
+                )  # fmt: skip
+
+    def _add_own(self, writer: ZipWriter, name: str, data: bytes) -> None:
+        """One of the archive's own files (metadata, sums, report)."""
+        mtime = self.entry_time or time.time()
+        self._check_own(writer, name, mtime)
+        _add_bytes(writer, name, data, mtime)
+
+    def _check_own(self, writer: ZipWriter, name: str, mtime: float) -> None:
+        if self.check_identifiers:
+            self.check.entry_name(name, None)
+            self.check.entry_time(name, mtime)
 
     def _write_part(
         self, part: PlannedPart, count: int, dest: Path, rewriter: HeaderRewriter | None,
@@ -461,28 +669,37 @@ class PartBuilder:
                                 )
                             )
                         if rewriter is not None and table is not None:
-                            table.add(rewriter.take_entry(p.arcname))
+                            series = p.arcname.rpartition("/")[0] if p.source.series_label else None
+                            table.add(rewriter.take_entry(p.arcname), series)
                         self._files_done += 1
                         self._bytes_done += p.source.size
                         self._tick(writer, p.patient_dir, self._files_done == self._total_files)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
-            metadata = self._metadata(part, count, records, skipped)
-            _add_bytes(writer, f"{folder}/metadata.json", metadata)
+            document = build_metadata(self.info, self.options, part.number, count, records,
+                                      skipped)  # fmt: skip
+            if self.check_identifiers:
+                self.check.document("metadata.json", document)
+            metadata = json.dumps(document, indent=2, ensure_ascii=False).encode()
+            self._add_own(writer, f"{folder}/metadata.json", metadata)
             sums = "".join(f"{r.sha256}  {r.path}\n" for r in records)
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"
             if table is not None:
-                entry = writer.open_entry(
-                    f"{folder}/dicom_changes.csv", method=DEFLATED, level=6, mtime=time.time()
-                )
+                name, mtime = f"{folder}/dicom_changes.csv", self.entry_time or time.time()
+                self._check_own(writer, name, mtime)
+                entry = writer.open_entry(name, method=DEFLATED, level=6, mtime=mtime)
                 table_sha = hashlib.sha256()
                 for chunk in table.finish():
                     table_sha.update(chunk)
                     entry.write(chunk)
                 entry.close()
                 sums += f"{table_sha.hexdigest()}  dicom_changes.csv\n"
-            _add_bytes(writer, f"{folder}/SHA256SUMS", sums.encode())
+            report = self._privacy_report()
+            body = json.dumps(report, indent=2, ensure_ascii=False).encode()
+            self._add_own(writer, f"{folder}/privacy_report.json", body)
+            sums += f"{hashlib.sha256(body).hexdigest()}  privacy_report.json\n"
+            self._add_own(writer, f"{folder}/SHA256SUMS", sums.encode())
             size = writer.close()
             archive_sha = out.finish()
         except BaseException:
@@ -499,7 +716,18 @@ class PartBuilder:
             records,
             skipped,
             part.patient_dirs,
+            report,
         )
+
+    def _privacy_report(self) -> dict[str, Any]:
+        """The residual check's report; raises :class:`PrivacyCheckFailed` when it found
+        identifiers in an archive that must carry none (before the archive is complete)."""
+        report = self.check.report(self.options.privacy)
+        if not self.check_identifiers:
+            report["result"] = "not run (benchmark)"
+        if self.check.failed:
+            raise PrivacyCheckFailed(failure_message(report), report)
+        return report
 
     def _ordered(
         self, pool: ThreadPoolExecutor, files: list[PlannedFile], writer: ZipWriter
@@ -532,6 +760,7 @@ class PartBuilder:
             item = future.result()
             in_flight -= planned.source.size
             if isinstance(item, _Prepared):
+                self._check_entry(name, planned, item.mtime)
                 writer.add_prepared(
                     name,
                     item.chunks,
@@ -546,14 +775,19 @@ class PartBuilder:
                     self.pool.give(item.buf)  # the writer copied what it needed
             yield item
 
-    def _metadata(
-        self, part: PlannedPart, count: int, records: list[FileRecord], skipped: list[SkippedFile]
-    ) -> bytes:
-        return json.dumps(
-            build_metadata(self.info, self.options, part.number, count, records, skipped),
-            indent=2,
-            ensure_ascii=False,
-        ).encode()
+
+def failure_message(report: dict[str, Any], shown: int = 5) -> str:
+    """What a user reads when the residual check fails an export: files and places."""
+    findings = report["findings"]
+    where = "; ".join(f"{f['file']} {f['place']} ({f['kind']})" for f in findings[:shown])
+    more = report["finding_count"] - min(shown, len(findings))
+    return (
+        f"The privacy check found {report['finding_count']} identifier(s) left in the archive, "
+        f"so the export was stopped and its files removed: {where}"
+        + (f"; and {more} more" if more > 0 else "")
+        + ". A data manager can see the privacy report on the export's page; correct the "
+        "source or the project's kept private tags, then export again."
+    )
 
 
 def build_metadata(
@@ -600,7 +834,8 @@ def build_metadata(
         },
         "part": {"number": number, "count": count},
         "criteria": criteria,
-        "options": {**asdict(options), **info.options},
+        "privacy": privacy_facts(options),
+        "options": {**options.to_json(), **info.options},
         "patients": list(patients.values()),
         "modalities": [{"modality": k, **v} for k, v in sorted(modalities.items())],
         "totals": {
@@ -614,7 +849,35 @@ def build_metadata(
     }
 
 
-def _add_bytes(writer: ZipWriter, name: str, data: bytes) -> None:
+def privacy_facts(options: ExportOptions) -> dict[str, Any]:
+    """What ``metadata.json`` says was done for privacy, in plain terms."""
+    level = options.level
+    profile = options.deid_options()
+    if level is PrivacyLevel.IDENTIFIED:
+        pseudonyms = "none: real patient labels"
+    elif options.fresh_pseudonyms:
+        pseudonyms = "fresh for this export (not linkable to other exports)"
+    else:
+        pseudonyms = "stable in the project (the same patient has the same pseudonym)"
+    return {
+        "level": level.value,
+        "summary": SUMMARIES[level],
+        "pseudonyms": pseudonyms,
+        "dicom_profile": profile.method() if profile is not None else [],
+        "dates": (
+            "as stored" if profile is None or profile.retain_full_dates
+            else "shifted per patient" if profile.retain_dates
+            else "removed or blanked"
+        ),
+        "private_tags_kept": list(options.kept_private) if profile is not None else "all",
+        "other_files": "metadata stripped" if profile is not None else "as stored",
+        "entry_times": "the export's creation time" if profile is not None
+        else "the stored files' times",
+        "residual_check": "privacy_report.json",
+    }  # fmt: skip
+
+
+def _add_bytes(writer: ZipWriter, name: str, data: bytes, mtime: float) -> None:
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
     compressed = compressor.compress(data) + compressor.flush()
     writer.add_prepared(
@@ -624,7 +887,7 @@ def _add_bytes(writer: ZipWriter, name: str, data: bytes) -> None:
         crc=crc32(data),
         size=len(data),
         compressed=len(compressed),
-        mtime=time.time(),
+        mtime=mtime,
     )
 
 
@@ -733,12 +996,18 @@ class ExportResult:
 
 
 def plan_export(
-    files: list[FileEntry], options: ExportOptions, seed: int | None = None
+    files: list[FileEntry], options: ExportOptions, names: Mapping[str, str] | None = None
 ) -> tuple[list[PlannedPart], dict[str, str]]:
-    """Entry names and parts for these files, and the folder each patient label got."""
+    """Entry names and parts for these files, and the folder each patient label got.
+
+    ``names`` maps labels to pseudonyms (the job passes the project's stable ones); without
+    it a pseudonymised export draws fresh ones.
+    """
     if not files:
         raise InvalidSelection("The selection has no files: choose other patients or modalities")
-    planned = plan_files(files, options.pseudonyms, seed, generic_names=options.deidentify)
+    if options.pseudonyms and names is None:
+        names = pseudonyms(f.patient_label for f in files)
+    planned = plan_files(files, names if options.pseudonyms else None)
     folders = {p.source.patient_label: p.patient_dir for p in planned}
     return split_parts(planned, options.max_part_bytes), folders
 
@@ -748,19 +1017,21 @@ def export_transform(
     patient_dirs: list[str],
     curated: CurationRules | None = None,
     uid_key: str | None = None,
-    date_shifts: dict[str, int] | None = None,
+    date_shifts: Mapping[str, int] | None = None,
+    known: Mapping[str, list[str]] | None = None,
 ) -> HeaderRewriter:
-    """The per-file rewrite of one export: curated values, pseudonyms and, when chosen, the
-    de-identification profile with the export's UID key and per-patient date shifts (fresh
-    ones when not given)."""
+    """The per-file rewrite of one export: curated values, pseudonyms and, but for an
+    identified export, the de-identification profile with the export's UID key and
+    per-patient date shifts (fresh ones when not given). ``known``: each patient's
+    identifiers from the registry, cleaned out of descriptions too."""
     deid = None
     profile = options.deid_options()
     if profile is not None:
-        shifts = date_shifts if date_shifts is not None else {}
+        shifts = dict(date_shifts or {})
         if profile.retain_dates:
             shifts = {d: shifts.get(d) or new_date_shift() for d in patient_dirs}
         deid = Deidentifier(profile, bytes.fromhex(uid_key or new_uid_key()), shifts)
-    return HeaderRewriter(RewriteContext(curated or CurationRules(), deid))
+    return HeaderRewriter(RewriteContext(curated or CurationRules(), deid, dict(known or {})))
 
 
 def build_export(
@@ -775,19 +1046,23 @@ def build_export(
     progress: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     changes_sink: Callable[[list[Change]], None] | None = None,
+    names: Mapping[str, str] | None = None,
+    identifiers: Callable[[PlannedPart], Needles] | None = None,
+    check_identifiers: bool = True,
 ) -> ExportResult:
     """Build every part of an export in this process, then its manifest.
 
     The job runner builds parts on several workers with :class:`PartBuilder` and writes the
     manifest itself; this is the same work in one place (CLI, tests, benchmarks).
     """
-    parts, folders = plan_export(files, options)
+    parts, folders = plan_export(files, options, names)
     check_free_space(export_dir.parent, sum(p.bytes for p in parts), disk_reserve)
     if transform is None:
         transform = export_transform(options, sorted(set(folders.values())))
     builder = PartBuilder(
         info, options, data_root, disk_reserve=disk_reserve, transform=transform,
-        progress=progress, cancel=cancel, changes_sink=changes_sink,
+        progress=progress, cancel=cancel, changes_sink=changes_sink, identifiers=identifiers,
+        check_identifiers=check_identifiers,
     )  # fmt: skip
     results: list[PartResult] = []
     try:

@@ -17,6 +17,7 @@ from exporter.config import Settings, parse_size
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, ExportView
 from exporter.preview import Preview
+from exporter.privacy import LEVELS, POLICY_FLAGS, PolicyView, PrivacyLevel
 from exporter.registry import Selection
 
 
@@ -48,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = project_sub.add_parser("add", help="create a project (every modality enabled)")
     p.add_argument("slug", metavar="SLUG", help="lowercase letters, digits and '-'")
     p.add_argument("--name", default="", help="display name (default: the slug)")
+    p = project_sub.add_parser(
+        "privacy", help="show or change what the project allows (data managers change it)"
+    )
+    p.add_argument("slug", metavar="SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    for flag in POLICY_FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}", choices=["on", "off"], dest=flag)
+    p.add_argument(
+        "--keep-private", action="append", default=[], metavar="TAG",
+        help="keep this reviewed private tag in pseudonymised exports: GROUP,CREATOR,ELEMENT "
+        "in hex, e.g. '0009,DEMO VENDOR,10' (repeat for more)",
+    )  # fmt: skip
+    p.add_argument("--drop-private", action="append", default=[], metavar="TAG")
 
     p = sub.add_parser("register", help="register an imaging directory tree into a project")
     p.add_argument("project", metavar="PROJECT_SLUG")
@@ -85,15 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default="")
     p.add_argument("--compression", default="fast", choices=["store", "fast", "small"])
     p.add_argument("--part-size", metavar="SIZE", help="e.g. 4GiB: whole patients per part")
-    p.add_argument("--labels", action="store_true", help="patient labels instead of pseudonyms")
+    p.add_argument(
+        "--privacy", default=PrivacyLevel.PSEUDONYMISED.value, choices=LEVELS,
+        help="pseudonymised (default): stable pseudonyms, identifiers removed (PS3.15 Basic "
+        "profile with what the project allows); deidentified: dates shifted, UIDs replaced; "
+        "identified: stored headers and labels (data managers, or researchers they allow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fresh-pseudonyms", action="store_true",
+        help="pseudonyms, date shifts and UIDs unlinkable to earlier exports",
+    )  # fmt: skip
     p.add_argument("--skip-missing", action="store_true", help="skip (and list) missing files")
     p.add_argument(
-        "--deidentify", action="store_true",
-        help="DICOM PS3.15 Basic profile; metadata stripped from photos, scans and volumes",
-    )  # fmt: skip
-    p.add_argument("--retain-dates", action="store_true", help="dates shifted per patient")
-    p.add_argument("--retain-uids", action="store_true", help="UIDs kept")
-    p.add_argument("--keep-private", action="store_true", help="private tags kept")
+        "--remove-dates", action="store_true", help="deidentified: dates removed, not shifted"
+    )
     p.add_argument("--clean-descriptors", action="store_true", help="descriptions kept, cleaned")
     p.add_argument(
         "--dry-run", action="store_true",
@@ -106,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a pending or processing export"),
         ("delete", "delete an export's files (its record stays)"),
         ("retry", "re-run the failed parts of a failed multi-part export"),
+        ("key", "which patient each folder is (data managers; the reading is audited)"),
+        ("privacy-report", "the residual-identifier check's report (data managers)"),
     ):
         p = ex.add_parser(action, help=helptext)
         p.add_argument("export_id", metavar="EXPORT_ID")
@@ -224,6 +245,15 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
     services.migrate(settings)
     if command == "migrate":
         print(f"Database is at the newest schema: {_redact(settings.database_url)}")
+    elif command == "project" and args.project_command == "privacy":
+        flags = {f: getattr(args, f) == "on" for f in POLICY_FLAGS if getattr(args, f)}
+        if flags or args.keep_private or args.drop_private:
+            view = services.set_project_privacy(
+                settings, args.user, args.slug, flags, args.keep_private, args.drop_private
+            )
+        else:
+            view = services.project_privacy(settings, args.user, args.slug)
+        _print_policy(view)
     elif command == "project":
         project = services.add_project(settings, args.slug, args.name)
         print(f"Project {project.slug} ({project.name}): {project.patients} patients")
@@ -320,14 +350,27 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{d.patient} {d.scope} {d.keyword}: {d.old_value!r} -> {shown} (edit {d.id})")
 
 
+def _print_policy(view: PolicyView) -> None:
+    policy = view.policy.to_json()
+    print(f"Project {view.project}: what its data managers allow")
+    for flag in POLICY_FLAGS:
+        print(f"  {flag.replace('_', '-'):<32} {'on' if policy[flag] else 'off'}")
+    kept = policy["kept_private"] or ["(none: every private tag is removed)"]
+    print("  kept private tags (pseudonymised exports):")
+    for tag in kept:
+        print(f"    {tag}")
+    if not view.may_change:
+        print(f"Only data managers change this ({', '.join(view.data_managers) or 'none yet'}).")
+
+
 def _print_preview(preview: Preview, as_json: bool) -> None:
     if as_json:
         print(json.dumps(dataclasses.asdict(preview), indent=2))
         return
     print(
         f"DICOM header changes, one file per series ({preview.series_shown} of "
-        f"{preview.series_total} series); pseudonyms and date shifts are drawn again when the "
-        "export runs. Nothing was created."
+        f"{preview.series_total} series); patients never exported before get their pseudonym "
+        "when the export runs. Nothing was created."
     )
     current = None
     for row in preview.rows:
@@ -356,12 +399,10 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
             notes=args.notes,
             compression=args.compression,
             part_size=parse_size(args.part_size) if args.part_size else None,
-            pseudonyms=not args.labels,
+            privacy=args.privacy,
+            fresh_pseudonyms=args.fresh_pseudonyms,
             skip_missing=args.skip_missing,
-            deidentify=args.deidentify,
-            retain_dates=args.retain_dates,
-            retain_uids=args.retain_uids,
-            remove_private=not args.keep_private,
+            shift_dates=not args.remove_dates,
             clean_descriptors=args.clean_descriptors,
         )
         if args.dry_run:
@@ -381,6 +422,16 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
         for v in [] if args.json else views:
             size = _size(v.archive_bytes or v.estimated_bytes)
             print(f"{v.id}  {v.status:<10} {v.created_at:%Y-%m-%d %H:%M}  {size:>10}  {v.name}")
+        return 0
+    if action == "key":
+        for row in services.export_key(settings, args.user, args.export_id):
+            shift = f"  dates {row.date_shift_days:+d} days" if row.date_shift_days else ""
+            kind = "stable" if row.stable else "fresh"
+            print(f"{row.pseudonym:<16} {row.label}  ({kind}){shift}")
+        return 0
+    if action == "privacy-report":
+        report = services.export_privacy_report(settings, args.user, args.export_id)
+        print(json.dumps(report, indent=2) if report else "The check has not run yet.")
         return 0
     handler = {
         "show": services.get_export,

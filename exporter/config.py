@@ -113,6 +113,13 @@ class Settings:
     retention_days: int = _setting(
         "EXPORT_RETENTION_DAYS", "14", "Days a completed export's files are kept.", "int"
     )
+    change_log_retention_days: int = _setting(
+        "CHANGE_LOG_RETENTION_DAYS",
+        "14",
+        "Days the DICOM change log keeps old (identifying) header values; they also go when "
+        "an export is deleted or expires. What changed and the new values stay.",
+        "int",
+    )
     portal_url: str = _setting(
         "PORTAL_URL",
         "http://127.0.0.1:8501",
@@ -185,6 +192,8 @@ class Settings:
             )
         if self.retention_days < 1:
             raise ConfigError("EXPORT_RETENTION_DAYS must be at least 1")
+        if self.change_log_retention_days < 0:
+            raise ConfigError("CHANGE_LOG_RETENTION_DAYS must be 0 or more")
         if self.smtp_security not in ("none", "starttls", "tls"):
             raise ConfigError("SMTP_SECURITY must be 'none', 'starttls' or 'tls'")
         if self.stale_after_seconds < 10:

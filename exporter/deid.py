@@ -65,24 +65,72 @@ def new_date_shift() -> int:
     return -(secrets.randbelow(MAX_SHIFT_DAYS) + 1)
 
 
+@dataclass(frozen=True, order=True)
+class PrivateTag:
+    """One private attribute a data manager reviewed and keeps: its group, the private
+    creator that reserves its block, and its element within the block (``0x10`` in
+    ``(0009,xx10)``). Written ``0009,DEMO VENDOR,10``."""
+
+    group: int
+    creator: str
+    element: int
+
+    def __post_init__(self) -> None:
+        if not (self.group & 1 and 0x0009 <= self.group <= 0xFFFF):
+            raise ValueError(f"group {self.group:04X} is not a private (odd) group")
+        if not self.creator.strip() or len(self.creator) > 64:
+            raise ValueError("the private creator must be 1 to 64 characters")
+        if not 0 <= self.element <= 0xFF:
+            raise ValueError("the element must be 00 to FF (the last two hex digits)")
+
+    def text(self) -> str:
+        return f"{self.group:04X},{self.creator},{self.element:02X}"
+
+    @classmethod
+    def parse(cls, text: str) -> PrivateTag:
+        """``"0009,DEMO VENDOR,10"`` (group and element in hex); ValueError says what fits."""
+        group, _, rest = text.strip().partition(",")
+        creator, _, element = rest.rpartition(",")
+        try:
+            return cls(int(group, 16), creator.strip(), int(element, 16))
+        except ValueError as exc:
+            raise ValueError(
+                f"{text!r} is not a private tag: write GROUP,CREATOR,ELEMENT in hex, e.g. "
+                f"0009,DEMO VENDOR,10 ({exc})"
+            ) from None
+
+
 @dataclass(frozen=True)
 class DeidOptions:
-    """The profile's options, as one export chose them."""
+    """The profile's options, as one export applies them."""
 
     retain_dates: bool = False  # Retain Longitudinal Temporal Information, Modified Dates
     retain_uids: bool = False
-    remove_private: bool = True
     clean_descriptors: bool = False
+    retain_full_dates: bool = False  # Retain Longitudinal Temporal Information, Full Dates
+    retain_device_identity: bool = False
+    retain_patient_characteristics: bool = False
+    # Retain Safe Private: only the private attributes a data manager reviewed and listed.
+    kept_private: tuple[PrivateTag, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.retain_dates and self.retain_full_dates:
+            raise ValueError("dates are either kept as they are or shifted, not both")
+
+    def profile_flags(self) -> dict[str, bool]:
+        """The options :func:`exporter.deid_profile.effective_action` takes."""
+        return {
+            "retain_uids": self.retain_uids,
+            "retain_dates": self.retain_dates,
+            "clean_descriptors": self.clean_descriptors,
+            "retain_full_dates": self.retain_full_dates,
+            "retain_device_identity": self.retain_device_identity,
+            "retain_patient_characteristics": self.retain_patient_characteristics,
+        }
 
     def method(self) -> list[str]:
         """De-identification Method (0012,0063): the profile and each option in force."""
-        names = [deid_profile.DEID_METHOD]
-        for option, on in self._flags():
-            if on:
-                names.append(deid_profile.OPTION_CODES[option][1])
-        if not self.remove_private:
-            names.append("Private attributes retained")
-        return [n[:64] for n in names]
+        return [deid_profile.DEID_METHOD, *(meaning[:64] for _, meaning in self.codes()[1:])]
 
     def codes(self) -> list[tuple[str, str]]:
         """(code value, meaning) of CID 7050 for the profile and each option in force."""
@@ -92,10 +140,20 @@ class DeidOptions:
 
     def _flags(self) -> list[tuple[str, bool]]:
         return [
+            ("retain_full_dates", self.retain_full_dates),
             ("retain_dates", self.retain_dates),
+            ("retain_patient_characteristics", self.retain_patient_characteristics),
+            ("retain_device_identity", self.retain_device_identity),
             ("retain_uids", self.retain_uids),
+            ("retain_safe_private", bool(self.kept_private)),
             ("clean_descriptors", self.clean_descriptors),
         ]
+
+    def temporal(self) -> str:
+        """Longitudinal Temporal Information Modified (0028,0303)."""
+        if self.retain_full_dates:
+            return "UNMODIFIED"
+        return "MODIFIED" if self.retain_dates else "REMOVED"
 
 
 @dataclass(frozen=True)
@@ -139,18 +197,16 @@ class Deidentifier:
         self.options = options
         self.uid_key = uid_key
         self.date_shifts = date_shifts  # by patient folder (pseudonym or label)
+        self._flags = options.profile_flags()
+        self._kept = frozenset(options.kept_private)
+        self._kept_creators = frozenset((k.group, k.creator) for k in options.kept_private)
 
     def action(self, tag: int) -> str:
         """The profile's action for a public element, under this export's options."""
         row = row_for(tag)
         if row is None:
             return "K"
-        return effective_action(
-            row,
-            retain_uids=self.options.retain_uids,
-            retain_dates=self.options.retain_dates,
-            clean_descriptors=self.options.clean_descriptors,
-        )
+        return effective_action(row, **self._flags)
 
     def new_uid(self, uid: str) -> str:
         """The UID's replacement in this export: ``2.25.`` and a 128-bit keyed hash."""
@@ -191,7 +247,7 @@ class Deidentifier:
             where = prefix + tag_text(tag)
             keyword = elem.keyword or ""
             if elem.tag.is_private:
-                if self.options.remove_private:
+                if not self.keeps_private(ds, tag):
                     out.append(Edit(where, "private", element_text(elem), None, "removed"))
                     del ds[tag]
                 elif elem.VR == "SQ":  # kept, but public elements inside get the profile
@@ -240,6 +296,19 @@ class Deidentifier:
                     del ds[tag]
                     out.append(Edit(where, keyword, old, None, "removed"))
 
+    def keeps_private(self, ds: Dataset, tag: int) -> bool:
+        """Whether the private element ``tag`` of ``ds`` is on the reviewed list (a private
+        creator is kept when the list keeps an element of its block)."""
+        if not self._kept:
+            return False
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:
+            return (group, _creator(ds.get(tag))) in self._kept_creators
+        if element < 0x1000:
+            return False
+        creator = _creator(ds.get((group << 16) | (element >> 8)))
+        return PrivateTag(group, creator or "-", element & 0xFF) in self._kept
+
     @staticmethod
     def _set(
         elem: DataElement, new: str | list[str], where: str, keyword: str, old: str,
@@ -271,9 +340,7 @@ class Deidentifier:
             item.CodeMeaning = meaning
             items.append(item)
         ds.DeidentificationMethodCodeSequence = items
-        ds.LongitudinalTemporalInformationModified = (
-            "MODIFIED" if self.options.retain_dates else "REMOVED"
-        )
+        ds.LongitudinalTemporalInformationModified = self.options.temporal()
         for keyword in (
             "PatientIdentityRemoved",
             "DeidentificationMethod",
@@ -322,6 +389,12 @@ def identifiers_of(ds: Dataset) -> list[str]:
         if "PatientID" in item:
             found.append(str(item.PatientID))
     return found
+
+
+def _creator(elem: DataElement | None) -> str:
+    """A private creator element's value, as the reviewed list writes it."""
+    value = getattr(elem, "value", None)
+    return value.strip(" \0") if isinstance(value, str) else ""
 
 
 def _is_empty(elem: DataElement) -> bool:

@@ -88,6 +88,7 @@ class ByteDeidentifier:
         self._memo: dict[tuple[str, str, bytes], tuple[bytes, Edit | None]] = {}
         self._lock = threading.Lock()
         self._marks = self._encode_marks()
+        self._kept_groups = frozenset(k.group for k in self.options.kept_private)
 
     def _encode_marks(self) -> dict[int, tuple[bytes, Edit]]:
         ds = Dataset()
@@ -164,13 +165,10 @@ class ByteDeidentifier:
                 continue
             where = tag_text(e.tag)
             if e.tag & 0x10000:  # private (odd group), creators included
-                if e.vr == "SQ" and not self.options.remove_private:
-                    raise _Fallback  # kept, with the profile inside: pydicom walks it
-                if self.options.remove_private:
-                    log.append((Edit(where, "private", _text(buf, e, encoding), None,
-                                     "removed"), "deidentified"))  # fmt: skip
-                    continue
-                out.append(buf[e.start : e.end])
+                if e.tag >> 16 in self._kept_groups:
+                    raise _Fallback  # the reviewed list may keep it: pydicom knows creators
+                log.append((Edit(where, "private", _text(buf, e, encoding), None,
+                                 "removed"), "deidentified"))  # fmt: skip
                 continue
             keyword = dicom.keyword_of(e.tag)
             value: str | None = None  # a new text value, once set

@@ -1,16 +1,21 @@
 """DICOM PS3.15 Annex E Table E.1-1, the Basic Application Level Confidentiality Profile, as data.
 
 One :class:`ProfileRow` per attribute the table names: the Basic Profile's action code exactly
-as the table writes it (``"Z"``, ``"X/Z/D"``, ``"X/Z/U*"``, ...) and the three option columns
-the portal supports (Retain UIDs, Retain Longitudinal Temporal Information with Modified
-Dates, Clean Descriptors). :func:`effective_action` resolves a row to the one action an export
-applies; :func:`row_for` also answers for the table's repeating groups (curves, overlays).
+as the table writes it (``"Z"``, ``"X/Z/D"``, ``"X/Z/U*"``, ...) and the option columns the
+portal supports (Retain UIDs, Retain Device Identity, Retain Patient Characteristics, Retain
+Longitudinal Temporal Information with Full Dates and with Modified Dates, Clean
+Descriptors). :func:`effective_action` resolves a row to the one action an export applies;
+:func:`row_for` also answers for the table's repeating groups (curves, overlays).
 
 The rows are the 2024 edition of the table (checked against the 2023e and 2024b editions; the
 one code that changed between them is Patient ID, ``Z`` in 2023e and ``Z/D`` since). Every
 attribute is in pydicom's data dictionary, retired ones included, and the keywords are
-pydicom's. The README holds :func:`markdown_table`; regenerate it with
-``python -m exporter.deid_profile`` after changing this module.
+pydicom's. The Retain Device Identity and Retain Patient Characteristics columns were taken
+from an earlier edition of the table (441 rows): an attribute added since keeps its Basic
+Profile action under those options, the more protective choice. The Full Dates column is
+``K`` exactly where the Modified Dates column is not empty. ``docs/deidentification.md``
+holds :func:`markdown_table`; regenerate it with ``python -m exporter.deid_profile`` after
+changing this module.
 """
 
 from __future__ import annotations
@@ -66,8 +71,11 @@ class ProfileRow:
 
     ``basic`` is the Basic Profile code as the table writes it. ``retain_uids`` is True where
     the Retain UIDs column says ``K``; ``retain_dates`` is the Retain Longitudinal Temporal
-    Information with Modified Dates column (``"C"``, ``"K"`` or None when empty);
-    ``clean_descriptors`` is True where the Clean Descriptors column says ``C``.
+    Information with Modified Dates column (``"C"``, ``"K"`` or None when empty; the Full
+    Dates column says ``K`` wherever it is not empty); ``clean_descriptors`` is True where the
+    Clean Descriptors column says ``C``; ``retain_device`` where Retain Device Identity says
+    ``K``; ``retain_characteristics`` is the Retain Patient Characteristics column (``"K"``,
+    ``"C"`` or None).
     """
 
     tag: int
@@ -77,6 +85,8 @@ class ProfileRow:
     retain_uids: bool = False
     retain_dates: str | None = None
     clean_descriptors: bool = False
+    retain_device: bool = False
+    retain_characteristics: str | None = None
 
     @property
     def tag_text(self) -> str:
@@ -123,8 +133,10 @@ _NAME_FIXES: dict[int, str] = {
 
 # (tag, pydicom keyword, Basic Profile code, options) sorted by tag. Options name the
 # supported option columns that are not empty: "uids" (Retain UIDs: K), "dates" (Retain
-# Longitudinal Temporal Information with Modified Dates: C; "dates=K" would be K) and "desc"
-# (Clean Descriptors: C). The other option columns are not carried.
+# Longitudinal Temporal Information with Modified Dates: C; "dates=K" would be K; Full Dates
+# is K on the same rows), "desc" (Clean Descriptors: C), "device" (Retain Device Identity: K)
+# and "chars" (Retain Patient Characteristics: K; "chars=C" is C). The other option columns
+# (Safe Private, Institution Identity, Structured Content, Graphics) are not carried.
 _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00001000, "AffectedSOPInstanceUID", "X", "uids"),
     (0x00001001, "RequestedSOPInstanceUID", "U", "uids"),
@@ -167,7 +179,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00080107, "ContextGroupLocalVersion", "D", "dates"),
     (0x00080201, "TimezoneOffsetFromUTC", "X", "dates"),
     (0x00081000, "NetworkID", "X", ""),
-    (0x00081010, "StationName", "X/Z/D", ""),
+    (0x00081010, "StationName", "X/Z/D", "device"),
     (0x00081030, "StudyDescription", "X", "desc"),
     (0x0008103E, "SeriesDescription", "X", "desc"),
     (0x00081040, "InstitutionalDepartmentName", "X", ""),
@@ -198,7 +210,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00100021, "IssuerOfPatientID", "X", ""),
     (0x00100030, "PatientBirthDate", "Z", ""),
     (0x00100032, "PatientBirthTime", "X", ""),
-    (0x00100040, "PatientSex", "Z", ""),
+    (0x00100040, "PatientSex", "Z", "chars"),
     (0x00100050, "PatientInsurancePlanCodeSequence", "X", ""),
     (0x00100101, "PatientPrimaryLanguageCodeSequence", "X", ""),
     (0x00100102, "PatientPrimaryLanguageModifierCodeSequence", "X", ""),
@@ -206,9 +218,9 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00101001, "OtherPatientNames", "X", ""),
     (0x00101002, "OtherPatientIDsSequence", "X", ""),
     (0x00101005, "PatientBirthName", "X", ""),
-    (0x00101010, "PatientAge", "X", ""),
-    (0x00101020, "PatientSize", "X", ""),
-    (0x00101030, "PatientWeight", "X", ""),
+    (0x00101010, "PatientAge", "X", "chars"),
+    (0x00101020, "PatientSize", "X", "chars"),
+    (0x00101030, "PatientWeight", "X", "chars"),
     (0x00101040, "PatientAddress", "X", ""),
     (0x00101050, "InsurancePlanIdentification", "X", ""),
     (0x00101060, "PatientMotherBirthName", "X", ""),
@@ -217,20 +229,20 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00101090, "MedicalRecordLocator", "X", ""),
     (0x00101100, "ReferencedPatientPhotoSequence", "X", ""),
     (0x00102000, "MedicalAlerts", "X", "desc"),
-    (0x00102110, "Allergies", "X", "desc"),
+    (0x00102110, "Allergies", "X", "desc chars=C"),
     (0x00102150, "CountryOfResidence", "X", ""),
     (0x00102152, "RegionOfResidence", "X", ""),
     (0x00102154, "PatientTelephoneNumbers", "X", ""),
     (0x00102155, "PatientTelecomInformation", "X", ""),
-    (0x00102160, "EthnicGroup", "X", ""),
+    (0x00102160, "EthnicGroup", "X", "chars"),
     (0x00102161, "EthnicGroupCodeSequence", "X", ""),
     (0x00102180, "Occupation", "X", "desc"),
-    (0x001021A0, "SmokingStatus", "X", ""),
+    (0x001021A0, "SmokingStatus", "X", "chars"),
     (0x001021B0, "AdditionalPatientHistory", "X", "desc"),
-    (0x001021C0, "PregnancyStatus", "X", ""),
+    (0x001021C0, "PregnancyStatus", "X", "chars"),
     (0x001021D0, "LastMenstrualDate", "X", "dates"),
     (0x001021F0, "PatientReligiousPreference", "X", ""),
-    (0x00102203, "PatientSexNeutered", "X/Z", ""),
+    (0x00102203, "PatientSexNeutered", "X/Z", "chars"),
     (0x00102297, "ResponsiblePerson", "X", ""),
     (0x00102299, "ResponsibleOrganization", "X", ""),
     (0x00104000, "PatientComments", "X", "desc"),
@@ -262,10 +274,10 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x0016002B, "MakerNote", "X", "desc"),
     (0x0016004B, "DeviceSettingDescription", "X", "desc"),
     (0x0016004D, "CameraOwnerName", "X", ""),
-    (0x0016004E, "LensSpecification", "X", ""),
-    (0x0016004F, "LensMake", "X", ""),
-    (0x00160050, "LensModel", "X", ""),
-    (0x00160051, "LensSerialNumber", "X", ""),
+    (0x0016004E, "LensSpecification", "X", "device"),
+    (0x0016004F, "LensMake", "X", "device"),
+    (0x00160050, "LensModel", "X", "device"),
+    (0x00160051, "LensSerialNumber", "X", "device"),
     (0x00160070, "GPSVersionID", "X", ""),
     (0x00160071, "GPSLatitudeRef", "X", ""),
     (0x00160072, "GPSLatitude", "X", ""),
@@ -300,15 +312,15 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00180010, "ContrastBolusAgent", "Z/D", "desc"),
     (0x00180027, "InterventionDrugStopTime", "X", "dates"),
     (0x00180035, "InterventionDrugStartTime", "X", "dates"),
-    (0x00181000, "DeviceSerialNumber", "X/Z/D", ""),
-    (0x00181002, "DeviceUID", "U", "uids"),
-    (0x00181004, "PlateID", "X", ""),
-    (0x00181005, "GeneratorID", "X", ""),
-    (0x00181007, "CassetteID", "X", ""),
-    (0x00181008, "GantryID", "X", ""),
-    (0x00181009, "UniqueDeviceIdentifier", "X", ""),
-    (0x0018100A, "UDISequence", "X", ""),
-    (0x0018100B, "ManufacturerDeviceClassUID", "U", "uids"),
+    (0x00181000, "DeviceSerialNumber", "X/Z/D", "device"),
+    (0x00181002, "DeviceUID", "U", "uids device"),
+    (0x00181004, "PlateID", "X", "device"),
+    (0x00181005, "GeneratorID", "X", "device"),
+    (0x00181007, "CassetteID", "X", "device"),
+    (0x00181008, "GantryID", "X", "device"),
+    (0x00181009, "UniqueDeviceIdentifier", "X", "device"),
+    (0x0018100A, "UDISequence", "X", "device"),
+    (0x0018100B, "ManufacturerDeviceClassUID", "U", "uids device"),
     (0x00181012, "DateOfSecondaryCapture", "X", "dates"),
     (0x00181014, "TimeOfSecondaryCapture", "X", "dates"),
     (0x00181030, "ProtocolName", "X/D", "desc"),
@@ -329,17 +341,17 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00182042, "TargetUID", "U", "uids"),
     (0x00184000, "AcquisitionComments", "X", "desc"),
     (0x00185011, "TransducerIdentificationSequence", "X", ""),
-    (0x0018700A, "DetectorID", "X/D", ""),
+    (0x0018700A, "DetectorID", "X/D", "device"),
     (0x0018700C, "DateOfLastDetectorCalibration", "X/D", "dates"),
     (0x0018700E, "TimeOfLastDetectorCalibration", "X/D", "dates"),
     (0x00189074, "FrameAcquisitionDateTime", "D", "dates"),
     (0x00189151, "FrameReferenceDateTime", "D", "dates"),
     (0x00189185, "RespiratoryMotionCompensationTechniqueDescription", "X", "desc"),
-    (0x00189367, "XRaySourceID", "D", ""),
+    (0x00189367, "XRaySourceID", "D", "device"),
     (0x00189369, "SourceStartDateTime", "D", "dates"),
     (0x0018936A, "SourceEndDateTime", "D", "dates"),
-    (0x00189371, "XRayDetectorID", "D", ""),
-    (0x00189373, "XRayDetectorLabel", "X", ""),
+    (0x00189371, "XRayDetectorID", "D", "device"),
+    (0x00189373, "XRayDetectorLabel", "X", "device"),
     (0x0018937B, "MultienergyAcquisitionDescription", "X", "desc"),
     (0x0018937F, "DecompositionDescription", "X", "desc"),
     (0x00189424, "AcquisitionProtocolDescription", "X", "desc"),
@@ -378,8 +390,8 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00321001, "ScheduledStudyStartTime", "X", "dates"),
     (0x00321010, "ScheduledStudyStopDate", "X", "dates"),
     (0x00321011, "ScheduledStudyStopTime", "X", "dates"),
-    (0x00321020, "ScheduledStudyLocation", "X", ""),
-    (0x00321021, "ScheduledStudyLocationAETitle", "X", ""),
+    (0x00321020, "ScheduledStudyLocation", "X", "device"),
+    (0x00321021, "ScheduledStudyLocationAETitle", "X", "device"),
     (0x00321030, "ReasonForStudy", "X", "desc"),
     (0x00321032, "RequestingPhysician", "X", ""),
     (0x00321033, "RequestingService", "X", ""),
@@ -410,20 +422,20 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00380030, "DischargeDate", "X", "dates"),
     (0x00380032, "DischargeTime", "X", "dates"),
     (0x00380040, "DischargeDiagnosisDescription", "X", "desc"),
-    (0x00380050, "SpecialNeeds", "X", ""),
+    (0x00380050, "SpecialNeeds", "X", "chars=C"),
     (0x00380060, "ServiceEpisodeID", "X", ""),
     (0x00380061, "IssuerOfServiceEpisodeID", "X", ""),
     (0x00380062, "ServiceEpisodeDescription", "X", "desc"),
     (0x00380064, "IssuerOfServiceEpisodeIDSequence", "X", ""),
     (0x00380300, "CurrentPatientLocation", "X", ""),
     (0x00380400, "PatientInstitutionResidence", "X", ""),
-    (0x00380500, "PatientState", "X", "desc"),
+    (0x00380500, "PatientState", "X", "desc chars=C"),
     (0x00384000, "VisitComments", "X", "desc"),
     (0x003A0310, "MultiplexGroupUID", "U", "uids"),
     (0x003A0314, "ImpedanceMeasurementDateTime", "D", "dates"),
     (0x003A0329, "WaveformFilterDescription", "X", "desc"),
     (0x003A032B, "FilterLookupTableDescription", "X", "desc"),
-    (0x00400001, "ScheduledStationAETitle", "X", ""),
+    (0x00400001, "ScheduledStationAETitle", "X", "device"),
     (0x00400002, "ScheduledProcedureStepStartDate", "X", "dates"),
     (0x00400003, "ScheduledProcedureStepStartTime", "X", "dates"),
     (0x00400004, "ScheduledProcedureStepEndDate", "X", "dates"),
@@ -432,11 +444,11 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00400007, "ScheduledProcedureStepDescription", "X", "desc"),
     (0x00400009, "ScheduledProcedureStepID", "X", ""),
     (0x0040000B, "ScheduledPerformingPhysicianIdentificationSequence", "X", ""),
-    (0x00400010, "ScheduledStationName", "X", ""),
-    (0x00400011, "ScheduledProcedureStepLocation", "X", ""),
-    (0x00400012, "PreMedication", "X", ""),
-    (0x00400241, "PerformedStationAETitle", "X", ""),
-    (0x00400242, "PerformedStationName", "X", ""),
+    (0x00400010, "ScheduledStationName", "X", "device"),
+    (0x00400011, "ScheduledProcedureStepLocation", "X", "device"),
+    (0x00400012, "PreMedication", "X", "chars=C"),
+    (0x00400241, "PerformedStationAETitle", "X", "device"),
+    (0x00400242, "PerformedStationName", "X", "device"),
     (0x00400243, "PerformedLocation", "X", ""),
     (0x00400244, "PerformedProcedureStepStartDate", "X", "dates"),
     (0x00400245, "PerformedProcedureStepStartTime", "X", "dates"),
@@ -487,10 +499,10 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00404010, "ScheduledProcedureStepModificationDateTime", "X", "dates"),
     (0x00404011, "ExpectedCompletionDateTime", "X", "dates"),
     (0x00404023, "ReferencedGeneralPurposeScheduledProcedureStepTransactionUID", "U", "uids"),
-    (0x00404025, "ScheduledStationNameCodeSequence", "X", ""),
-    (0x00404027, "ScheduledStationGeographicLocationCodeSequence", "X", ""),
-    (0x00404028, "PerformedStationNameCodeSequence", "X", ""),
-    (0x00404030, "PerformedStationGeographicLocationCodeSequence", "X", ""),
+    (0x00404025, "ScheduledStationNameCodeSequence", "X", "device"),
+    (0x00404027, "ScheduledStationGeographicLocationCodeSequence", "X", "device"),
+    (0x00404028, "PerformedStationNameCodeSequence", "X", "device"),
+    (0x00404030, "PerformedStationGeographicLocationCodeSequence", "X", "device"),
     (0x00404034, "ScheduledHumanPerformersSequence", "X", ""),
     (0x00404035, "ActualHumanPerformersSequence", "X", ""),
     (0x00404036, "HumanPerformerOrganization", "X", ""),
@@ -542,7 +554,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x00440104, "AssertionDateTime", "D", "dates"),
     (0x00440105, "AssertionExpirationDateTime", "X", "dates"),
     (0x0050001B, "ContainerComponentID", "X", ""),
-    (0x00500020, "DeviceDescription", "X", ""),
+    (0x00500020, "DeviceDescription", "X", "device"),
     (0x00500021, "LongDeviceDescription", "X", "desc"),
     (0x00620021, "TrackingUID", "U", "uids"),
     (0x00640003, "SourceFrameOfReferenceUID", "U", "uids"),
@@ -629,7 +641,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x30080025, "TreatmentControlPointTime", "D", "dates"),
     (0x30080054, "FirstTreatmentDate", "X/D", "dates"),
     (0x30080056, "MostRecentTreatmentDate", "X/D", "dates"),
-    (0x30080105, "SourceSerialNumber", "X/Z", ""),
+    (0x30080105, "SourceSerialNumber", "X/Z", "device"),
     (0x30080162, "SafePositionExitDate", "D", "dates"),
     (0x30080164, "SafePositionExitTime", "D", "dates"),
     (0x30080166, "SafePositionReturnDate", "D", "dates"),
@@ -648,13 +660,13 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x300A0054, "TableTopPositionAlignmentUID", "U", "uids"),
     (0x300A0072, "FractionGroupDescription", "X", "desc"),
     (0x300A0083, "ReferencedDoseReferenceUID", "U", "uids"),
-    (0x300A00B2, "TreatmentMachineName", "X/Z", ""),
+    (0x300A00B2, "TreatmentMachineName", "X/Z", "device"),
     (0x300A00C3, "BeamDescription", "X", "desc"),
     (0x300A00DD, "BolusDescription", "X", "desc"),
     (0x300A0196, "FixationDeviceDescription", "X", "desc"),
     (0x300A01A6, "ShieldingDeviceDescription", "X", "desc"),
     (0x300A01B2, "SetupTechniqueDescription", "X", "desc"),
-    (0x300A0216, "SourceManufacturer", "X", ""),
+    (0x300A0216, "SourceManufacturer", "X", "device"),
     (0x300A022C, "SourceStrengthReferenceDate", "D", "dates"),
     (0x300A022E, "SourceStrengthReferenceTime", "D", "dates"),
     (0x300A02EB, "CompensatorDescription", "X", "desc"),
@@ -694,7 +706,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x30100015, "SourceConceptualVolumeUID", "U", "uids"),
     (0x30100017, "ConceptualVolumeDescription", "Z", "desc"),
     (0x3010001B, "DeviceAlternateIdentifier", "Z", ""),
-    (0x3010002D, "DeviceLabel", "D", ""),
+    (0x3010002D, "DeviceLabel", "D", "device"),
     (0x30100031, "ReferencedFiducialsUID", "U", "uids"),
     (0x30100033, "UserContentLabel", "D", "desc"),
     (0x30100034, "UserContentLongLabel", "D", "desc"),
@@ -703,7 +715,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0x30100037, "EntityDescription", "X", "desc"),
     (0x30100038, "EntityLongLabel", "D", "desc"),
     (0x3010003B, "RTTreatmentPhaseUID", "U", "uids"),
-    (0x30100043, "ManufacturerDeviceIdentifier", "Z", ""),
+    (0x30100043, "ManufacturerDeviceIdentifier", "Z", "device"),
     (0x3010004C, "IntendedPhaseStartDate", "X/D", "dates"),
     (0x3010004D, "IntendedPhaseEndDate", "X/D", "dates"),
     (0x30100054, "RTPrescriptionLabel", "D", "desc"),
@@ -747,7 +759,7 @@ _ROWS: tuple[tuple[int, str, str, str], ...] = (
     (0xFFFCFFFC, "DataSetTrailingPadding", "X", ""),
 )
 
-_OPTION_WORDS = frozenset({"uids", "dates", "dates=K", "desc"})
+_OPTION_WORDS = frozenset({"uids", "dates", "dates=K", "desc", "device", "chars", "chars=C"})
 
 
 def _build(rows: tuple[tuple[int, str, str, str], ...]) -> dict[int, ProfileRow]:
@@ -758,7 +770,11 @@ def _build(rows: tuple[tuple[int, str, str, str], ...]) -> dict[int, ProfileRow]
             raise ValueError(f"bad Table E.1-1 row {tag:08X} {keyword}: fix it in _ROWS")
         dates = "K" if "dates=K" in words else "C" if "dates" in words else None
         name = _NAME_FIXES.get(tag) or dictionary_description(tag)
-        table[tag] = ProfileRow(tag, keyword, name, basic, "uids" in words, dates, "desc" in words)
+        chars = "C" if "chars=C" in words else "K" if "chars" in words else None
+        table[tag] = ProfileRow(
+            tag, keyword, name, basic, "uids" in words, dates, "desc" in words,
+            "device" in words, chars,
+        )  # fmt: skip
     return table
 
 
@@ -794,18 +810,28 @@ def _vr(tag: int) -> str:
 
 
 def effective_action(
-    row: ProfileRow, *, retain_uids: bool, retain_dates: bool, clean_descriptors: bool
+    row: ProfileRow,
+    *,
+    retain_uids: bool = False,
+    retain_dates: bool = False,
+    clean_descriptors: bool = False,
+    retain_full_dates: bool = False,
+    retain_device_identity: bool = False,
+    retain_patient_characteristics: bool = False,
 ) -> Action:
     """The one action to apply to ``row``'s attribute under the given options.
 
     An option column wins when its option is on and the column is not empty, checked in this
-    order (no row of the table has more than one of them):
+    order (a ``K`` of any option in force keeps the value):
 
-    - *retain UIDs*: ``K`` keeps the value;
+    - *retain UIDs*, *retain device identity*: ``K`` keeps the value;
+    - *retain full dates* (Retain Longitudinal Temporal Information with Full Dates): every
+      row whose Modified Dates column is not empty is kept as it is;
     - *retain dates* (Retain Longitudinal Temporal Information with Modified Dates): ``C`` on
       a date (VR DA or DT) shifts it by the patient's offset (:attr:`Action.SHIFT`), on a time
       (TM) keeps it (a whole-day shift leaves times as they were), on anything else cleans it;
       ``K`` keeps it;
+    - *retain patient characteristics*: ``K`` keeps the value, ``C`` cleans it;
     - *clean descriptors*: ``C`` cleans the value.
 
     Otherwise the Basic Profile code decides. A simple code is itself; of a combined code the
@@ -813,7 +839,9 @@ def effective_action(
     is Type 1), ``X/Z``, ``X/D`` and ``X/Z/D`` remove,
     and ``X/Z/U*`` replaces a UID (VR UI) and removes anything else (a sequence).
     """
-    if retain_uids and row.retain_uids:
+    if (retain_uids and row.retain_uids) or (retain_device_identity and row.retain_device):
+        return Action.KEEP
+    if retain_full_dates and row.retain_dates is not None:
         return Action.KEEP
     if retain_dates and row.retain_dates == "K":
         return Action.KEEP
@@ -822,6 +850,8 @@ def effective_action(
         if vr in ("DA", "DT"):
             return Action.SHIFT
         return Action.KEEP if vr == "TM" else Action.CLEAN
+    if retain_patient_characteristics and row.retain_characteristics is not None:
+        return Action.KEEP if row.retain_characteristics == "K" else Action.CLEAN
     if clean_descriptors and row.clean_descriptors:
         return Action.CLEAN
     if row.basic == "X/Z/U*":
@@ -860,7 +890,9 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
 """CID 7050 (De-identification Method) by option: (code value, code meaning), scheme ``DCM``.
 
 ``basic`` is the profile itself. The portal implements ``retain_dates`` (the Modified Dates
-option), ``retain_uids`` and ``clean_descriptors``; the others are listed for completeness.
+option), ``retain_full_dates``, ``retain_uids``, ``retain_device_identity``,
+``retain_patient_characteristics``, ``retain_safe_private`` (a data manager's reviewed list of
+private attributes) and ``clean_descriptors``; the others are listed for completeness.
 """
 
 
@@ -872,7 +904,7 @@ _WORDS: dict[Action, str] = {
     Action.REMOVE: "remove",
     Action.KEEP: "keep",
     Action.CLEAN: "clean",
-    Action.UID: "new UID, consistent within the export",
+    Action.UID: "new UID, the same in every export of the project",
     Action.SHIFT: "shift",
 }
 _PAST: dict[Action, str] = {
@@ -882,7 +914,10 @@ _PAST: dict[Action, str] = {
 }
 _OPTIONS = (
     ("retain_uids", "retain UIDs"),
-    ("retain_dates", "retain dates"),
+    ("retain_device_identity", "retain device identity"),
+    ("retain_patient_characteristics", "retain patient characteristics"),
+    ("retain_full_dates", "retain full dates"),
+    ("retain_dates", "shift dates"),
     ("clean_descriptors", "clean descriptors"),
 )
 
@@ -908,19 +943,17 @@ def markdown_table() -> str:
     rows = [(row.tag, row.name, row.tag_text, row) for row in BASIC_PROFILE.values()]
     rows += [(g.value, g.name, g.pattern, g.row(g.value)) for g in REPEATING_GROUPS]
     for _, name, tag_text, row in sorted(rows, key=lambda r: r[0]):
-        action = effective_action(
-            row, retain_uids=False, retain_dates=False, clean_descriptors=False
-        )
+        action = effective_action(row)
         words = f"{_WORDS[action]} (`{row.basic}`)"
         lines.append(f"| {name} | {tag_text} | {words} | {_with_options(row)} |")
     lines.append(
         "| Private attributes | (gggg,eeee), gggg odd | remove (`X`) "
-        "| kept with *remove private tags* off |"
+        "| kept where the project's reviewed list names them (pseudonymised exports) |"
     )
     return "\n".join(lines) + "\n"
 
 
-DOC_PATH = PROJECT_ROOT / "README.md"
+DOC_PATH = PROJECT_ROOT / "docs" / "deidentification.md"
 """The documentation page whose generated section is :func:`markdown_table`."""
 
 TABLE_BEGIN = "<!-- BEGIN TABLE: generated by `python -m exporter.deid_profile` -->"

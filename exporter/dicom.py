@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -16,9 +17,18 @@ from pydicom.errors import InvalidDicomError
 from exporter.errors import NotDicom
 
 # The header subset the registry keeps per file: who, which study/series, what equipment, when.
+# The identifying ones are also what the residual-identifier check searches archives for.
 HEADER_KEYWORDS = (
     "PatientName",
     "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",  # kept as the list of its items' PatientID
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "MedicalRecordLocator",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
     "PatientBirthDate",
     "PatientSex",
     "StudyInstanceUID",
@@ -196,6 +206,11 @@ def _read_header_fast(buf: bytes) -> dict[str, Any] | None:
             continue
         keyword, dict_vr = wanted
         header_len = 12 if vr in _LONG_VRS else 8
+        if dict_vr == "SQ":
+            ids = _item_ids(buf[start + header_len : pos], encoding)
+            if ids:
+                header[keyword] = ids
+            continue
         # UN (value representation unknown) is decoded as the dictionary says it should be.
         use_vr = dict_vr if vr == b"UN" else vr.decode("ascii")
         value = _decode(use_vr, buf[start + header_len : pos], encoding)
@@ -205,6 +220,20 @@ def _read_header_fast(buf: bytes) -> dict[str, Any] | None:
         return None
     header["TransferSyntaxUID"] = syntax
     return header
+
+
+_ITEM_PATIENT_ID = re.compile(rb"\x10\x00\x20\x00LO(..)", re.DOTALL)
+
+
+def _item_ids(raw: bytes, encoding: str) -> list[str]:
+    """The PatientID of each item of an explicit VR little endian sequence's value."""
+    ids = []
+    for found in _ITEM_PATIENT_ID.finditer(raw):
+        size = struct.unpack("<H", found.group(1))[0]
+        value = raw[found.end() : found.end() + size].decode(encoding).strip(" \0")
+        if value:
+            ids.append(value)
+    return ids
 
 
 def extract_header(source: str | Path | BinaryIO, prefix: bytes | None = None) -> dict[str, Any]:
@@ -229,6 +258,11 @@ def extract_header(source: str | Path | BinaryIO, prefix: bytes | None = None) -
             continue
         element = ds.data_element(keyword)
         if element is None or element.value in (None, "", b""):
+            continue
+        if element.VR == "SQ":
+            ids = [str(item.PatientID) for item in element.value if item.get("PatientID")]
+            if ids:
+                header[keyword] = ids
             continue
         value = _normalise(element.VR, element.value)
         if value not in ("", []):

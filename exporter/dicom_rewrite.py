@@ -18,6 +18,7 @@ Every changed field is recorded: ``dicom_changes.csv`` in the archive gets the n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import struct
 import tempfile
@@ -85,6 +86,7 @@ class Change:
     reason: str  # curated | pseudonym | deidentified
     action: str = "set"  # set | blanked | removed | replaced | shifted | cleaned
     old_value: str | None = None  # for the database only, never for the archive
+    files: int = 1  # more than one: the same change to every file of the series ``path``
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class RewriteContext:
 
     curated: CurationRules = field(default_factory=CurationRules)
     deid: Deidentifier | None = None
+    # Each patient's identifiers the registry knows (by patient folder): cleaned out of
+    # descriptions with the rest of the file's own.
+    known: dict[str, list[str]] = field(default_factory=dict)
 
 
 class HeaderRewriter:
@@ -126,10 +131,9 @@ class HeaderRewriter:
                 self._changes.setdefault(arcname, []).extend(changes)
 
     def applies_to(self, planned: PlannedFile) -> bool:
-        """Whether this file is changed on its way into the archive (else copied as is)."""
-        if planned.source.media_type == "application/dicom":
-            return True
-        return self.context.deid is not None and scrubber_for(planned.source.path) is not None
+        """Whether this file is changed on its way into the archive (else copied as is):
+        every DICOM file, and in an export that is not identified every other file."""
+        return planned.source.media_type == "application/dicom" or self.context.deid is not None
 
     def __call__(self, planned: PlannedFile, reader: BinaryIO) -> Iterator[bytes | memoryview]:
         if planned.source.media_type != "application/dicom":
@@ -140,8 +144,9 @@ class HeaderRewriter:
             if self.context.deid is not None:
                 raise SourceFileError(
                     f"{planned.source.path}: the portal cannot strip identifying metadata from "
-                    "this kind of file, so a de-identified export cannot carry it; leave its "
-                    "modality out, or export without de-identification"
+                    "this kind of file, so a pseudonymised or de-identified export cannot "
+                    "carry it; leave its modality out, or ask a data manager for an "
+                    "identified export"
                 )
             read = _views(reader)
             while chunk := read(CHUNK):
@@ -269,6 +274,7 @@ class HeaderRewriter:
         name, arcname = planned.source.path, planned.arcname
         deid = self.context.deid
         identifiers = identifiers_of(ds) if deid is not None else []
+        identifiers += self.context.known.get(planned.patient_dir, [])
         for _ in ds.iterall():  # decode every value with the source's character set now
             pass
         changes: list[Change] = []
@@ -433,32 +439,63 @@ def changes_csv(changes: list[Change]) -> bytes:
 
 class ChangeTable:
     """A part's change log as its entries are written: ``dicom_changes.csv`` in a spooled
-    file (memory up to a few MiB, then disk), and every change, old values included, handed
-    to ``sink`` in batches (the job writes them to the database). Memory stays bounded
-    whatever the number of files."""
+    file (memory up to a few MiB, then disk), one row per file and changed field; and the
+    log with old values handed to ``sink`` in batches (the job writes them to the database),
+    where a change made alike to every file of a series is one series row with its file
+    count, and file rows remain only where files differ. Memory stays bounded whatever the
+    number of files; ``inspect`` sees each row the CSV gets (the residual check)."""
 
     def __init__(
-        self, sink: Callable[[list[Change]], None] | None = None, batch: int | None = None
+        self,
+        sink: Callable[[list[Change]], None] | None = None,
+        batch: int | None = None,
+        inspect: Callable[[list[Change]], None] | None = None,
     ) -> None:
         self.file = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115
         self.file.write((",".join(CSV_COLUMNS) + "\n").encode())
         self.sink = sink
+        self.inspect = inspect
         self.batch = batch or CHANGE_BATCH
         self.pending: list[Change] = []
+        self.rows = 0  # rows handed to the sink
+        self.changes = 0  # changes they stand for (one per file and field)
+        self._series: _Series | None = None
 
-    def add(self, changes: list[Change]) -> None:
-        """One entry's changes."""
-        if not changes:
+    def add(self, changes: list[Change], series: str | None = None) -> None:
+        """One entry's changes (call it for every entry, changed or not, in entry order);
+        ``series`` is the entry's series folder, None for a file outside a series."""
+        if changes:
+            final = _final(changes)
+            if self.inspect is not None:
+                self.inspect(final)
+            self.file.write(_rows(final))
+        if self.sink is None:
             return
-        self.file.write(_rows(changes))
-        if self.sink is not None:
-            self.pending.extend(changes)
-            if len(self.pending) >= self.batch:
-                self.sink(self.pending)
-                self.pending = []
+        if self._series is not None and self._series.folder != series:
+            self._emit(self._series.close())
+            self._series = None
+        if series is None:
+            self._emit(changes)
+            return
+        if self._series is None:
+            self._series = _Series(series)
+        self._emit(self._series.add(changes))
+
+    def _emit(self, rows: list[Change]) -> None:
+        if not rows or self.sink is None:
+            return
+        self.pending.extend(rows)
+        self.rows += len(rows)
+        self.changes += sum(r.files for r in rows)
+        if len(self.pending) >= self.batch:
+            self.sink(self.pending)
+            self.pending = []
 
     def finish(self) -> Iterator[bytes]:
-        """Hand the last batch to the sink; then the CSV's bytes, in chunks."""
+        """Hand the last rows to the sink; then the CSV's bytes, in chunks."""
+        if self._series is not None:
+            self._emit(self._series.close())
+            self._series = None
         if self.sink is not None and self.pending:
             self.sink(self.pending)
             self.pending = []
@@ -468,3 +505,45 @@ class ChangeTable:
 
     def close(self) -> None:
         self.file.close()
+
+
+_Key = tuple[str, str, str | None, str | None, str, str]
+
+
+class _Series:
+    """The changes of one series' files as they come: those the first file got are held,
+    with the files that got them too, until the series ends; the others go at once."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.files = 0
+        self.held: dict[_Key, tuple[Change, list[str]]] = {}
+
+    @staticmethod
+    def _key(c: Change) -> _Key:
+        return (c.tag, c.keyword, c.old_value, c.new_value, c.reason, c.action)
+
+    def add(self, changes: list[Change]) -> list[Change]:
+        """One file's changes; returns those that go as file rows now."""
+        self.files += 1
+        now: list[Change] = []
+        for c in changes:
+            key = self._key(c)
+            held = self.held.get(key)
+            if self.files == 1 and held is None:
+                self.held[key] = (c, [c.path])
+            elif held is not None and held[1][-1] != c.path:
+                held[1].append(c.path)
+            else:
+                now.append(c)
+        return now
+
+    def close(self) -> list[Change]:
+        """The held changes: a series row where every file got one, else file rows."""
+        rows: list[Change] = []
+        for change, paths in self.held.values():
+            if len(paths) == self.files and self.files > 1:
+                rows.append(dataclasses.replace(change, path=self.folder, files=self.files))
+            else:
+                rows.extend(dataclasses.replace(change, path=p) for p in paths)
+        return rows

@@ -58,3 +58,15 @@ class Gone(PortalError):
 
 class NotSignedIn(PortalError):
     """No identity reached the portal (HTTP 401)."""
+
+
+class PrivacyCheckFailed(PortalError):
+    """The residual-identifier check found identifiers in an archive that must carry none.
+
+    Odd one out: it carries the check's report (files, places, kinds; never a value), which
+    the job keeps on the export for its data managers after the archive is removed.
+    """
+
+    def __init__(self, message: str, report: dict[str, object]) -> None:
+        super().__init__(message)
+        self.report = report

@@ -17,11 +17,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, ProjectAccess, accessible_projects, require_project
-from exporter.archive import COMPRESSION_LEVELS, ExportOptions
+from exporter.archive import COMPRESSION_LEVELS, ExportOptions, legacy_level, privacy_facts
 from exporter.audit import record
-from exporter.errors import InvalidSelection, InvalidState, LimitExceeded, NotFound
+from exporter.errors import (
+    InvalidSelection,
+    InvalidState,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+)
 from exporter.layout import export_folder_name, sanitize_component
 from exporter.models import DatasetExport, ExportPart, ExportStatus, Project, Role, User
+from exporter.privacy import TITLES, PrivacyLevel, ProjectPolicy
 from exporter.registry import Estimate, Selection, estimate
 
 LIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
@@ -39,20 +46,35 @@ class ExportRequest:
     notes: str = ""
     compression: str = "fast"
     part_size: int | None = None
-    pseudonyms: bool = True
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    fresh_pseudonyms: bool = False
     skip_missing: bool = False
-    deidentify: bool = False
-    retain_dates: bool = False
-    retain_uids: bool = False
-    remove_private: bool = True
+    shift_dates: bool = True  # de-identified: dates shifted per patient (else removed)
     clean_descriptors: bool = False
 
-    def options(self) -> ExportOptions:
-        """The build options: the fields both share, and the part size."""
-        shared = {
-            f.name: getattr(self, f.name) for f in fields(ExportOptions) if hasattr(self, f.name)
-        }
-        return ExportOptions(max_part_bytes=self.part_size, **shared)
+    def options(self, policy: ProjectPolicy | None = None) -> ExportOptions:
+        """The build options, with what the project's policy lets a pseudonymised export
+        keep (none of it without a policy: the most protective choice)."""
+        level = self.privacy
+        kept = policy if policy is not None and level == PrivacyLevel.PSEUDONYMISED else None
+        return ExportOptions(
+            compression=self.compression,
+            privacy=level,
+            fresh_pseudonyms=self.fresh_pseudonyms,
+            skip_missing=self.skip_missing,
+            max_part_bytes=self.part_size,
+            shift_dates=self.shift_dates and level == PrivacyLevel.DEIDENTIFIED,
+            clean_descriptors=self.clean_descriptors,
+            retain_full_dates=bool(kept and kept.retain_full_dates),
+            retain_uids=bool(kept and kept.retain_uids),
+            retain_device_identity=bool(kept and kept.retain_device_identity),
+            retain_patient_characteristics=bool(kept and kept.retain_patient_characteristics),
+            kept_private=tuple(k.text() for k in kept.kept_private) if kept else (),
+        )
+
+    def choices(self) -> dict[str, Any]:
+        """The request's own options (not the selection), as the transports name them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "selection"}
 
 
 @dataclass(frozen=True)
@@ -91,10 +113,44 @@ class ExportView:
     criteria: dict[str, Any]
     options: dict[str, Any]
     parts: list[PartView] = field(default_factory=list)
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    privacy_check: str | None = None  # passed | failed | identifiers present | None (not yet)
 
     @property
     def progress(self) -> float:
         return min(1.0, self.bytes_done / self.estimated_bytes) if self.estimated_bytes else 0.0
+
+
+def describe_privacy(view: ExportView) -> str:
+    """An export's privacy level and what was done, in one line for its page."""
+    options = view.options
+    if "privacy" not in options:  # made before privacy levels: say what it did
+        if not options.get("pseudonyms", True):
+            return "Privacy: made before privacy levels, with patient labels (identified)"
+        if not options.get("deidentify"):
+            return "Privacy: made before privacy levels, pseudonyms in PatientID/Name only"
+        return "Privacy: made before privacy levels, de-identified (PS3.15 Basic profile)"
+    built = ExportOptions.from_json(options)
+    facts = privacy_facts(built)
+    words = [TITLES[built.level], f"pseudonyms {facts['pseudonyms']}"]
+    if built.level is not PrivacyLevel.IDENTIFIED:
+        words.append(f"dates {facts['dates']}")
+        kept = (
+            ("UIDs kept", built.retain_uids),
+            ("device identity kept", built.retain_device_identity),
+            ("age, sex, size and weight kept", built.retain_patient_characteristics),
+            ("descriptions cleaned", built.clean_descriptors),
+        )
+        words += [w for w, on in kept if on]
+        words.append(f"{len(built.kept_private)} private tag(s) kept")
+    checks = {
+        "passed": "privacy check passed",
+        "failed": "privacy check failed",
+        "identifiers present": "privacy check: identifiers present, as asked",
+    }
+    if view.privacy_check:
+        words.append(checks.get(view.privacy_check, view.privacy_check))
+    return "Privacy: " + " · ".join(words)
 
 
 def default_name(now: datetime | None = None) -> str:
@@ -117,9 +173,50 @@ def clean_name(name: str) -> str:
 
 
 def fingerprint(user: Principal, project: str, request: ExportRequest) -> str:
-    data = {"u": user.id, "p": project, "s": request.selection.as_dict(),
-            "o": request.options().__dict__, "n": request.name, "t": request.notes}  # fmt: skip
+    data = {"u": user.id, "p": project, "s": request.selection.as_dict(), "o": request.choices()}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def policy_of(session: Session, project_id: int) -> ProjectPolicy:
+    """The project's privacy policy (what its data managers allow)."""
+    stored = session.scalar(select(Project.privacy_policy).where(Project.id == project_id))
+    return ProjectPolicy.from_json(stored)
+
+
+def data_managers(session: Session, project_id: int) -> list[str]:
+    """E-mails of the project's data managers (whom a refusal tells a researcher to ask)."""
+    from exporter.models import Membership
+
+    return list(
+        session.scalars(
+            select(User.email)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.project_id == project_id, Membership.role == Role.DATA_MANAGER)
+            .order_by(User.email)
+            .limit(5)
+        )
+    )
+
+
+def require_level(session: Session, access: ProjectAccess, level: str) -> ProjectPolicy:
+    """Refuse a privacy level the user may not ask for here; the project's policy otherwise.
+
+    An identified export is for the project's data managers, or for its researchers when a
+    data manager allowed it.
+    """
+    policy = policy_of(session, access.project_id)
+    if (
+        level == PrivacyLevel.IDENTIFIED
+        and access.role is not Role.DATA_MANAGER
+        and not policy.identified_for_researchers
+    ):
+        managers = ", ".join(data_managers(session, access.project_id)) or "none yet"
+        raise PermissionDenied(
+            f"Identified exports of project {access.slug!r} are for its data managers "
+            f"({managers}). A data manager can allow them for researchers in the project's "
+            "privacy settings; otherwise choose pseudonymised or de-identified."
+        )
+    return policy
 
 
 def held_bytes(session: Session, user_id: int) -> int:
@@ -161,7 +258,8 @@ def preflight(
         raise InvalidSelection(
             f"Compression {request.compression!r} is not known: use store, fast or small"
         )
-    request.options()  # validates the part size
+    request.options()  # validates the level, its options and the part size
+    require_level(session, require_project(session, user, project), request.privacy)
     est = estimate(session, user, project, request.selection)
     name = clean_name(request.name)
     left = quota - held_bytes(session, user.id)
@@ -217,6 +315,7 @@ def create(
     if recent is not None:
         return recent, False
     est = check.estimate
+    options = request.options(policy_of(session, access.project_id))
     row = DatasetExport(
         project_id=access.project_id,
         created_by_id=user.id,
@@ -224,7 +323,7 @@ def create(
         notes=request.notes.strip(),
         status=ExportStatus.PENDING,
         criteria=request.selection.as_dict(),
-        options=request.options().__dict__,
+        options=options.to_json(),
         request_fingerprint=print_,
         patient_count=est.patient_count,
         file_count=est.file_count,
@@ -232,7 +331,11 @@ def create(
     )
     session.add(row)
     session.flush()
-    record(session, "create", user.id, access.project_id, row.id, {"name": row.name})
+    record(session, "create", user.id, access.project_id, row.id,
+           {"name": row.name, "privacy": options.privacy})  # fmt: skip
+    if options.level is PrivacyLevel.IDENTIFIED:
+        record(session, "identified-export", user.id, access.project_id, row.id,
+               {"role": access.role.value, "patients": est.patient_count})  # fmt: skip
     return row, True
 
 
@@ -287,6 +390,8 @@ def view(session: Session, row: DatasetExport) -> ExportView:
         error_message=row.error_message,
         criteria=dict(row.criteria),
         options=dict(row.options),
+        privacy=legacy_level(row.options),
+        privacy_check=(row.privacy_report or {}).get("result"),
         parts=[
             PartView(
                 p.number,

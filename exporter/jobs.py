@@ -11,6 +11,7 @@ pending exports whose queue entry vanished; ``expire`` removes files past their 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -23,9 +24,9 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 
-from exporter import curation, db, exports, mail
+from exporter import curation, db, exports, mail, pseudonyms, registry
 from exporter.accounts import Principal, require_project
 from exporter.archive import (
     ExportInfo,
@@ -43,9 +44,8 @@ from exporter.archive import (
 )
 from exporter.audit import record
 from exporter.config import Settings
-from exporter.deid import new_date_shift, new_uid_key
 from exporter.dicom_rewrite import Change, HeaderRewriter
-from exporter.errors import ExportCancelled, PortalError
+from exporter.errors import ExportCancelled, PortalError, PrivacyCheckFailed
 from exporter.layout import PlannedFile, PlannedPart
 from exporter.models import (
     DatasetExport,
@@ -57,6 +57,13 @@ from exporter.models import (
 )
 from exporter.queue import connect, export_queue
 from exporter.registry import FileEntry, files_by_id, select_files, tag_exported
+from exporter.residual import (
+    Needles,
+    PatientFacts,
+    identifying_texts,
+    known_identifiers,
+    merge_reports,
+)
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
@@ -176,7 +183,7 @@ def _context(
                 c.get("modalities"), c.get("kinds"), bool(c.get("not_exported")),
             )  # fmt: skip
             files = select_files(session, principal, view.project, selection)
-        options = ExportOptions(**row.options)
+        options = ExportOptions.from_json(row.options)
         return _info(row, view.project, user.email), options, files, row.estimated_bytes
 
 
@@ -217,24 +224,27 @@ def run_export(export_id: str) -> str:
     watch = _Watch(settings, export_id)
     try:
         info, options, files, _ = _context(settings, export_id)
-        parts, pseudonyms = plan_export(files, options)
+        names = _pseudonyms(settings, export_id, files, options)
+        parts, folders = plan_export(files, options, names)
         check_free_space(
             settings.export_root, sum(p.bytes for p in parts), settings.disk_reserve_bytes
         )
-        _save_pseudonyms(settings, export_id, files, pseudonyms, options)
+        _save_keys(settings, export_id, files, folders, options)
         if len(parts) > 1:
             _fan_out(settings, export_id, parts)
             return "parts enqueued"
+        facts = _identities(settings, export_id)
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
-            transform=_transform(settings, export_id, options),
+            transform=_transform(settings, export_id, options, facts),
             progress=watch.progress, cancel=watch.cancelled,
             changes_sink=_change_sink(settings, export_id, 1),
+            identifiers=_needles(facts, options),
         )  # fmt: skip
         dest = export_dir / part_filename(info, 1, 1)
         result = builder.build(parts[0], 1, dest)
         write_manifest(export_dir, info, [ManifestPart.of(result)])
-        _complete(settings, export_id, [ManifestPart.of(result)])
+        _complete(settings, export_id, [ManifestPart.of(result)], result.privacy_report)
         return "completed"
     except ExportCancelled:
         remove_outputs(export_dir)
@@ -249,39 +259,96 @@ def run_export(export_id: str) -> str:
         return "failed"
 
 
-def _save_pseudonyms(
+def _pseudonyms(
+    settings: Settings, export_id: str, files: list[FileEntry], options: ExportOptions
+) -> dict[str, str] | None:
+    """Each patient label's pseudonym in this export: the project's stable ones (created
+    for patients exported for the first time), or fresh ones; None for an identified export."""
+    if not options.pseudonyms:
+        return None
+    labels = {f.patient_id: f.patient_label for f in files}
+    with db.session_scope(settings) as session:
+        project_id = session.scalar(
+            select(DatasetExport.project_id).where(DatasetExport.id == export_id)
+        )
+        assert project_id is not None
+        names = pseudonyms.assign(session, project_id, labels, export_id, options.fresh_pseudonyms)
+    return {labels[pid]: name for pid, name in names.items()}
+
+
+def _save_keys(
     settings: Settings,
     export_id: str,
     files: list[FileEntry],
-    pseudonyms: dict[str, str],
+    folders: dict[str, str],
     options: ExportOptions,
 ) -> None:
-    """The re-identification key: each patient's pseudonym and, with modified dates, date
-    shift; the export's UID key when it is de-identified; and the curated values in force
-    now. Parts read them back."""
+    """The re-identification key of this export: each patient's folder and, with shifted
+    dates, date shift; the UID key (the project's, or a fresh one); and the curated values
+    in force now. Parts read them back."""
     ids = {f.patient_label: f.patient_id for f in files}
-    shifting = options.deidentify and options.retain_dates
     with db.session_scope(settings) as session:
+        row = session.get(DatasetExport, export_id)
+        assert row is not None
+        uid_key, shifts = (
+            pseudonyms.keys(session, row.project_id, sorted(ids.values()), options.fresh_pseudonyms)
+            if options.deidentify
+            else (None, {})
+        )
         session.query(ExportPatient).filter(ExportPatient.export_id == export_id).delete()
         session.add_all(
             ExportPatient(
                 export_id=export_id,
                 patient_id=ids[label],
                 pseudonym=folder,
-                date_shift_days=new_date_shift() if shifting else None,
+                date_shift_days=shifts[ids[label]] if options.shift_dates else None,
             )
-            for label, folder in pseudonyms.items()
+            for label, folder in folders.items()
         )
-        row = session.get(DatasetExport, export_id)
-        assert row is not None
-        if options.deidentify and not row.uid_key:
-            row.uid_key = new_uid_key()
+        row.uid_key = uid_key
         row.curated_values = curation.rules_for(session, sorted(ids.values())).to_json()
 
 
-def _transform(settings: Settings, export_id: str, options: ExportOptions) -> HeaderRewriter:
+def _identities(settings: Settings, export_id: str) -> list[PatientFacts]:
+    """What the registry knows that identifies each patient of the export, by folder."""
+    with db.session_scope(settings) as session:
+        rows = session.execute(
+            select(ExportPatient.patient_id, ExportPatient.pseudonym, ExportPatient.date_shift_days)
+            .where(ExportPatient.export_id == export_id)
+        ).all()  # fmt: skip
+        folder = {pid: (name, shift) for pid, name, shift in rows}
+        found = registry.identities(session, list(folder))
+    return [
+        PatientFacts(folder[p.patient_id][0], p.label, p.source_dir, p.headers,
+                     date_shift=folder[p.patient_id][1])
+        for p in found
+    ]  # fmt: skip
+
+
+def _needles(facts: list[PatientFacts], options: ExportOptions) -> Callable[[PlannedPart], Needles]:
+    """The residual check's needles for a part: every patient's registry identifiers, and
+    the stored names of the part's own files."""
+
+    def needles(part: PlannedPart) -> Needles:
+        paths: dict[str, list[str]] = {}
+        for f in part.files:
+            paths.setdefault(f.patient_dir, []).append(f.source.path)
+        with_paths = [dataclasses.replace(p, paths=paths.get(p.patient_dir, [])) for p in facts]
+        return known_identifiers(
+            with_paths,
+            search_study_dates=not options.retain_full_dates,
+            pseudonyms=[p.patient_dir for p in facts] if options.pseudonyms else (),
+        )
+
+    return needles
+
+
+def _transform(
+    settings: Settings, export_id: str, options: ExportOptions, facts: list[PatientFacts]
+) -> HeaderRewriter:
     """The export's rewrite, from what the database holds: the curated values, UID key and
-    date shifts saved when the export started."""
+    date shifts saved when the export started, and each patient's known identifiers (to
+    clean out of descriptions)."""
     with db.session_scope(settings) as session:
         uid_key, frozen = session.execute(
             select(DatasetExport.uid_key, DatasetExport.curated_values).where(
@@ -295,16 +362,17 @@ def _transform(settings: Settings, export_id: str, options: ExportOptions) -> He
             )
         ).all()
     shifts = {folder: days for folder, days in rows if days}
-    if options.deidentify and (not uid_key or (options.retain_dates and len(shifts) < len(rows))):
+    if options.deidentify and (not uid_key or (options.shift_dates and len(shifts) < len(rows))):
         raise PortalError("The export's de-identification keys are missing; create it again")
-    return export_transform(options, [f for f, _ in rows], rules, uid_key, shifts)
+    known = {p.patient_dir: identifying_texts(p) for p in facts}
+    return export_transform(options, [f for f, _ in rows], rules, uid_key, shifts, known)
 
 
 def _change_row(export_id: str, part: int, c: Change) -> dict[str, Any]:
     return {
         "export_id": export_id, "part": part, "path": c.path[:1024], "tag": c.tag[:200],
         "keyword": c.keyword[:100], "old_value": c.old_value, "new_value": c.new_value,
-        "reason": c.reason, "action": c.action,
+        "reason": c.reason, "action": c.action, "file_count": c.files,
     }  # fmt: skip
 
 
@@ -426,11 +494,13 @@ def run_part(export_id: str, number: int) -> str:
         planned = [PlannedFile(entries[fid], arcname, folder) for fid, arcname, folder in plan]
         if len(planned) != len(plan):
             raise PortalError(f"Part {number}: files of this part are no longer registered")
-        transform = _transform(settings, export_id, options)
+        facts = _identities(settings, export_id)
+        transform = _transform(settings, export_id, options, facts)
         builder = PartBuilder(
             info, options, settings.data_root, disk_reserve=settings.disk_reserve_bytes,
             transform=transform, progress=watch.progress, cancel=watch.cancelled,
             changes_sink=_change_sink(settings, export_id, number),
+            identifiers=_needles(facts, options),
         )  # fmt: skip
         part_plan = PlannedPart(number, planned, sum(p.source.size for p in planned))
         dest = settings.export_root / export_id / part_filename(info, number, count or 1)
@@ -467,6 +537,9 @@ def _set_part(
             part.path = str(result.path)
             part.size_bytes = result.size
             part.sha256 = result.sha256
+            part.privacy_report = result.privacy_report
+        if isinstance(error, PrivacyCheckFailed):
+            part.privacy_report = error.report
         if error is not None:
             part.error_message = str(error) if isinstance(error, PortalError) else UNEXPECTED
             part.error_detail = "".join(traceback.format_exception(error))
@@ -485,6 +558,7 @@ def finish_export(export_id: str) -> str:
             select(ExportPart).where(ExportPart.export_id == export_id).order_by(ExportPart.number)
         ).all()
         failed = [p for p in parts if p.status is not ExportStatus.COMPLETED]
+        report = merge_reports([p.privacy_report for p in parts if p.privacy_report])
         done = [
             ManifestPart(
                 p.number,
@@ -500,7 +574,8 @@ def finish_export(export_id: str) -> str:
     if failed:
         remove_partials(export_dir)  # finished parts stay: a retry rebuilds only the others
         reason = failed[0].error_message or "did not complete"
-        _fail(settings, export_id, PortalError(f"Part {failed[0].number} failed: {reason}"))
+        _fail(settings, export_id, PortalError(f"Part {failed[0].number} failed: {reason}"),
+              report=report)  # fmt: skip
         return "failed"
     try:
         info, _, _, _ = _context(settings, export_id, with_files=False)
@@ -508,11 +583,13 @@ def finish_export(export_id: str) -> str:
     except Exception as exc:
         _fail(settings, export_id, exc)
         raise
-    _complete(settings, export_id, done)
+    _complete(settings, export_id, done, report)
     return "completed"
 
 
-def _complete(settings: Settings, export_id: str, results: list[ManifestPart]) -> None:
+def _complete(
+    settings: Settings, export_id: str, results: list[ManifestPart], report: dict[str, Any] | None
+) -> None:
     now = datetime.now(UTC)
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, export_id)
@@ -530,6 +607,7 @@ def _complete(settings: Settings, export_id: str, results: list[ManifestPart]) -
             files_done=sum(r.files for r in results),
             heartbeat_at=now,
             current_item=None,
+            privacy_report=report,
         )  # fmt: skip
         if won:
             record(session, "complete", None, row.project_id, row.id, {"parts": len(results)})
@@ -546,22 +624,29 @@ def _complete(settings: Settings, export_id: str, results: list[ManifestPart]) -
 
 
 def _fail(
-    settings: Settings, export_id: str, exc: BaseException, message: str | None = None
+    settings: Settings,
+    export_id: str,
+    exc: BaseException,
+    message: str | None = None,
+    report: dict[str, Any] | None = None,
 ) -> None:
     text = message or (str(exc) if isinstance(exc, PortalError) else UNEXPECTED)
+    if isinstance(exc, PrivacyCheckFailed):
+        report = exc.report
     with db.session_scope(settings) as session:
         won = exports.transition(
             session, export_id, exports.ACTIVE, ExportStatus.FAILED,
             completed_at=datetime.now(UTC), error_message=text,
             error_detail="".join(traceback.format_exception(exc)),
+            **({"privacy_report": report} if report is not None else {}),
         )  # fmt: skip
         project_id = session.scalar(
             select(DatasetExport.project_id).where(DatasetExport.id == export_id)
         )
         if won:
             record(session, "fail", None, project_id, export_id, {"error": text})
-    if won:
-        log.warning("export %s failed: %s", export_id, exc)
+    if won:  # the message, not the exception: a stored path stays out of the log
+        log.warning("export %s failed: %s", export_id, text)
         _notify(settings, export_id)
 
 
@@ -666,7 +751,8 @@ def expire(settings: Settings) -> int:
     """Remove the files of completed exports past their retention; mark them expired.
 
     Files left by failed or cancelled exports (finished parts kept for a retry) are removed
-    after the same retention.
+    after the same retention. Old values leave the change log with the files, and from every
+    export older than ``CHANGE_LOG_RETENTION_DAYS``.
     """
     now = datetime.now(UTC)
     with db.session_scope(settings) as session:
@@ -679,6 +765,12 @@ def expire(settings: Settings) -> int:
             remove_outputs(settings.export_root / row.id)
             row.status = ExportStatus.EXPIRED
             record(session, "expire", None, row.project_id, row.id, {})
+        forget_old_values(session, [row.id for row in rows])
+        cutoff = now - timedelta(days=settings.change_log_retention_days)
+        forget_old_values(
+            session,
+            select(DatasetExport.id).where(DatasetExport.created_at < cutoff),
+        )
         leftovers = session.scalars(
             select(DatasetExport.id).where(
                 DatasetExport.status.in_((ExportStatus.FAILED, ExportStatus.CANCELLED)),
@@ -688,6 +780,21 @@ def expire(settings: Settings) -> int:
     for export_id in leftovers:
         remove_outputs(settings.export_root / export_id)
     return len(rows)
+
+
+def forget_old_values(session: Any, export_ids: list[str] | Select[Any]) -> None:
+    """Remove the old (identifying) values from these exports' change logs (ids, or a query
+    of them); what changed, and the new values, stay."""
+    if isinstance(export_ids, list) and not export_ids:
+        return
+    session.execute(
+        update(ExportDicomChange)
+        .where(
+            ExportDicomChange.export_id.in_(export_ids), ExportDicomChange.old_value.is_not(None)
+        )
+        .values(old_value=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def retry_parts(settings: Settings, export_id: str) -> int:

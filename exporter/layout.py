@@ -1,11 +1,11 @@
 """Where each file goes inside an export: safe entry names, pseudonyms, and parts.
 
-Entry names are built only from sanitised components. With pseudonyms on (the default) patient
-folders, series folders and raw file names are generated (``patient_001/cbct/series_001/
-0001.dcm``, ``ios/upper.stl``, ``intraoral-photo/photo_1.jpg``), so no stored path, series
-label or patient label reaches the archive; processed files keep their sanitised names with
-the patient label replaced by the pseudonym. With pseudonyms off, sanitised labels and file
-names are used throughout.
+Entry names are built only from sanitised components. With pseudonyms (every privacy level but
+identified) patient folders, series folders and file names are generated
+(``patient_001/cbct/series_001/0001.dcm``, ``ios/upper.stl``, ``intraoral-photo/photo_1.jpg``,
+``cbct/processed_1.nii.gz``), so no stored path, series label, file name or patient label
+reaches the archive: a name chosen by whoever processed the data may say whose it is. An
+identified export uses sanitised labels and file names throughout.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import secrets
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -63,18 +63,21 @@ def export_folder_name(created: datetime) -> str:
     return created.strftime("export_%Y-%m-%d_%H%M%S")
 
 
-def pseudonyms(labels: Iterable[str], seed: int | None = None) -> dict[str, str]:
-    """``patient_001``, ``patient_002``, ... assigned in a random order.
+def pseudonym(number: int) -> str:
+    """``patient_001``; four digits and more once the numbers need them."""
+    return f"patient_{number:03d}"
+
+
+def pseudonyms(labels: Iterable[str], seed: int | None = None, start: int = 1) -> dict[str, str]:
+    """``patient_001``, ``patient_002``, ... (from ``start``) assigned in a random order.
 
     Not in label order: with sorted labels anyone who knows the cohort could rebuild the
-    key. The assignment is made once per export and recorded (``export_patient``), which is
-    where it stays stable; ``seed`` makes it reproducible for tests.
+    key. ``seed`` makes it reproducible for tests.
     """
     ordered = sorted(set(labels))
     rng = random.Random(seed) if seed is not None else secrets.SystemRandom()  # noqa: S311 (seeded: tests only)
     rng.shuffle(ordered)
-    width = max(3, len(str(len(ordered))))
-    return {label: f"patient_{i:0{width}d}" for i, label in enumerate(ordered, start=1)}
+    return {label: pseudonym(i) for i, label in enumerate(ordered, start=start)}
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class _Names:
     def __init__(self) -> None:
         self.used: dict[str, set[str]] = defaultdict(set)
         # the archive's own files at the top: a patient folder may not take their names
-        self.used[""] |= {"metadata.json", "sha256sums", "dicom_changes.csv"}
+        self.used[""] |= {"metadata.json", "sha256sums", "dicom_changes.csv", "privacy_report.json"}
 
     def claim(self, folder: str, name: str) -> str:
         taken = self.used[folder]
@@ -117,25 +120,23 @@ class _Names:
 
 
 def plan_files(
-    files: Sequence[FileEntry],
-    use_pseudonyms: bool = True,
-    seed: int | None = None,
-    generic_names: bool = False,
+    files: Sequence[FileEntry], names: Mapping[str, str] | None = None
 ) -> list[PlannedFile]:
     """Entry names for every file, grouped by patient in pseudonym order.
 
-    ``generic_names`` (de-identified exports) names processed files ``processed_1.nii.gz``,
-    ... too, since a name chosen by whoever processed the data may say whose it is.
+    ``names`` maps each patient label to its pseudonym; None (an identified export) keeps
+    sanitised labels and file names.
     """
-    names = pseudonyms((f.patient_label for f in files), seed) if use_pseudonyms else {}
     by_patient: dict[str, list[FileEntry]] = defaultdict(list)
     for f in files:
         by_patient[f.patient_label].append(f)
+    if names is not None and not set(by_patient) <= set(names):
+        raise ValueError("every patient needs a pseudonym")
     taken = _Names()
     planned: list[PlannedFile] = []
-    order = sorted(by_patient, key=lambda label: names.get(label, label))
+    order = sorted(by_patient, key=lambda label: _sort_key(names[label] if names else label))
     for label in order:
-        patient_dir = names.get(label) or sanitize_component(label, "patient")
+        patient_dir = names[label] if names else sanitize_component(label, "patient")
         patient_dir = taken.claim("", patient_dir)
         series_dirs: dict[tuple[str, str], str] = {}
         counters: dict[str, int] = defaultdict(int)
@@ -149,7 +150,7 @@ def plan_files(
             if entry.series_label:
                 key = (modality, entry.series_label)
                 if key not in series_dirs:
-                    if use_pseudonyms:
+                    if names is not None:
                         n = sum(1 for k in series_dirs if k[0] == modality) + 1
                         series_dirs[key] = f"series_{n:03d}"
                     else:
@@ -158,17 +159,12 @@ def plan_files(
                             for part in entry.series_label.split("/")
                         )
                 folder = f"{folder}/{series_dirs[key]}"
-            if use_pseudonyms:
+            if names is not None:
                 counters[folder] += 1
                 if entry.series_label:
                     name = f"{counters[folder]:04d}{ext}"
                 elif entry.subtype:
                     name = sanitize_component(entry.subtype) + ext
-                elif entry.kind == "processed" and not generic_names:
-                    # Processed files keep their names, minus the patient label.
-                    original = entry.path.rpartition("/")[2]
-                    original = re.sub(re.escape(label), patient_dir, original, flags=re.I)
-                    name = sanitize_component(original, f"processed_{counters[folder]}{ext}")
                 else:
                     stem = (
                         "processed"
@@ -180,6 +176,12 @@ def plan_files(
                 name = sanitize_component(entry.path.rpartition("/")[2], "file")
             planned.append(PlannedFile(entry, taken.claim(folder, name), patient_dir))
     return planned
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    """``patient_002`` before ``patient_010`` and ``patient_1000``."""
+    stem, _, number = name.rpartition("_")
+    return (int(number), stem) if stem == "patient" and number.isdigit() else (0, name)
 
 
 def split_parts(planned: Sequence[PlannedFile], max_part_bytes: int | None) -> list[PlannedPart]:

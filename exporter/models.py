@@ -97,6 +97,11 @@ class Project(Base):
     # Folder paths are counted from here, whichever subdirectory is registered later.
     root_path: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What the project's data managers allow (exporter.privacy.ProjectPolicy as JSON).
+    privacy_policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The secret the project's stable date shifts and UID key derive from; set on first
+    # use, never shown, never exported.
+    privacy_key: Mapped[str | None] = mapped_column(String(64))
     modalities: Mapped[list[Modality]] = relationship(secondary="project_modality")
 
 
@@ -317,6 +322,9 @@ class DatasetExport(Base):
     # The curated DICOM values in force when the export started: every part (and a retry
     # days later) writes the same values.
     curated_values: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The residual-identifier check's report (files, places, kinds; never a value): every
+    # part's, kept for data managers when the check failed and the archive is gone.
+    privacy_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
@@ -350,8 +358,32 @@ class ExportPart(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     error_message: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
+    privacy_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class PatientPseudonym(Base):
+    """A patient's stable pseudonym in its project, assigned on its first export: the
+    re-identification key (data managers only). Numbers follow the order of first export,
+    drawn at random within one export, never the order of labels."""
+
+    __tablename__ = "patient_pseudonym"
+    __table_args__ = (
+        UniqueConstraint("project_id", "number"),
+        UniqueConstraint("project_id", "pseudonym"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("patient.id", ondelete="CASCADE"), unique=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    first_export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dataset_export.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ExportPatient(Base):
@@ -371,8 +403,10 @@ class ExportPatient(Base):
 
 
 class ExportDicomChange(Base):
-    """One changed DICOM field of one exported file, with its old value: the complete change
-    log, for data managers. The archive's ``dicom_changes.csv`` lists new values only."""
+    """One changed DICOM field of one exported file, or of every file of a series alike
+    (``file_count`` above one, ``path`` the series folder), with its old value: the change
+    log, for data managers. Old values are removed with the export's files, or after
+    ``CHANGE_LOG_RETENTION_DAYS``. The archive's ``dicom_changes.csv`` lists new values only."""
 
     __tablename__ = "export_dicom_change"
     __table_args__ = (Index(None, "export_id", "part", "id"),)
@@ -387,6 +421,7 @@ class ExportDicomChange(Base):
     new_value: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(String(16))  # curated | pseudonym | deidentified
     action: Mapped[str] = mapped_column(String(16))  # set | blanked | removed | replaced | shifted
+    file_count: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class AuditEvent(Base):

@@ -9,7 +9,9 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {401: "Not signed in", 404: "Not found or not yours to see", 409: "Wrong state",
+    text = {401: "Not signed in", 403: "Not allowed here (an identified export for a "
+            "researcher the project's data managers did not allow)",
+            404: "Not found or not yours to see", 409: "Wrong state",
             410: "File gone", 413: "Over the size limit or quota",
             422: "Body or parameters do not fit"}  # fmt: skip
     return {
@@ -99,25 +101,30 @@ SCHEMAS: dict[str, Any] = {
                         "oneOf": [{"type": "integer", "minimum": 1048576}, {"type": "string"}],
                         "description": "bytes, or like '4GiB'",
                     },
-                    "pseudonyms": {"type": "boolean"},
+                    "privacy": {
+                        "type": "string",
+                        "enum": ["pseudonymised", "deidentified", "identified"],
+                        "default": "pseudonymised",
+                        "description": "pseudonymised: stable pseudonyms, direct identifiers "
+                        "removed (PS3.15 Basic profile with what the project allows), other files "
+                        "scrubbed; deidentified: also dates shifted per patient and UIDs "
+                        "replaced; identified: stored headers and labels, for data managers (or "
+                        "researchers they allow), audited",
+                    },
+                    "fresh_pseudonyms": {
+                        "type": "boolean",
+                        "description": "pseudonyms, date shifts and UIDs unlinkable to other "
+                        "exports (default: the project's stable ones)",
+                    },
                     "skip_missing": {"type": "boolean"},
-                    "deidentify": {
+                    "shift_dates": {
                         "type": "boolean",
-                        "description": "DICOM PS3.15 Basic profile; metadata stripped from "
-                        "photos, scans and volumes (needs pseudonyms)",
-                    },
-                    "retain_dates": {
-                        "type": "boolean",
-                        "description": "with deidentify: dates shifted per patient, not removed",
-                    },
-                    "retain_uids": {"type": "boolean", "description": "with deidentify"},
-                    "remove_private": {
-                        "type": "boolean",
-                        "description": "with deidentify (default true): private tags removed",
+                        "default": True,
+                        "description": "deidentified: dates shifted per patient (false: removed)",
                     },
                     "clean_descriptors": {
                         "type": "boolean",
-                        "description": "with deidentify: descriptions kept, identifiers cleaned",
+                        "description": "descriptions kept, cleaned of identifiers",
                     },
                 },
             },
@@ -153,6 +160,12 @@ SCHEMAS: dict[str, Any] = {
             "progress": {"type": "number"},
             "eta_seconds": {"type": ["number", "null"]},
             "error_message": {"type": ["string", "null"]},
+            "privacy": {"type": "string", "enum": ["pseudonymised", "deidentified", "identified"]},
+            "privacy_check": {
+                "type": ["string", "null"],
+                "description": "the residual-identifier check: passed, failed, identifiers "
+                "present (identified exports), or null before it ran",
+            },
             "url": {"type": "string"},
             "downloads": _STR_LIST,
         },
@@ -179,7 +192,10 @@ def document() -> dict[str, Any]:
                     "summary": "Create an export (the work runs on the queue)",
                     "parameters": [_PROJECT],
                     "requestBody": _BODY,
-                    "responses": {"202": _json(_EXPORT, "Accepted"), **_errors(401, 404, 413, 422)},
+                    "responses": {
+                        "202": _json(_EXPORT, "Accepted"),
+                        **_errors(401, 403, 404, 413, 422),
+                    },
                 }
             },
             "/api/{project}/estimate/": {
@@ -189,7 +205,7 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "200": _json({"type": "object"}, "The estimate"),
-                        **_errors(401, 404, 422),
+                        **_errors(401, 403, 404, 422),
                     },
                 }
             },
@@ -201,7 +217,7 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "200": _json(_PREVIEW, "The changes"),
-                        **_errors(401, 404, 422),
+                        **_errors(401, 403, 404, 422),
                     },
                 }
             },

@@ -2,8 +2,9 @@
 
 One file per selected series goes through the same rewrite the export uses (curated values,
 pseudonym, de-identification profile), from its stored header, without writing anything.
-Pseudonyms and date shifts are drawn again when the export runs: the preview shows their
-kind, not their final values.
+Stable pseudonyms, date shifts and UID replacements are the project's, as the export will
+write them; patients never exported before show a provisional ``new_patient_N``, and a
+*fresh pseudonyms* export draws its values again when it runs.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from exporter import layout, pseudonyms
 from exporter.accounts import Principal
 from exporter.archive import ExportOptions, export_transform
 from exporter.curation import rules_for
 from exporter.layout import plan_files
+from exporter.models import Patient
 from exporter.registry import FileEntry, Selection, select_files
 from exporter.sourceio import open_source
 
@@ -54,6 +58,19 @@ def _samples(files: list[FileEntry]) -> tuple[list[FileEntry], int]:
     return list(seen.values()), len(seen)
 
 
+def _names(session: Session, ids: dict[str, int], options: ExportOptions) -> dict[str, str] | None:
+    """The folders the preview shows: stable pseudonyms where patients have them, a
+    provisional ``new_patient_N`` for the others (assigned when the export runs)."""
+    if not options.pseudonyms:
+        return None
+    if options.fresh_pseudonyms:
+        return layout.pseudonyms(ids)
+    stable = pseudonyms.stable_of(session, list(ids.values()))
+    new = (label for label in sorted(ids) if ids[label] not in stable)
+    names = {label: f"new_patient_{i}" for i, label in enumerate(new, start=1)}
+    return {label: stable.get(pid) or names[label] for label, pid in ids.items()}
+
+
 def preview(
     session: Session,
     user: Principal,
@@ -67,15 +84,27 @@ def preview(
     samples, total = _samples(files)
     shown = samples[:MAX_SERIES]
     other = 0
-    if options.deidentify:
+    if options.deidentify:  # every level but identified scrubs other files
         from exporter.scrub import scrubber_for
 
         other = sum(
             1 for f in files if f.media_type != "application/dicom" and scrubber_for(f.path)
         )
-    planned = plan_files(shown, options.pseudonyms, generic_names=options.deidentify)
-    rules = rules_for(session, sorted({f.patient_id for f in shown}))
-    transform = export_transform(options, sorted({p.patient_dir for p in planned}), rules)
+    ids = {f.patient_label: f.patient_id for f in shown}
+    names = _names(session, ids, options)
+    planned = plan_files(shown, names)
+    rules = rules_for(session, sorted(ids.values()))
+    uid_key, shifts = None, {}
+    if options.deidentify:
+        project_id = session.scalar(select(Patient.project_id).where(Patient.id.in_(ids.values())))
+        uid_key, by_id = pseudonyms.keys(
+            session, int(project_id or 0), sorted(ids.values()), options.fresh_pseudonyms
+        )
+        folder = {p.source.patient_id: p.patient_dir for p in planned}
+        shifts = {folder[pid]: days for pid, days in by_id.items() if options.shift_dates}
+    transform = export_transform(
+        options, sorted({p.patient_dir for p in planned}), rules, uid_key, shifts
+    )
     root = data_root.resolve()
     rows: list[PreviewRow] = []
     for item in planned:

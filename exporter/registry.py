@@ -340,6 +340,46 @@ def files_by_id(session: Session, ids: list[int]) -> dict[int, FileEntry]:
     return found
 
 
+@dataclass(frozen=True)
+class PatientIdentity:
+    """What the registry knows that identifies a patient (for the residual check)."""
+
+    patient_id: int
+    label: str
+    source_dir: str | None
+    headers: list[dict[str, Any]]  # the DICOM header subset of one file per series
+
+
+def identities(session: Session, patient_ids: Iterable[int]) -> list[PatientIdentity]:
+    """Labels, directories and one DICOM header subset per series of these patients; the
+    caller checked permissions. Headers repeat within a series: one is read per series."""
+    ids = sorted(set(patient_ids))
+    found: list[PatientIdentity] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        firsts = (
+            select(func.min(FileRegistry.id))
+            .where(
+                FileRegistry.patient_id.in_(chunk),
+                FileRegistry.media_type == "application/dicom",
+            )
+            .group_by(FileRegistry.patient_id, FileRegistry.series_label)
+        )
+        headers: dict[int, list[dict[str, Any]]] = {}
+        for pid, header in session.execute(
+            select(FileRegistry.patient_id, FileRegistry.dicom_header).where(
+                FileRegistry.id.in_(firsts)
+            )
+        ):
+            if header:
+                headers.setdefault(pid, []).append(header)
+        for pid, label, source_dir in session.execute(
+            select(Patient.id, Patient.label, Patient.source_dir).where(Patient.id.in_(chunk))
+        ):
+            found.append(PatientIdentity(pid, label, source_dir, headers.get(pid, [])))
+    return found
+
+
 def refresh_summaries(session: Session, patient_ids: Iterable[int]) -> None:
     """Recompute ``patient_file_summary`` for these patients from their present file rows."""
     ids = sorted(set(patient_ids))

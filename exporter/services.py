@@ -18,11 +18,13 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from exporter import accounts, curation, db, exports, ingest, jobs, preview, registry, tokens
 from exporter.archive import remove_outputs
 from exporter.audit import record
 from exporter.config import Settings
+from exporter.deid import PrivateTag
 from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace, NotFound
 from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
@@ -32,10 +34,12 @@ from exporter.models import (
     ExportPatient,
     ExportStatus,
     Patient,
+    PatientPseudonym,
     Project,
     Role,
 )
 from exporter.preview import Preview
+from exporter.privacy import POLICY_FLAGS, PolicyView, ProjectPolicy
 from exporter.queue import connect
 from exporter.registry import Estimate, ProjectOverview, Selection
 
@@ -48,6 +52,12 @@ DEMO_USERS = (
     ("manager@demo.example", DEMO_PROJECT, "data_manager", "Dana Manager"),
     ("outsider@other.example", OTHER_PROJECT, "researcher", "Otto Outsider"),
 )
+
+
+# The demo project's data manager lets pseudonymised exports keep study dates and the
+# patients' age and sex (a longitudinal dental cohort needs both); UIDs, device identity and
+# every private tag (one of which copies the patient's name) are removed.
+DEMO_POLICY = ProjectPolicy(retain_full_dates=True, retain_patient_characteristics=True)
 
 
 def migrate(settings: Settings) -> None:
@@ -164,7 +174,9 @@ def load_demo(
             manifest = demo_data.write_demo_tree(root, patients=n, seed=s, scale=scale)
             demo_data.write_tags_csv(tags_csv, manifest)
         with db.session_scope(settings) as session:
-            accounts.ensure_project(session, slug, name)
+            project = accounts.ensure_project(session, slug, name)
+            if slug == DEMO_PROJECT and not project.privacy_policy:
+                project.privacy_policy = DEMO_POLICY.to_json()
         reports.append(register(settings, slug, root, tags_csv if tags_csv.exists() else None))
     for email, slug, role, full_name in DEMO_USERS:
         add_user(settings, email, slug, role, full_name)
@@ -328,6 +340,7 @@ def delete_export(settings: Settings, user_email: str, export_id: str) -> Export
         remove_outputs(settings.export_root / row.id)
         row.status = ExportStatus.DELETED
         row.deleted_at = datetime.now(UTC)
+        jobs.forget_old_values(session, [row.id])
         record(session, "delete", user.id, row.project_id, row.id, {})
     return get_export(settings, user_email, export_id)
 
@@ -475,6 +488,106 @@ def export_manifest(settings: Settings, user_email: str, export_id: str) -> dict
     return {"totals": manifest.get("totals", {}), "parts": manifest.get("parts", [])}
 
 
+# --- privacy: the project's policy, the re-identification key, the residual check ----------
+
+
+def project_privacy(settings: Settings, user_email: str, project_slug: str) -> PolicyView:
+    """What the project's data managers allow (any member may read it: it says what a
+    pseudonymised export keeps)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        access = accounts.require_project(session, user, project_slug)
+        return PolicyView(
+            access.slug,
+            exports.policy_of(session, access.project_id),
+            access.role is Role.DATA_MANAGER,
+            exports.data_managers(session, access.project_id),
+        )
+
+
+def set_project_privacy(
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    flags: dict[str, bool] | None = None,
+    keep_private: list[str] | None = None,
+    drop_private: list[str] | None = None,
+) -> PolicyView:
+    """Change the project's policy (data managers only; audited). Exports already created
+    keep the policy they were made with."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        access = accounts.require_project(session, user, project_slug, Role.DATA_MANAGER)
+        policy = exports.policy_of(session, access.project_id)
+        unknown = set(flags or {}) - set(POLICY_FLAGS)
+        if unknown:
+            raise InvalidSelection(
+                f"Policy setting {sorted(unknown)[0]!r} is not known: use {', '.join(POLICY_FLAGS)}"
+            )
+        try:
+            kept = set(policy.kept_private) | {PrivateTag.parse(t) for t in keep_private or []}
+            kept -= {PrivateTag.parse(t) for t in drop_private or []}
+        except ValueError as exc:
+            raise InvalidSelection(str(exc)) from None
+        new = dataclasses.replace(policy, **(flags or {}), kept_private=tuple(sorted(kept)))
+        project = session.get(Project, access.project_id)
+        assert project is not None
+        project.privacy_policy = new.to_json()
+        changed = {k: v for k, v in new.to_json().items() if policy.to_json()[k] != v}
+        record(session, "privacy-policy", user.id, access.project_id, None, changed)
+        return PolicyView(access.slug, new, True, exports.data_managers(session, access.project_id))
+
+
+def _managed_export(
+    session: Session, user_email: str, export_id: str
+) -> tuple[accounts.Principal, DatasetExport]:
+    """The user and an export they see as a data manager of its project (what identifies
+    patients: old values, the key, the check's report)."""
+    user = accounts.principal_for(session, user_email)
+    row = exports.get_row(session, user, export_id)
+    project = session.get(Project, row.project_id)
+    assert project is not None
+    accounts.require_project(session, user, project.slug, Role.DATA_MANAGER)
+    return user, row
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One line of an export's re-identification key (data managers only)."""
+
+    pseudonym: str
+    label: str
+    date_shift_days: int | None
+    stable: bool  # the project's stable pseudonym (else fresh for this export)
+
+
+def export_key(settings: Settings, user_email: str, export_id: str) -> list[KeyRow]:
+    """Which patient each folder of an export is: the project's data managers only; every
+    reading is an audit event."""
+    with db.session_scope(settings) as session:
+        user, row = _managed_export(session, user_email, export_id)
+        found = session.execute(
+            select(ExportPatient.pseudonym, Patient.label, ExportPatient.date_shift_days,
+                   PatientPseudonym.pseudonym)
+            .join(Patient, Patient.id == ExportPatient.patient_id)
+            .outerjoin(PatientPseudonym, PatientPseudonym.patient_id == Patient.id)
+            .where(ExportPatient.export_id == row.id)
+        ).all()  # fmt: skip
+        record(session, "read-key", user.id, row.project_id, row.id, {"patients": len(found)})
+        rows = [KeyRow(p, label, shift, p == stable) for p, label, shift, stable in found]
+        return sorted(rows, key=lambda r: (len(r.pseudonym), r.pseudonym))
+
+
+def export_privacy_report(
+    settings: Settings, user_email: str, export_id: str
+) -> dict[str, object] | None:
+    """The residual-identifier check's report of an export (files, places and kinds, never
+    a value), for the project's data managers; None before the check ran."""
+    with db.session_scope(settings) as session:
+        _, row = _managed_export(session, user_email, export_id)
+        return dict(row.privacy_report) if row.privacy_report else None
+
+
 # --- curation, preview and the change log ------------------------------------------------
 
 
@@ -565,11 +678,12 @@ def preview_export(
     """
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
+        access = accounts.require_project(session, user, project_slug)
+        policy = exports.require_level(session, access, request.privacy)
         found = preview.preview(
-            session, user, project_slug, request.selection, request.options(),
+            session, user, project_slug, request.selection, request.options(policy),
             settings.data_root,
         )  # fmt: skip
-        access = accounts.require_project(session, user, project_slug)
         if access.role is not Role.DATA_MANAGER:
             rows = [dataclasses.replace(r, old_value=None) for r in found.rows]
             found = dataclasses.replace(found, rows=rows)
@@ -580,13 +694,14 @@ def preview_export(
 class ChangeRow:
     patient: str  # the patient's label (data managers may see it)
     part: int
-    path: str
+    path: str  # the file, or the series folder when ``files`` is more than one
     tag: str
     keyword: str
-    old_value: str | None
+    old_value: str | None  # None once removed with the export's files (or when absent)
     new_value: str | None
     reason: str
     action: str
+    files: int = 1
 
 
 @dataclass(frozen=True)
@@ -627,11 +742,7 @@ def export_changes(
     """The complete DICOM change log of an export, old values included: data managers of
     the export's project only (old values identify patients)."""
     with db.session_scope(settings) as session:
-        user = accounts.principal_for(session, user_email)
-        row = exports.get_row(session, user, export_id)
-        project = session.get(Project, row.project_id)
-        assert project is not None
-        accounts.require_project(session, user, project.slug, Role.DATA_MANAGER)
+        _, row = _managed_export(session, user_email, export_id)
         query = select(ExportDicomChange).where(ExportDicomChange.export_id == row.id)
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         found = session.scalars(
@@ -645,7 +756,7 @@ def export_changes(
         labels = {pseudonym: label for pseudonym, label in keys}  # noqa: C416 (rows, not pairs)
         rows = [
             ChangeRow(labels.get(c.path.split("/")[0], ""), c.part, c.path, c.tag, c.keyword,
-                      c.old_value, c.new_value, c.reason, c.action)
+                      c.old_value, c.new_value, c.reason, c.action, c.file_count)
             for c in found
         ]  # fmt: skip
         return ChangeLog(rows, total)

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 from exporter.layout import unsafe_reason
 
-KNOWN_SCHEMAS = {1}
-SIDE_FILES = {"metadata.json", "SHA256SUMS", "dicom_changes.csv"}
+KNOWN_SCHEMAS = {1, 2}
+SIDE_FILES = {"metadata.json", "SHA256SUMS", "dicom_changes.csv", "privacy_report.json"}
 CHUNK = 1024 * 1024
 
 
@@ -187,13 +187,15 @@ def _check_sums(
         return
     if listed.pop("metadata.json", None) != meta_sha:
         report.problems.append(f"{where}SHA256SUMS: metadata.json's hash differs")
-    changes_sha = listed.pop("dicom_changes.csv", None)
-    if changes_sha is not None:
+    for side in ("dicom_changes.csv", "privacy_report.json"):
+        side_sha = listed.pop(side, None)
+        if side_sha is None:
+            continue
         try:
-            with opener("dicom_changes.csv") as fh:
-                if _sha256(fh)[0] != changes_sha:
-                    report.problems.append(f"{where}dicom_changes.csv: SHA-256 differs")
+            with opener(side) as fh:
+                if _sha256(fh)[0] != side_sha:
+                    report.problems.append(f"{where}{side}: SHA-256 differs")
         except (KeyError, OSError):
-            report.problems.append(f"{where}dicom_changes.csv is listed but missing")
+            report.problems.append(f"{where}{side} is listed but missing")
     if listed != expected:
         report.problems.append(f"{where}SHA256SUMS disagrees with metadata.json")

@@ -5,7 +5,7 @@ from humanize import naturaldelta, naturalsize
 
 from exporter import services
 from exporter.errors import PortalError
-from exporter.exports import ExportView
+from exporter.exports import ExportView, describe_privacy
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 
@@ -73,20 +73,46 @@ def actions(view: ExportView) -> None:
         st.switch_page(str(links.NEW_EXPORT))
 
 
-def deidentification(options: dict[str, object]) -> str:
-    if not options.get("deidentify"):
-        pseudonyms = "pseudonyms only" if options.get("pseudonyms", True) else "no pseudonyms"
-        return f"De-identification: off ({pseudonyms})"
-    chosen = [
-        "dates kept, shifted per patient"
-        if options.get("retain_dates")
-        else "dates blanked or removed",
-        "UIDs kept" if options.get("retain_uids") else "new UIDs",
-        "private tags removed" if options.get("remove_private", True) else "private tags kept",
-    ]
-    if options.get("clean_descriptors"):
-        chosen.append("descriptions cleaned")
-    return "De-identification: DICOM PS3.15 Basic profile · " + " · ".join(chosen)
+def privacy_details(view: ExportView) -> None:
+    """The residual check's report and the re-identification key, for data managers of the
+    export's project (loaded when the expanders are opened)."""
+    if view.status in ("pending", "processing") or not view.privacy_check:
+        return
+    box = st.expander("Privacy check report", icon=":material/shield:", key=f"report-{view.id}",
+                      on_change="rerun")  # fmt: skip
+    if box.open:
+        report = data.privacy_report(who.email, view.id)
+        with box:
+            if report is None:
+                st.caption("Only the project's data managers see the report.")
+            else:
+                st.caption(
+                    f"Result: {report.get('result')}. Searched {report.get('checked', {})}".replace(
+                        "'", ""
+                    )[:600]
+                )
+                findings = report.get("findings") or []
+                if findings:
+                    st.dataframe(findings, hide_index=True)
+                st.caption("Not checked: " + "; ".join(report.get("not_checked", [])))
+    if view.privacy == "identified":
+        return
+    box = st.expander("Who is who (re-identification key)", icon=":material/key:",
+                      key=f"key-{view.id}", on_change="rerun")  # fmt: skip
+    if box.open:
+        with box:
+            try:
+                rows = services.export_key(settings(), who.email, view.id)
+            except PortalError as exc:
+                st.caption(str(exc))
+            else:
+                st.caption("Reading the key is recorded in the audit log.")
+                st.dataframe(
+                    [{"Folder": r.pseudonym, "Patient": r.label,
+                      "Date shift (days)": r.date_shift_days,
+                      "Pseudonym": "stable" if r.stable else "fresh"} for r in rows],
+                    hide_index=True,
+                )  # fmt: skip
 
 
 def dicom_changes(view: ExportView, total: int) -> None:
@@ -142,9 +168,17 @@ for view in views:
             live_progress(view.id, view.status)
         if view.status == "failed" and view.error_message:
             st.error(view.error_message)
+        if view.privacy == "identified" and view.status not in ("deleted", "expired"):
+            st.warning(
+                "This export is identified: it carries the patients' names, IDs, birth dates "
+                "and other identifiers as stored. Share it only with people allowed to know "
+                "who the patients are.",
+                icon=":material/warning:",
+            )
         actions(view)
+        privacy_details(view)
         with st.expander("Details"):
-            st.caption(deidentification(view.options))
+            st.caption(describe_privacy(view))
             facts = {"id": view.id, "criteria": view.criteria, "options": view.options}
             st.json({**facts, "notes": view.notes, "sha256": view.archive_sha256}, expanded=False)
             manifest = services.export_manifest(settings(), who.email, view.id)

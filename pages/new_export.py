@@ -5,44 +5,18 @@ from humanize import naturalsize
 
 from exporter import services
 from exporter.errors import PortalError
-from exporter.exports import ExportRequest, archive_bytes_estimate, default_name
+from exporter.exports import ExportRequest, archive_bytes_estimate, default_name, legacy_level
+from exporter.privacy import LEVELS, SUMMARIES, TITLES, PrivacyLevel
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
 
 GIB = 1024**3
-DEID_HELP = (
-    "Applies the DICOM PS3.15 Basic Application Level Confidentiality Profile to every "
-    "DICOM file (names, IDs, dates, UIDs, free text) and strips the metadata of photos, "
-    "3D scans and volumes. Pixel data is copied unchanged: text burned into images stays."
+NOT_IN_PIXELS = (
+    "Pixel data is copied unchanged: text burned into images, and faces in photos, stay. "
+    "Every archive is searched for the patients' known identifiers before it is completed "
+    "(privacy_report.json)."
 )
-# ExportRequest field: (label, help, default)
-DEID_OPTIONS = {
-    "retain_dates": (
-        "Keep dates, shifted per patient",
-        "Dates move back by a random number of days drawn per patient (the same in every "
-        "file), so intervals between dates survive; times are kept.",
-        False,
-    ),
-    "retain_uids": (
-        "Keep UIDs",
-        "UIDs keep their original values; otherwise each gets a new one, the same in every "
-        "file of the export.",
-        False,
-    ),
-    "remove_private": (
-        "Remove private tags",
-        "Off keeps vendor-specific fields, which can hold identifiers: the export then no "
-        "longer meets the profile.",
-        True,
-    ),
-    "clean_descriptors": (
-        "Keep descriptions, cleaned of identifiers",
-        "Descriptions and comments are cleaned of the identifiers the header carries "
-        "instead of being removed.",
-        False,
-    ),
-}
 PREVIEW = "new-export-preview"
 
 
@@ -53,9 +27,8 @@ def size(n: int) -> str:
 def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
     """The header changes for one file per series, computed only on the button and shown
     only while the selection and options it was made for stay the same."""
-    wanted = (slug, request.selection, request.pseudonyms, request.deidentify,
-              request.retain_dates, request.retain_uids, request.remove_private,
-              request.clean_descriptors)  # fmt: skip
+    wanted = (slug, request.selection, request.privacy, request.fresh_pseudonyms,
+              request.shift_dates, request.clean_descriptors)  # fmt: skip
     with st.expander("Preview DICOM header changes", icon=":material/preview:"):
         if st.button("Show preview", disabled=disabled, key="new-export-preview-button"):
             try:
@@ -75,9 +48,10 @@ def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
         preview = stored[1]
         st.caption(
             f"One file per selected series ({preview.series_shown} of {preview.series_total} "
-            "shown); pseudonyms and date shifts are drawn again when the export runs."
+            "shown); patients never exported before appear as new_patient_N until the export "
+            "gives them their pseudonym."
         )
-        if request.deidentify:
+        if request.privacy != PrivacyLevel.IDENTIFIED:
             st.caption(
                 f"{preview.other_files:,} photos/scans/volumes will have their metadata stripped."
                 " Curated values of fields the profile removes are removed too (descriptions "
@@ -180,31 +154,65 @@ with right:
         "Split into parts of at most (GiB, 0 = one file)", 0, 10_000,
         (earlier.get("max_part_bytes") or 0) // GIB,
     )  # fmt: skip
-    pseudonyms = st.toggle(
-        "Pseudonymised folder names (patient_001, ...)", value=earlier.get("pseudonyms", True)
-    )
 
-# Below both columns: the toggle's label (the standard's name and what it does) needs the width.
-st.subheader("De-identification")
-deid_label = "De-identify (DICOM PS3.15 Basic profile; strip metadata from photos, scans, volumes)"
-if pseudonyms:
-    deidentify = st.toggle(
-        deid_label, value=bool(earlier.get("deidentify")), key="new-export-deid", help=DEID_HELP
+# Below both columns: each level's explanation needs the width.
+st.subheader("Privacy")
+try:
+    policy = data.privacy_policy(who.email, slug)
+except PortalError as exc:
+    st.error(str(exc))
+    st.stop()
+manager = policy.may_change
+level = st.radio(
+    "Who may receive what",
+    LEVELS,
+    index=LEVELS.index(legacy_level(earlier)) if earlier else 0,
+    format_func=lambda v: TITLES[PrivacyLevel(v)]
+    + ("" if v != "identified" or manager or policy.policy.identified_for_researchers
+       else " — data managers only"),
+    captions=[SUMMARIES[PrivacyLevel(v)] for v in LEVELS],
+    key=f"new-export-privacy-{slug}",
+)  # fmt: skip
+st.caption(NOT_IN_PIXELS)
+fresh = shift_dates = clean = False
+if level == PrivacyLevel.IDENTIFIED:
+    st.warning(
+        "An identified export carries the patients' names, IDs, birth dates, addresses and "
+        "every other identifier as stored, and real patient labels in its folder names. "
+        "It is recorded in the audit log. Choose it only when the recipient may see who the "
+        "patients are.",
+        icon=":material/warning:",
     )
-else:  # a separate widget, so that turning pseudonyms back on starts from "off"
-    deidentify = st.toggle(
-        deid_label, value=False, disabled=True, key="new-export-deid-off",
-        help="De-identification needs pseudonymised folder names: turn them on first.",
-    )  # fmt: skip
-deid = {name: default for name, (_, _, default) in DEID_OPTIONS.items()}
-if deidentify:
+else:
+    if level == PrivacyLevel.PSEUDONYMISED:
+        kept = policy.policy.retained()
+        st.caption(
+            "This project's data managers let pseudonymised exports keep: " + ", ".join(kept)
+            if kept
+            else "This project's data managers let pseudonymised exports keep nothing more: "
+            "dates, UIDs, device details, age and sex, and private tags are removed."
+        )
     with st.container(horizontal=True, gap="medium"):  # one row, wrapping on narrow screens
-        deid = {
-            name: st.checkbox(
-                label, bool(earlier.get(name, default)), key=f"new-export-{name}", help=text
-            )
-            for name, (label, text, default) in DEID_OPTIONS.items()
-        }
+        if level == PrivacyLevel.DEIDENTIFIED:
+            shift_dates = st.checkbox(
+                "Shift dates per patient", bool(earlier.get("shift_dates", True)),
+                key="new-export-shift-dates",
+                help="Dates move back by a number of days fixed per patient in this project "
+                "(the same in every export), so intervals survive; off removes them.",
+            )  # fmt: skip
+        fresh = st.checkbox(
+            "Fresh pseudonyms", bool(earlier.get("fresh_pseudonyms")),
+            key="new-export-fresh",
+            help="New pseudonyms, date shifts and UIDs that cannot be linked to this "
+            "project's other exports (by default a patient is the same patient_NNN in every "
+            "export of the project).",
+        )  # fmt: skip
+        clean = st.checkbox(
+            "Keep descriptions, cleaned of identifiers", bool(earlier.get("clean_descriptors")),
+            key="new-export-clean",
+            help="Study and series descriptions and comments are kept with the patients' "
+            "known identifiers cleaned out, instead of being removed.",
+        )  # fmt: skip
 
 request = ExportRequest(
     selection=services.parse_selection(
@@ -214,9 +222,10 @@ request = ExportRequest(
     notes=notes,
     compression=compression,
     part_size=int(part_gib * GIB) or None,
-    pseudonyms=pseudonyms,
-    deidentify=deidentify,
-    **deid,
+    privacy=level,
+    fresh_pseudonyms=fresh,
+    shift_dates=shift_dates,
+    clean_descriptors=clean,
 )
 check = None
 if (checked or tags) and kinds:

@@ -133,7 +133,7 @@ def test_bad_selections_and_limits_are_clear_4xx(client, monkeypatch) -> None:  
 
 def test_preview_shows_header_changes_and_old_values_to_data_managers_only(client) -> None:  # type: ignore[no-untyped-def]
     http, settings, auth = client
-    body = {**BODY, "options": {"deidentify": True, "retain_dates": True}}
+    body = {**BODY, "options": {"privacy": "deidentified", "shift_dates": True}}
     answer = http.post("/api/demo/preview/", json=body, headers=auth)
     assert answer.status_code == 200, answer.text
     found = answer.json()
@@ -147,6 +147,13 @@ def test_preview_shows_header_changes_and_old_values_to_data_managers_only(clien
     assert any(r["old_value"] for r in rows)
     bad = http.post(
         "/api/demo/preview/", json={**body, "options": {"retain_uids": True}}, headers=auth
+    )  # the project's policy decides what is retained, not the request
+    assert bad.status_code == 422 and bad.json()["error"]["fields"] == {
+        "options.retain_uids": "unknown option"
+    }
+    identified = http.post(
+        "/api/demo/preview/", json={**body, "options": {"privacy": "identified"}}, headers=auth
     )
-    assert bad.status_code == 422 and "de-identification on" in bad.json()["error"]["message"]
+    assert identified.status_code == 403
+    assert "for its data managers" in identified.json()["error"]["message"]
     assert not list(settings.export_root.glob("*")), "a preview creates nothing"

@@ -22,7 +22,7 @@ from exporter.accounts import principal_for
 from exporter.archive import ExportInfo, ExportOptions, build_export, plan_export
 from exporter.config import Settings
 from exporter.errors import ExportCancelled, NotEnoughSpace, SourceFileError
-from exporter.layout import PlannedFile, plan_files, sanitize_component, unsafe_reason
+from exporter.layout import PlannedFile, plan_files, pseudonyms, sanitize_component, unsafe_reason
 from exporter.registry import FileEntry, select_files
 from exporter.verify import verify
 from tests.conftest import make_settings
@@ -80,7 +80,7 @@ def test_archive_passes_unzip_verify_and_sha256sum(demo_env: Settings, tmp_path:
     manifest = json.loads(result.manifest.read_text())
     assert manifest["parts"][0]["sha256"] == result.parts[0].sha256
     meta = json.loads((folder / "metadata.json").read_text())
-    assert meta["schema_version"] == 1
+    assert meta["schema_version"] == 2
     assert meta["totals"] == {
         "patients": 6,
         "files": len(files),
@@ -119,7 +119,7 @@ def test_pseudonymised_layout_leaks_no_label_or_stored_path(
 
 def test_labels_instead_of_pseudonyms_are_sanitised(demo_env: Settings, tmp_path: Path) -> None:
     files = demo_files(demo_env, modalities=["ios"])
-    result = build(demo_env, tmp_path, files, pseudonyms=False)
+    result = build(demo_env, tmp_path, files, privacy="identified")
     names = zipfile.ZipFile(result.parts[0].path).namelist()
     assert "export_2026-03-14_150926/P0001/ios/upper.stl" in names
 
@@ -156,14 +156,14 @@ def test_evil_labels_and_paths_never_reach_entry_names() -> None:
         fake_entry(label, f"d/{i}/../x {label}.nii.gz", kind="processed", series_label=label)
         for i, label in enumerate(evil)
     ]
-    for pseudonyms in (True, False):
-        planned = plan_files(files, pseudonyms)
+    for names in (pseudonyms(evil), None):
+        planned = plan_files(files, names)
         names = [p.arcname for p in planned]
         assert len({n.lower() for n in names}) == len(names), "names unique, case-insensitive"
         for name in names:
             assert unsafe_reason(name) is None, name
             assert all(part not in ("", ".", "..") for part in name.split("/"))
-    dirs = {p.patient_dir for p in plan_files(files, False)}
+    dirs = {p.patient_dir for p in plan_files(files, None)}
     assert {"SAME", "same_2"} <= dirs
 
 
@@ -172,9 +172,15 @@ def test_missing_source_fails_naming_the_file_and_leaves_nothing(
 ) -> None:
     files = demo_files(demo_env)
     missing = replace(files[3], path=files[3].path + ".gone")
-    with pytest.raises(SourceFileError, match=rf"{missing.path}: missing from storage"):
+    # Named by its entry: the stored path holds the patient's label.
+    with pytest.raises(
+        SourceFileError, match=r"^patient_\d+/cbct/series_001/0003.gone: missing"
+    ) as e:
         build(demo_env, tmp_path, [*files[:3], missing, *files[4:]])
+    assert missing.patient_label not in str(e.value)
     assert not (tmp_path / "e1").exists()
+    with pytest.raises(SourceFileError, match=rf"^{missing.path}: missing from storage"):
+        build(demo_env, tmp_path, [*files[:3], missing, *files[4:]], privacy="identified")
 
 
 def test_changed_source_fails(demo_env: Settings, tmp_path: Path) -> None:
@@ -191,7 +197,9 @@ def test_skip_missing_records_every_skipped_file(demo_env: Settings, tmp_path: P
     result = build(demo_env, tmp_path, [*files, missing], skip_missing=True)
     meta = json.loads(zipfile.ZipFile(result.parts[0].path).read(f"{info().folder}/metadata.json"))
     assert meta["totals"]["skipped"] == 1
-    assert meta["skipped"][0]["reason"] == "demo/nowhere/file.dcm: missing from storage"
+    skipped = meta["skipped"][0]
+    assert skipped["reason"] == f"{skipped['path']}: missing from storage"
+    assert skipped["path"].startswith("patient_")
     assert verify(result.parts[0].path).ok
 
 
@@ -208,7 +216,8 @@ def test_source_paths_that_leave_the_data_root_are_refused(
     linked_dir.symlink_to("/etc", target_is_directory=True)
     try:
         with pytest.raises(SourceFileError, match=r"demo/link\.dcm: is a symbolic link; refused"):
-            build(demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")])
+            build(demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")],
+                  privacy="identified")  # fmt: skip
         with pytest.raises(SourceFileError, match="leads outside the data root"):
             build(demo_env, tmp_path, [replace(files[0], path="demo/linked/hostname")])
     finally:
@@ -227,12 +236,16 @@ def test_compression_policy_and_modification_times(demo_env: Settings, tmp_path:
         assert dcm.compress_type == dcm_method and jpg.compress_type == zipfile.ZIP_STORED
         if compression == "fast":
             assert dcm.compress_size < dcm.file_size * 0.65  # CBCT deflates about 2x
-        first = next(
-            label for label, folder in result.pseudonyms.items() if folder == "patient_001"
-        )
-        source = next(f for f in files if f.patient_label == first and f.path.endswith("0001.dcm"))
-        local = time.localtime(source.mtime_ns / 1e9)
-        assert dcm.date_time == (*local[:5], local.tm_sec // 2 * 2)
+        # The export's own time, never the source's (which tells when it was acquired)...
+        local = time.localtime(CREATED.timestamp())
+        assert dcm.date_time == jpg.date_time == (*local[:5], local.tm_sec // 2 * 2)
+    # ...but for an identified export, which keeps the stored files' times.
+    result = build(demo_env, tmp_path / "identified", files, privacy="identified")
+    with zipfile.ZipFile(result.parts[0].path) as zf:
+        dcm = next(i for i in zf.infolist() if i.filename.endswith("/cbct/series_001/0001.dcm"))
+    source = next(f for f in files if f.patient_label == "P0001" and f.path.endswith("0001.dcm"))
+    local = time.localtime(source.mtime_ns / 1e9)
+    assert dcm.date_time == (*local[:5], local.tm_sec // 2 * 2)
 
 
 def test_large_files_stream_through_the_writer(
@@ -371,7 +384,7 @@ def test_a_fifo_at_a_registered_path_is_refused_not_waited_on(
     fifo = demo_env.data_root / "demo" / "pipe.dcm"
     os.mkfifo(fifo)
     try:
-        with pytest.raises(SourceFileError, match=r"demo/pipe\.dcm: not a regular file"):
+        with pytest.raises(SourceFileError, match=r"^patient_001/\S+: not a regular file"):
             build(demo_env, tmp_path, [replace(files[0], path="demo/pipe.dcm")])
     finally:
         fifo.unlink()
@@ -398,9 +411,9 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
     new = pydicom.dcmread(io.BytesIO(exported))
     old = pydicom.dcmread(io.BytesIO(original_bytes))
     assert (str(new.PatientName), new.PatientID) == ("patient_001", "patient_001")
-    # (Other identifying elements, e.g. the demo's private tag, stay until de-identification.)
     assert new.PixelData == old.PixelData, "pixel data byte-identical to the source"
-    assert new.StudyInstanceUID == old.StudyInstanceUID, "UIDs are not changed"
+    assert new.StudyInstanceUID != old.StudyInstanceUID, "UIDs replaced: no policy keeps them"
+    assert "OtherPatientIDsSequence" not in new and not any(e.tag.is_private for e in new)
     dump = subprocess.run(
         ["dcmdump", str(tmp_path / "x" / folder / "patient_001/cbct/series_001/0001.dcm")],
         capture_output=True, text=True, check=True,
@@ -410,19 +423,19 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
         hashlib.sha256((demo_env.data_root / source.path).read_bytes()).hexdigest() == source.sha256
     )
     dcm_entries = {f.path for f in files if f.media_type == "application/dicom"}
-    assert len(changes) == 2 * len(dcm_entries)
-    assert {c["keyword"] for c in changes} == {"PatientID", "PatientName"}
-    assert all(
-        c["reason"] == "pseudonym" and c["new_value"].startswith("patient_") for c in changes
-    )
+    pseudonym = [c for c in changes if c["reason"] == "pseudonym"]
+    assert len(pseudonym) == 2 * len(dcm_entries)
+    assert {c["keyword"] for c in pseudonym} == {"PatientID", "PatientName"}
+    assert all(c["new_value"].startswith("patient_") for c in pseudonym)
+    assert {c["reason"] for c in changes} == {"pseudonym", "deidentified"}
     assert set(changes[0]) == {"path", "tag", "keyword", "new_value", "reason", "action"}, "no old"
     assert verify(result.parts[0].path).ok
 
 
-@pytest.mark.parametrize("deidentify", [False, True])
+@pytest.mark.parametrize("privacy", ["pseudonymised", "deidentified"])
 @pytest.mark.parametrize("where", ["repeated", "out of order", "after the pixel data"])
 def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
-    demo_env: Settings, tmp_path: Path, where: str, deidentify: bool
+    demo_env: Settings, tmp_path: Path, where: str, privacy: str
 ) -> None:
     """A non-conformant header with a second PatientName (right after the first, after the
     image elements, or after the pixel data): neither the patient's name nor the second one
@@ -452,7 +465,7 @@ def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
         sha256=hashlib.sha256(odd.read_bytes()).hexdigest(),
     )  # fmt: skip
     try:
-        result = build(demo_env, tmp_path, [entry], deidentify=deidentify)
+        result = build(demo_env, tmp_path, [entry], privacy=privacy)
     finally:
         odd.unlink()
     with zipfile.ZipFile(result.parts[0].path) as zf:
@@ -466,8 +479,7 @@ def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
         names.append(data[at + 8 : at + 8 + size].strip())
         at = data.find(b"\x10\x00\x10\x00PN", at + 8 + size)
     assert names == [b"patient_001"]
-    if deidentify:  # (without, other fields, e.g. the demo's private tag, keep the name)
-        assert original not in data
+    assert original not in data
     assert pydicom.dcmread(BytesIO(data)).PixelData == source.PixelData
 
 
@@ -483,7 +495,7 @@ def test_a_dicom_that_cannot_be_rewritten_fails_the_export_naming_it(
         size=bad.stat().st_size, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(),
     )  # fmt: skip
     try:
-        with pytest.raises(SourceFileError, match=r"demo/broken\.dcm: DICOM header cannot be"):
+        with pytest.raises(SourceFileError, match=r"^patient_001/\S+\.dcm: DICOM header cannot be"):
             build(demo_env, tmp_path, [entry])
     finally:
         bad.unlink()
@@ -497,19 +509,19 @@ def test_the_change_log_is_streamed_not_held_for_the_whole_part(
     and dicom_changes.csv holds one row per changed field of every file."""
     from exporter import dicom_rewrite
 
-    monkeypatch.setattr(dicom_rewrite, "CHANGE_BATCH", 500)
+    monkeypatch.setattr(dicom_rewrite, "CHANGE_BATCH", 20)
     files = demo_files(demo_env, modalities=["cbct"])
     batches: list[tuple[int, int]] = []  # (changes, files done when the batch came)
     done = [0]
 
-    def sink(batch: list[object]) -> None:
-        batches.append((len(batch), done[0]))
+    def sink(batch: list[object]) -> None:  # rows, each standing for one file or a series
+        batches.append((sum(c.files for c in batch), done[0]))  # type: ignore[attr-defined]
 
     def progress(p: object) -> None:
         done[0] = p.files_done  # type: ignore[attr-defined]
 
     result = build_export(
-        files, tmp_path / "e1", info(), ExportOptions(deidentify=True), demo_env.data_root,
+        files, tmp_path / "e1", info(), ExportOptions(privacy="deidentified"), demo_env.data_root,
         changes_sink=sink, progress=progress,
     )  # fmt: skip
     total = sum(n for n, _ in batches)

@@ -141,7 +141,7 @@ def test_curate_then_dry_run_shows_the_change_and_creates_nothing(
     assert code == 0 and "InstitutionName" in out and "'Research Site'" in out
     code, out, _ = run(
         capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
-        "--modality", "cbct", "--deidentify", "--retain-dates", "--dry-run",
+        "--modality", "cbct", "--privacy", "deidentified", "--dry-run",
     )  # fmt: skip
     assert code == 0, out
     assert "InstitutionName" in out and "Nothing was created" in out

@@ -20,13 +20,17 @@ from exporter.dicom_rewrite import HeaderRewriter
 from exporter.layout import PlannedFile
 from exporter.registry import FileEntry
 
+# ExportOptions for each privacy level and the options the project's policy may add.
 OPTIONS = [
-    {},
-    {"retain_dates": True},
-    {"retain_uids": True},
-    {"remove_private": False},
-    {"retain_dates": True, "retain_uids": True, "remove_private": False},
-]
+    {"privacy": "deidentified"},
+    {"privacy": "deidentified", "shift_dates": True},
+    {},  # pseudonymised, nothing retained
+    {"retain_full_dates": True, "retain_uids": True, "retain_device_identity": True,
+     "retain_patient_characteristics": True},
+    {"kept_private": ("0009,DEMO VENDOR,10",)},
+    {"retain_full_dates": True, "kept_private": ("0009,DEMO VENDOR,10",)},
+]  # fmt: skip
+IDS = ["deidentified", "shifted", "pseudonymised", "retained", "kept-private", "dates+private"]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +57,9 @@ def run(rewriter: HeaderRewriter, item: PlannedFile, raw: bytes) -> tuple[pydico
     return ds, {(c.tag, c.action, c.new_value, c.reason) for c in changes}
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "basic")
-def test_byte_level_equals_pydicom(sources: list[bytes], options: dict[str, bool]) -> None:
-    opts = ExportOptions(deidentify=True, **options)  # type: ignore[arg-type]
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_byte_level_equals_pydicom(sources: list[bytes], options: dict[str, object]) -> None:
+    opts = ExportOptions(**options)  # type: ignore[arg-type]
     curated = CurationRules(by_patient={1: {0x00081030: ("StudyDescription", "Curated")}})
     fast = export_transform(opts, ["patient_001"], curated, "ab" * 32, {"patient_001": -40})
     slow = HeaderRewriter(fast.context, byte_level=False)
@@ -75,16 +79,19 @@ def test_byte_level_equals_pydicom(sources: list[bytes], options: dict[str, bool
             0x00100010: ("PatientName", "patient_001", "pseudonym"),
             0x00100020: ("PatientID", "patient_001", "pseudonym"),
         }) is not None  # fmt: skip
-    assert took_bytes == len(sources), "the demo's headers all take the byte-level path"
+    if not opts.kept_private:  # a reviewed private tag: pydicom knows its creator
+        assert took_bytes == len(sources), "the demo's headers all take the byte-level path"
+    else:
+        assert took_bytes == 0
 
 
 def test_what_the_byte_level_path_leaves_to_pydicom(sources: list[bytes]) -> None:
-    fast = export_transform(ExportOptions(deidentify=True, clean_descriptors=True), [])
+    fast = export_transform(ExportOptions(clean_descriptors=True), [])
     assert fast._bytes is not None
     edits = {0x00100010: ("PatientName", "patient_001", "pseudonym")}
     # Cleaning free text needs the file's identifiers: pydicom does it.
     assert fast._bytes.rewrite(sources[0], "patient_001", edits) is None
-    plain = export_transform(ExportOptions(deidentify=True), [])
+    plain = export_transform(ExportOptions(), [])
     assert plain._bytes is not None
     absent = {0x00102160: ("EthnicGroup", "x", "curated")}  # a field the file lacks
     assert plain._bytes.rewrite(sources[0], "patient_001", absent) is None
@@ -136,7 +143,7 @@ def test_other_transfer_syntaxes_lose_what_follows_the_pixel_data_too(
 ) -> None:
     raw = with_extras(tmp_path / "x.dcm", syntax=syntax)
     assert raw.count(b"DOE^JOHN") == 4
-    rewriter = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    rewriter = export_transform(ExportOptions(), ["patient_001"])
     out = full_output(rewriter, planned(1, raw, "patient_001"), raw)
     assert b"DOE^JOHN" not in out and b"STMARYS" not in out
     ds = pydicom.dcmread(io.BytesIO(out))
@@ -152,7 +159,7 @@ def test_nothing_after_the_pixel_data_and_no_sender_in_the_file_meta(
 ) -> None:
     raw = with_extras(tmp_path / "x.dcm", encapsulated)
     assert raw.count(b"DOE^JOHN") == 4
-    fast = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    fast = export_transform(ExportOptions(), ["patient_001"])
     rewriter = HeaderRewriter(fast.context, byte_level=byte_level)
     out = full_output(rewriter, planned(1, raw, "patient_001"), raw)
     assert b"DOE^JOHN" not in out and b"STMARYS" not in out
@@ -193,7 +200,7 @@ def test_a_header_too_long_to_rewrite_fails_rather_than_leaks(
     raw = (tmp_path / "x.dcm").read_bytes()
     monkeypatch.setattr(dicom_rewrite, "MAX_HEADER", 2 * 1024 * 1024)
     monkeypatch.setattr(dicom_rewrite, "CHUNK", 1024 * 1024)
-    rewriter = export_transform(ExportOptions(deidentify=True), ["patient_001"])
+    rewriter = export_transform(ExportOptions(), ["patient_001"])
     with pytest.raises(SourceFileError, match="longer than"):
         full_output(rewriter, planned(1, raw, "patient_001"), raw)
 
@@ -223,7 +230,8 @@ def test_a_curated_value_the_character_set_lacks_switches_the_file_to_utf8(
     curated = CurationRules(by_patient={1: {0x00081030: ("StudyDescription", text)}})
     for deidentify in (False, True):
         rewriter = export_transform(
-            ExportOptions(deidentify=deidentify, clean_descriptors=deidentify), ["patient_001"],
+            ExportOptions(privacy="deidentified" if deidentify else "identified",
+                          clean_descriptors=deidentify), ["patient_001"],
             curated,
         )  # fmt: skip
         out = pydicom.dcmread(

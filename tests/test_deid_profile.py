@@ -204,10 +204,19 @@ def test_markdown_table_rows() -> None:
     assert lines[0] == "| Attribute | Tag | Action | With options |"
     assert len(lines) == 2 + len(BASIC_PROFILE) + len(REPEATING_GROUPS) + 1
     assert "| Patient's Name | (0010,0010) | blank (`Z`) |  |" in lines
-    assert "| Study Date | (0008,0020) | blank (`Z`) | shifted with *retain dates* |" in lines
     assert (
-        "| Study Instance UID | (0020,000D) | new UID, consistent within the export (`U`) "
-        "| kept with *retain UIDs* |"
+        "| Study Date | (0008,0020) | blank (`Z`) "
+        "| kept with *retain full dates*; shifted with *shift dates* |"
+    ) in lines
+    assert (
+        "| Study Instance UID | (0020,000D) | new UID, the same in every export of the project "
+        "(`U`) | kept with *retain UIDs* |"
+    ) in lines
+    assert (
+        "| Station Name | (0008,1010) | remove (`X/Z/D`) | kept with *retain device identity* |"
+    ) in lines
+    assert (
+        "| Patient's Sex | (0010,0040) | blank (`Z`) | kept with *retain patient characteristics* |"
     ) in lines
     cleaned = (
         "| Series Description | (0008,103E) | remove (`X`) | cleaned with *clean descriptors* |"
@@ -232,3 +241,37 @@ def test_update_doc_regenerates_only_between_the_markers(tmp_path: Path) -> None
     assert not update_doc(page)
     with pytest.raises(ValueError, match="add the lines"):
         with_table("no markers here")
+
+
+def test_the_options_a_project_policy_can_allow() -> None:
+    """Full dates keep every temporal row; device identity, patient characteristics and
+    the reviewed private tags keep what their columns say, nothing more."""
+    from pydicom.dataset import Dataset
+
+    from exporter.deid import Deidentifier, DeidOptions, PrivateTag
+
+    dated = [r for r in BASIC_PROFILE.values() if r.retain_dates is not None]
+    assert len(dated) > 30
+    assert all(effective_action(r, retain_full_dates=True) == Action.KEEP for r in dated)
+    assert effective_action(row("PatientBirthDate"), retain_full_dates=True) == Action.ZERO
+    assert effective_action(row("StationName"), retain_device_identity=True) == Action.KEEP
+    assert effective_action(row("InstitutionName"), retain_device_identity=True) == Action.REMOVE
+    chars = {"retain_patient_characteristics": True}
+    assert effective_action(row("PatientSex"), **chars) == Action.KEEP
+    assert effective_action(row("Allergies"), **chars) == Action.CLEAN
+    assert effective_action(row("PatientName"), **chars) == Action.ZERO
+    options = DeidOptions(
+        retain_full_dates=True, retain_device_identity=True,
+        kept_private=(PrivateTag.parse("0009,ACME,10"),),
+    )  # fmt: skip
+    assert [c for c, _ in options.codes()] == ["113100", "113106", "113109", "113111"]
+    assert options.temporal() == "UNMODIFIED"
+    ds = Dataset()
+    block = ds.private_block(0x0009, "ACME", create=True)
+    block.add_new(0x10, "LO", "kept")
+    block.add_new(0x11, "LO", "not reviewed")
+    ds.private_block(0x0011, "OTHER", create=True).add_new(0x10, "LO", "other vendor")
+    Deidentifier(options, b"k" * 32, {}).apply(ds, "patient_001", [])
+    assert [e.value for e in ds if e.tag.is_private] == ["ACME", "kept"]
+    with pytest.raises(ValueError, match="GROUP,CREATOR,ELEMENT"):
+        PrivateTag.parse("0010,ACME,10")

@@ -156,15 +156,17 @@ def planned(path: Path, root: Path) -> PlannedFile:
     return PlannedFile(entry, "patient_001/cbct/series_001/0001.dcm", "patient_001")
 
 
-@pytest.mark.parametrize("deidentify", [False, True], ids=["rewrite", "deidentify"])
+@pytest.mark.parametrize("privacy", ["identified", "pseudonymised"])
 def test_a_long_header_is_still_rewritten_at_byte_level(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deidentify: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, privacy: str
 ) -> None:
     raw = long_header_dicom(tmp_path / "data" / "1.dcm")
     item = planned(tmp_path / "data" / "1.dcm", tmp_path / "data")
+    folder = "P001" if privacy == "identified" else "patient_001"
+    item = PlannedFile(item.source, item.arcname, folder)
     curated = CurationRules(by_patient={1: {0x00081030: ("StudyDescription", "New study")}})
-    options = ExportOptions(deidentify=deidentify)
-    reference = export_transform(options, ["patient_001"], curated, "ab" * 32)
+    options = ExportOptions(privacy=privacy)
+    reference = export_transform(options, [folder], curated, "ab" * 32)
     reference_out = b"".join(
         bytes(c)
         for c in HeaderRewriter(reference.context, byte_level=False)(item, io.BytesIO(raw))  # type: ignore[arg-type]
@@ -174,7 +176,7 @@ def test_a_long_header_is_still_rewritten_at_byte_level(
         raise AssertionError("the byte-level path should have handled this header")
 
     monkeypatch.setattr(HeaderRewriter, "_parse", staticmethod(no_pydicom))
-    transform = export_transform(options, ["patient_001"], curated, "ab" * 32)
+    transform = export_transform(options, [folder], curated, "ab" * 32)
     result = build_export(
         [item.source], tmp_path / "out",
         ExportInfo("e1", "x", "demo", "r@x", datetime.now(UTC)), options, tmp_path / "data",
@@ -183,7 +185,7 @@ def test_a_long_header_is_still_rewritten_at_byte_level(
     with zipfile.ZipFile(result.parts[0].path) as zf:
         exported = zf.read(f"x/{result.parts[0].files[0].path}")
     ours, theirs = pydicom.dcmread(io.BytesIO(exported)), pydicom.dcmread(io.BytesIO(reference_out))
-    assert str(ours.PatientName) == "patient_001"
-    assert ours.get("StudyDescription") == (None if deidentify else "New study")
+    assert str(ours.PatientName) == folder
+    assert ours.get("StudyDescription") == ("New study" if privacy == "identified" else None)
     assert ours == theirs and ours.PixelData == pydicom.dcmread(io.BytesIO(raw)).PixelData
     assert (tmp_path / "data" / "1.dcm").read_bytes() == raw, "the original is untouched"

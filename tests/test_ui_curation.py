@@ -148,18 +148,23 @@ def test_a_researcher_is_told_to_ask_a_data_manager(portal: Settings) -> None:
     assert not any(b.label == "Save value" for b in at.button)
 
 
-def test_new_export_previews_the_de_identification(portal: Settings) -> None:
+def test_new_export_chooses_a_privacy_level_and_previews_it(portal: Settings) -> None:
     at = open_page("new_export.py", RESEARCHER)
-    deid = next(t for t in at.toggle if t.label.startswith("De-identify"))
-    assert not deid.disabled and not deid.value
-    assert not any(c.label == "Keep UIDs" for c in at.checkbox), "options only when it is on"
-    at.session_state["tree-demo"] = {"checked": ["p:P0001"], "expanded": []}
-    deid.set_value(True).run()
-    private = next(c for c in at.checkbox if c.label == "Remove private tags")
-    assert private.value, "private tags are removed by default"
+    level = next(r for r in at.radio if r.label == "Who may receive what")
+    assert level.value == "pseudonymised", "pseudonymised is the default"
+    assert level.options == [
+        "Pseudonymised (default)", "De-identified",
+        "Identified (carries names, IDs and dates) — data managers only",
+    ]  # fmt: skip
+    captions = " ".join(c.value for c in at.caption)
+    assert "keep: full dates, patient characteristics" in captions, "the demo project's policy"
     labels = {c.label for c in at.checkbox}
-    assert {"Keep dates, shifted per patient", "Keep UIDs"} <= labels
-    assert "Keep descriptions, cleaned of identifiers" in labels
+    assert {"Fresh pseudonyms", "Keep descriptions, cleaned of identifiers"} <= labels
+    assert "Shift dates per patient" not in labels, "dates are shifted in de-identified only"
+    at.session_state["tree-demo"] = {"checked": ["p:P0001"], "expanded": []}
+    level.set_value("deidentified").run()
+    shift = next(c for c in at.checkbox if c.label == "Shift dates per patient")
+    assert shift.value, "shifted by default"
     assert len(at.dataframe) == 0, "no preview before the button"
 
     button(at, "Show preview").click().run()
@@ -168,9 +173,10 @@ def test_new_export_previews_the_de_identification(portal: Settings) -> None:
     assert {r["Reason"] for r in rows} >= {"deidentified", "pseudonym"}
     assert {r["Patient"] for r in rows} == {"P0001"}
     name = next(r for r in rows if r["Field"] == "PatientName")
-    assert name["New value"] == "patient_001"
+    assert name["New value"] == "new_patient_1", "never exported: its pseudonym comes later"
     assert "Old value" not in name, "a researcher is not shown the old (identifying) values"
     assert any(r["New value"] == "(removed)" and r["Action"] == "removed" for r in rows)
+    assert any(r["Action"] == "shifted" for r in rows)
     captions = " ".join(c.value for c in at.caption)
     assert "One file per selected series (1 of 1 shown)" in captions
     assert "photos/scans/volumes will have their metadata stripped" in captions
@@ -180,15 +186,15 @@ def test_new_export_previews_the_de_identification(portal: Settings) -> None:
     assert len(at.dataframe) == 0, "a changed selection hides the stale preview"
     assert any("show the preview again" in c.value for c in at.caption)
 
-    pseudonyms = next(t for t in at.toggle if t.label.startswith("Pseudonymised"))
-    pseudonyms.set_value(False).run()
-    deid = next(t for t in at.toggle if t.label.startswith("De-identify"))
-    assert deid.disabled and not deid.value and "needs pseudonymised" in deid.help
+    next(r for r in at.radio if r.label == "Who may receive what").set_value("identified").run()
+    assert any("carries the patients' names" in w.value for w in at.warning)
+    assert any("for its data managers (manager@demo.example)" in e.value for e in at.error)
+    assert button(at, "Create export").disabled, "refused, and the page says why"
 
 
 def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> None:
     sel = services.parse_selection(patients=["P0001"], modalities=["cbct"])
-    request = ExportRequest(selection=sel, name="deid", deidentify=True, retain_dates=True)
+    request = ExportRequest(selection=sel, name="deid", privacy="deidentified")
     view = services.create_export(portal, RESEARCHER, "demo", request)
     connection = Redis.from_url(portal.redis_url)
     SimpleWorker([export_queue(portal, connection)], connection=connection).work(burst=True)
@@ -200,7 +206,9 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     label = f"DICOM changes ({total:,})"
     assert label in [e.label for e in at.expander]
     assert any(
-        "De-identification: DICOM PS3.15 Basic profile · dates kept, shifted per patient" in c.value
+        "Privacy: De-identified · pseudonyms stable in the project" in c.value
+        and "dates shifted per patient" in c.value
+        and "privacy check passed" in c.value
         for c in at.caption
     )
     tables = len(at.dataframe)
@@ -210,28 +218,46 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     changes = at.dataframe[-1].value
     assert len(at.dataframe) == tables + 1
     assert list(changes.columns) == [
-        "Patient", "Part", "Path", "Field", "Tag", "Action", "Reason", "New value", "Old value"
+        "Patient", "Part", "Path", "Field", "Tag", "Action", "Reason", "New value", "Files",
+        "Old value",
     ]  # fmt: skip
     assert set(changes["Patient"]) == {"P0001"}, "the manager sees whose file it was"
     assert len(changes) == min(total, 1000)
     assert "deidentified" in set(changes["Reason"])
+    assert changes["Files"].max() > 1, "a change to a whole series is one row"
     assert any("old values are kept in the portal only" in c.value.lower() for c in at.caption)
+    at.session_state[f"key-{view.id}"] = True  # who is who
+    at.run()
+    (key_table,) = [d.value for d in at.dataframe if "Folder" in d.value.columns]
+    key = key_table.to_dict("records")
+    shift = key[0]["Date shift (days)"]
+    assert shift < 0
+    assert key == [
+        {"Folder": "patient_001", "Patient": "P0001", "Date shift (days)": shift,
+         "Pseudonym": "stable"}
+    ]  # fmt: skip
 
     at = open_page("exports.py", RESEARCHER)
     assert not at.exception
     assert "**deid**" in " ".join(m.value for m in at.markdown), "the researcher sees the export"
     assert not any(e.label.startswith("DICOM changes") for e in at.expander)
+    at.session_state[f"key-{view.id}"] = True
+    at.run()
+    assert any("Only data managers" in c.value for c in at.caption), "no key for researchers"
 
 
-def test_export_again_repeats_the_de_identification_options(portal: Settings) -> None:
+def test_export_again_repeats_the_privacy_choices(portal: Settings) -> None:
     sel = services.parse_selection(patients=["P0001"], modalities=["cbct"])
-    request = ExportRequest(selection=sel, name="again", deidentify=True, retain_uids=True)
+    request = ExportRequest(
+        selection=sel, name="again", privacy="deidentified", shift_dates=False,
+        fresh_pseudonyms=True,
+    )  # fmt: skip
     view = services.create_export(portal, RESEARCHER, "demo", request)
     at = open_page("exports.py", RESEARCHER)
-    assert any("De-identification: DICOM PS3.15 Basic profile" in c.value for c in at.caption)
+    assert any("Privacy: De-identified · pseudonyms fresh" in c.value for c in at.caption)
     next(b for b in at.button if b.key == f"again-{view.id}").click().run()
     assert [t.value for t in at.title] == ["New export"]
-    assert next(t for t in at.toggle if t.label.startswith("De-identify")).value
+    assert next(r for r in at.radio if r.label == "Who may receive what").value == "deidentified"
     ticked = {c.label for c in at.checkbox if c.value}
-    assert {"Keep UIDs", "Remove private tags"} <= ticked
-    assert "Keep dates, shifted per patient" not in ticked
+    assert "Fresh pseudonyms" in ticked
+    assert "Shift dates per patient" not in ticked

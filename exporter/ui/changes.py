@@ -24,6 +24,9 @@ def show(rows: Iterable[tuple[dict[str, Any], _Change]], with_old: bool) -> None
     for lead, c in rows:
         row = {**lead, "Field": c.keyword, "Tag": c.tag, "Action": c.action, "Reason": c.reason,
                "New value": "(removed)" if c.new_value is None else c.new_value}  # fmt: skip
+        files = getattr(c, "files", None)
+        if files is not None:
+            row["Files"] = files
         if with_old:
             row["Old value"] = c.old_value or ""
         table.append(row)

@@ -10,6 +10,7 @@ from exporter.curation import CuratedValue, HeaderField, SeriesInfo
 from exporter.dicom_values import FieldSpec
 from exporter.errors import PermissionDenied, PortalError
 from exporter.models import Role
+from exporter.privacy import PolicyView
 from exporter.registry import ProjectOverview, ProjectTree
 from exporter.services import ChangeLog
 from exporter.ui.session import settings
@@ -25,6 +26,12 @@ def overview(email: str) -> list[ProjectOverview]:
 def projects(email: str) -> list[ProjectAccess]:
     """The projects the user may work in."""
     return services.projects_of(settings(), email)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def privacy_policy(email: str, project: str) -> PolicyView:
+    """What the project's data managers allow, and whether this user may change it."""
+    return services.project_privacy(settings(), email, project)
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -88,6 +95,16 @@ def field_spec(keyword: str) -> FieldSpec | str:
 def change_counts(email: str, export_ids: tuple[str, ...]) -> dict[str, int]:
     """DICOM changes per export, for the exports of projects the user manages (one query)."""
     return services.export_change_counts(settings(), email, list(export_ids))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def privacy_report(email: str, export_id: str) -> dict[str, object] | None:
+    """An export's residual-check report, or None for a user who is not a data manager of
+    its project."""
+    try:
+        return services.export_privacy_report(settings(), email, export_id)
+    except PermissionDenied:
+        return None
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from exporter.errors import PortalError
 from exporter.ui import data
-from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, TOKENS
+from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, PRIVACY, TOKENS
 from exporter.ui.session import identity
 
 st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
@@ -32,6 +32,7 @@ navigation = st.navigation(
             icon=":material/edit_note:",
             visibility="visible" if curates else "hidden",
         ),
+        st.Page(PRIVACY, title="Project privacy", icon=":material/shield:"),
         st.Page(TOKENS, title="API tokens", icon=":material/key:"),
     ],
     position="sidebar" if who else "hidden",  # nothing to navigate when signed out

@@ -1,0 +1,100 @@
+"""Stable pseudonyms and keys per project: the same patient is the same ``patient_NNN`` in
+every export of its project, with the same date shift and UID replacements.
+
+A patient's pseudonym is assigned on its first export and kept (``patient_pseudonym``); the
+patients new to one export get the next numbers in a random order, so numbering follows the
+order of first export, never the order of labels. An export that asks for *fresh
+pseudonyms* gets its own ``patient_001``... in random order, fresh date shifts and a fresh
+UID key, unlinkable to any other export. Readable by the project's data managers only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from exporter.deid import new_date_shift, new_uid_key
+from exporter.layout import pseudonym, pseudonyms
+from exporter.models import PatientPseudonym, Project
+from exporter.privacy import new_project_key, stable_date_shift, stable_uid_key
+
+
+def project_key(session: Session, project_id: int) -> str:
+    """The project's secret, created on first use (two workers at once agree on one)."""
+    session.execute(
+        update(Project)
+        .where(Project.id == project_id, Project.privacy_key.is_(None))
+        .values(privacy_key=new_project_key())
+    )
+    key = session.scalar(select(Project.privacy_key).where(Project.id == project_id))
+    assert key is not None
+    return key
+
+
+def assign(
+    session: Session,
+    project_id: int,
+    patients: Mapping[int, str],
+    export_id: str | None = None,
+    fresh: bool = False,
+) -> dict[int, str]:
+    """The pseudonym of each patient (id -> label given), by patient id.
+
+    Stable ones are created for patients that have none yet, under a lock on the project
+    row (two exports starting at once number their new patients one after the other).
+    """
+    if fresh:
+        names = pseudonyms(patients.values())
+        return {pid: names[label] for pid, label in patients.items()}
+    session.execute(update(Project).where(Project.id == project_id).values(id=Project.id))
+    known = dict(
+        session.execute(
+            select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
+                PatientPseudonym.patient_id.in_(list(patients))
+            )
+        ).all()
+    )
+    new = [pid for pid in patients if pid not in known]
+    secrets.SystemRandom().shuffle(new)
+    last = session.scalar(
+        select(func.coalesce(func.max(PatientPseudonym.number), 0)).where(
+            PatientPseudonym.project_id == project_id
+        )
+    )
+    for number, pid in enumerate(new, start=int(last or 0) + 1):
+        name = pseudonym(number)
+        session.add(
+            PatientPseudonym(
+                project_id=project_id, patient_id=pid, number=number, pseudonym=name,
+                first_export_id=export_id,
+            )
+        )  # fmt: skip
+        known[pid] = name
+    session.flush()
+    return {pid: known[pid] for pid in patients}
+
+
+def keys(
+    session: Session, project_id: int, patient_ids: list[int], fresh: bool
+) -> tuple[str, dict[int, int]]:
+    """The UID key and each patient's date shift: the project's stable ones (derived from
+    its secret), or fresh ones."""
+    if fresh:
+        return new_uid_key(), {pid: new_date_shift() for pid in patient_ids}
+    key = project_key(session, project_id)
+    return stable_uid_key(key), {pid: stable_date_shift(key, pid) for pid in patient_ids}
+
+
+def stable_of(session: Session, patient_ids: list[int]) -> dict[int, str]:
+    """The stable pseudonyms these patients already have (the preview shows them)."""
+    if not patient_ids:
+        return {}
+    rows = session.execute(
+        select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
+            PatientPseudonym.patient_id.in_(patient_ids)
+        )
+    )
+    return dict(rows.all())

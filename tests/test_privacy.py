@@ -1,0 +1,360 @@
+"""Privacy levels end to end: identifiers planted in every place a scanner, camera or tool
+writes them, exported as a researcher, a data manager and de-identified, and read back with
+DCMTK (``dcmdump +r``) and with a plain byte search of every entry and of the ZIP itself.
+Jobs run on the suite's Redis; every archive went through the residual-identifier check.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select, update
+
+from exporter import db, jobs, services
+from exporter.config import Settings
+from exporter.errors import PermissionDenied
+from exporter.models import AuditEvent, DatasetExport, ExportDicomChange, PatientPseudonym
+from exporter.verify import verify
+from tests.builders import PLANTED, planted_tree
+from tests.conftest import Inbox
+from tests.test_jobs import MANAGER, ME, request, text_of, work
+
+PROJECT = "plant"
+RESEARCHER = "rosa@plant.example"
+KEEPER = "dirk@plant.example"
+ALL = ["cbct", "ios", "intraoral-photo"]
+
+
+@pytest.fixture
+def plant(portal: Settings) -> Settings:
+    """The planted tree registered as project ``plant`` (default policy: nothing retained),
+    with a researcher and a data manager."""
+    planted_tree(portal.data_root / PROJECT)
+    services.add_project(portal, PROJECT, "Planted identifiers")
+    services.register(portal, PROJECT, portal.data_root / PROJECT)
+    services.add_user(portal, RESEARCHER, PROJECT, "researcher")
+    services.add_user(portal, KEEPER, PROJECT, "data_manager")
+    return portal
+
+
+def export(settings: Settings, user: str, **kw: object) -> tuple[str, Path]:
+    """Create an export of the planted project, run it, return (status, archive)."""
+    kw.setdefault("modalities", ALL)
+    view = services.create_export(settings, user, PROJECT, request(**kw))
+    work(settings)
+    done = services.get_export(settings, user, view.id)
+    archives = sorted((settings.export_root / view.id).glob("*.zip"))
+    return done.status + (f": {done.error_message}" if done.error_message else ""), (
+        archives[0] if archives else Path()
+    )
+
+
+def forms(value: str) -> set[str]:
+    """The ways a file may write a value: as is, in either case, with its separators
+    replaced or gone, a person name in either order."""
+    parts = [p for p in re.split(r"[\^ ]+", value) if p]
+    found = {value, value.upper(), value.lower(), " ".join(parts), "".join(parts)}
+    if len(parts) > 1:
+        found |= {" ".join(parts[::-1]), " ".join([parts[1], parts[0]])}
+    return {f for f in found if len(f) >= 5}
+
+
+def date_forms(day: str) -> set[str]:
+    y, m, d = day[:4], day[4:6], day[6:]
+    return {day, f"{y}-{m}-{d}", f"{y}:{m}:{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{y}/{m}/{d}"}
+
+
+def entries(archive: Path) -> dict[str, bytes]:
+    """Every entry's bytes, a gzipped entry's content too."""
+    out: dict[str, bytes] = {}
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            out[name] = data + (gzip.decompress(data) if name.endswith(".gz") else b"")
+    return out
+
+
+def zip_fields(archive: Path) -> bytes:
+    """The ZIP's own structures: local headers, central directory, extra fields, comments
+    (the entry data left out, which :func:`entries` covers)."""
+    raw = archive.read_bytes()
+    with zipfile.ZipFile(archive) as zf:
+        spans = [(i.header_offset, i.header_offset + 30 + len(i.filename.encode()) + 40)
+                 for i in zf.infolist()]  # fmt: skip
+        start = zf.start_dir
+    return b"".join(raw[a:b] for a, b in spans) + raw[start:]
+
+
+def leaks(archive: Path, values: list[str]) -> list[str]:
+    """Where any form of any value appears: in an entry, in the ZIP's fields, or in what
+    DCMTK reads from every exported DICOM file."""
+    found = []
+    haystacks = {name: data.lower() for name, data in entries(archive).items()}
+    haystacks["(zip structures)"] = zip_fields(archive).lower()
+    for value in values:
+        for form in forms(value):
+            needle = form.lower().encode()
+            found += [f"{form!r} in {name}" for name, data in haystacks.items() if needle in data]
+    return found
+
+
+def dcmtk_dump(archive: Path, tmp: Path) -> str:
+    """``dcmdump +r`` over every DICOM file of the extracted archive."""
+    target = tmp / "extracted"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(target)
+    done = subprocess.run(
+        ["dcmdump", "+sd", "+r", "+sp", "*.dcm", "+L", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(7fe0,0010)") + done.stdout.count("(7FE0,0010)") >= 4
+    return done.stdout
+
+
+def every_value() -> list[str]:
+    return [v for p in PLANTED for v in p.values]
+
+
+def test_a_researchers_default_export_carries_none_of_the_planted_identifiers(
+    plant: Settings, tmp_path: Path
+) -> None:
+    status, archive = export(plant, RESEARCHER)
+    assert status == "completed"
+    assert verify(archive).ok
+    assert leaks(archive, every_value()) == []
+    dump = dcmtk_dump(archive, tmp_path)
+    for value in every_value():
+        for form in forms(value):
+            assert form.lower() not in dump.lower(), f"dcmdump shows {form!r}"
+    birth = {d for p in PLANTED for d in date_forms(p.dates[0])}
+    assert not any(d.encode() in data for d in birth for data in entries(archive).values())
+    assert "(0012,0062) CS [YES]" in dump and "(0009," not in dump and "(0019," not in dump
+    names = list(entries(archive))
+    assert any(n.endswith("/cbct/processed_1.nii.gz") for n in names), "generic names"
+    assert all(re.search(r"/patient_\d{3}/", n) for n in names if n.count("/") > 1)
+    with zipfile.ZipFile(archive) as zf:
+        meta = json.loads(zf.read(f"{names[0].split('/')[0]}/metadata.json"))
+        report = json.loads(zf.read(f"{names[0].split('/')[0]}/privacy_report.json"))
+        times = {i.date_time for i in zf.infolist()}
+    assert meta["privacy"]["level"] == "pseudonymised"
+    assert meta["privacy"]["dates"] == "removed or blanked"
+    assert meta["privacy"]["private_tags_kept"] == []
+    assert report["result"] == "passed" and report["finding_count"] == 0
+    assert report["checked"]["values"]["patient name"] >= 4
+    assert report["checked"]["places"]["DICOM headers"] == 4
+    assert {"jpeg metadata", "png metadata", "stl metadata", "nifti-gz metadata"} <= set(
+        report["checked"]["places"]
+    )
+    sources = {datetime.fromtimestamp(p.mtime).timetuple()[:6] for p in PLANTED}
+    assert not times & sources, "no entry time is a source file's time"
+
+
+def test_a_de_identified_export_also_drops_the_original_dates_and_times(
+    plant: Settings, tmp_path: Path
+) -> None:
+    status, archive = export(plant, RESEARCHER, privacy="deidentified")
+    assert status == "completed"
+    assert leaks(archive, every_value()) == []
+    dates = {d for p in PLANTED for day in p.dates for d in date_forms(day)}
+    found = [(d, n) for n, data in entries(archive).items() for d in dates if d.encode() in data]
+    assert found == []
+    dump = dcmtk_dump(archive, tmp_path)
+    assert not any(d in dump for d in dates)
+    assert "(0028,0303) CS [MODIFIED]" in dump
+    with zipfile.ZipFile(archive) as zf:
+        times = {i.date_time for i in zf.infolist()}
+    sources = {datetime.fromtimestamp(p.mtime).timetuple()[:6] for p in PLANTED}
+    assert not times & sources
+
+
+def test_a_data_managers_identified_export_carries_them_and_is_audited(
+    plant: Settings, tmp_path: Path
+) -> None:
+    status, archive = export(plant, KEEPER, privacy="identified")
+    assert status == "completed"
+    dump = dcmtk_dump(archive, tmp_path)
+    for p in PLANTED:
+        assert f"[{p.names[0]}]" in dump and f"[{p.ids[0]}]" in dump
+        assert f"/{p.label}/" in " ".join(entries(archive))
+    data = b"".join(entries(archive).values())
+    assert b"Vandenbroucke" in data and b"MRN-55821934" in data  # STL, EXIF, NIfTI as stored
+    with zipfile.ZipFile(archive) as zf:
+        report = json.loads(zf.read(f"{zf.namelist()[0].split('/')[0]}/privacy_report.json"))
+    assert report["result"] == "identifiers present" and report["finding_count"] > 0
+    with db.session_scope(plant) as session:
+        actions = set(session.scalars(select(AuditEvent.action)))
+    assert "identified-export" in actions
+
+
+def test_a_researcher_is_refused_an_identified_export_until_a_data_manager_allows_it(
+    plant: Settings,
+) -> None:
+    with pytest.raises(PermissionDenied, match=r"data managers \(dirk@plant.example\)"):
+        services.create_export(plant, RESEARCHER, PROJECT, request(privacy="identified"))
+    with pytest.raises(PermissionDenied):
+        services.set_project_privacy(plant, RESEARCHER, PROJECT, {"retain_uids": True})
+    services.set_project_privacy(plant, KEEPER, PROJECT, {"identified_for_researchers": True})
+    view = services.create_export(
+        plant, RESEARCHER, PROJECT, request(privacy="identified", modalities=["cbct"])
+    )
+    assert view.privacy == "identified"
+
+
+def test_the_check_fails_an_export_whose_kept_private_sequence_holds_a_name(
+    portal: Settings,
+) -> None:
+    """The rewrite keeps what the project's reviewed list keeps; the check still reads it."""
+    planted_tree(portal.data_root / PROJECT, private_sequence=True)
+    services.add_project(portal, PROJECT)
+    services.register(portal, PROJECT, portal.data_root / PROJECT)
+    services.add_user(portal, RESEARCHER, PROJECT, "researcher")
+    services.add_user(portal, KEEPER, PROJECT, "data_manager")
+    services.set_project_privacy(
+        portal, KEEPER, PROJECT, keep_private=["0019,ACME PLAN,10", "0019,ACME PLAN,20"]
+    )
+    view = services.create_export(portal, RESEARCHER, PROJECT, request(modalities=["cbct"]))
+    work(portal)
+    done = services.get_export(portal, RESEARCHER, view.id)
+    assert done.status == "failed" and done.privacy_check == "failed"
+    assert done.error_message is not None
+    assert "patient_001/cbct/series_001/0001.dcm (0019,1010)[0](0019,1020) private" in (
+        done.error_message
+    )
+    assert "(patient name)" in done.error_message
+    assert "Vandenbroucke" not in done.error_message and "Q7731" not in done.error_message
+    assert list((portal.export_root / view.id).glob("*")) == [], "nothing left behind"
+    report = services.export_privacy_report(portal, KEEPER, view.id)
+    assert report is not None and report["result"] == "failed"
+    places = {(f["file"].split("/")[-1], f["place"]) for f in report["findings"]}  # type: ignore[index, union-attr]
+    assert ("0001.dcm", "(0019,1010)[0](0019,1020) private") in places
+    assert "Vandenbroucke" not in json.dumps(report)
+    with pytest.raises(PermissionDenied):
+        services.export_privacy_report(portal, RESEARCHER, view.id)
+
+
+def _dates_and_uids(archive: Path) -> dict[str, tuple[str, str, str]]:
+    """Per patient folder: (study date, study UID, series UID) of its first CBCT slice."""
+    found = {}
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            if name.endswith("/0001.dcm"):
+                ds = pydicom.dcmread(zf.open(name))
+                found[name.split("/")[1]] = (
+                    str(ds.StudyDate),
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                )
+    return found
+
+
+def test_pseudonyms_shifts_and_uids_are_stable_per_project_and_fresh_on_request(
+    portal: Settings,
+) -> None:
+    first = services.create_export(
+        portal, ME, "demo", request(modalities=["cbct"], patients=["P0003"], folders=[])
+    )
+    work(portal)
+    deid = {"modalities": ["cbct"], "privacy": "deidentified"}
+    runs = []
+    for kw in (deid, deid, {**deid, "fresh_pseudonyms": True}, {**deid, "fresh_pseudonyms": True}):
+        view = services.create_export(portal, ME, "demo", request(**kw, name=str(len(runs))))
+        work(portal)
+        (archive,) = (portal.export_root / view.id).glob("*.zip")
+        runs.append(_dates_and_uids(archive))
+    key = {r.label: r.pseudonym for r in services.export_key(portal, MANAGER, first.id)}
+    assert key == {"P0003": "patient_001"}, "the first patient ever exported is patient_001"
+    assert runs[0] == runs[1], "same folders, shifted dates and UIDs in a follow-up export"
+    assert len(runs[0]) == 4
+    for fresh in runs[2:]:
+        assert set(fresh.values()).isdisjoint(runs[0].values())
+    assert {u for _, u, _ in runs[2].values()}.isdisjoint({u for _, u, _ in runs[3].values()})
+    with db.session_scope(portal) as session:
+        stable = dict(session.execute(select(PatientPseudonym.patient_id,
+                                             PatientPseudonym.number)).all())  # fmt: skip
+    assert sorted(stable.values()) == [1, 2, 3, 4], "fresh exports add no stable pseudonyms"
+    with pytest.raises(PermissionDenied):
+        services.export_key(portal, ME, first.id)
+
+
+def test_pseudonym_numbers_do_not_follow_the_order_of_labels(portal: Settings) -> None:
+    from exporter import pseudonyms
+    from exporter.models import Patient, Project
+
+    with db.session_scope(portal) as session:
+        project = session.scalar(select(Project).where(Project.slug == "other"))
+        assert project is not None
+        session.add_all(Patient(project_id=project.id, label=f"L{i:03d}") for i in range(40))
+        session.flush()
+        ids = dict(session.execute(select(Patient.id, Patient.label)
+                                   .where(Patient.label.like("L%"))).all())  # fmt: skip
+        names = pseudonyms.assign(session, project.id, ids)
+        again = pseudonyms.assign(session, project.id, ids)
+    by_label = [names[i] for i in sorted(ids, key=lambda i: ids[i])]
+    assert sorted(by_label) != by_label, "numbers are drawn, not given in label order"
+    assert sorted(names.values()) == sorted(f"patient_{n:03d}" for n in range(1, 41))
+    assert again == names, "kept once assigned"
+
+
+def test_the_change_log_keeps_series_rows_and_forgets_old_values(portal: Settings) -> None:
+    view = services.create_export(portal, ME, "demo", request(modalities=["cbct"]))
+    work(portal)
+    log = services.export_changes(portal, MANAGER, view.id, limit=10_000)
+    series = [r for r in log.rows if r.files > 1]
+    assert series and all(r.path.endswith("/series_001") for r in series)
+    assert {r.keyword for r in series} >= {"PatientName", "PatientAddress"}
+    per_file = [r for r in log.rows if r.files == 1 and r.path.endswith(".dcm")]
+    assert {r.keyword for r in per_file} <= {"SOPInstanceUID", "MediaStorageSOPInstanceUID"}
+    slices = sum(1 for _ in (portal.data_root / "demo").rglob("*.dcm"))
+    assert len(log.rows) * 5 < sum(r.files for r in log.rows), "series rows: far fewer rows"
+    assert sum(r.files for r in log.rows if r.keyword == "PatientName") == slices
+    assert any(r.old_value for r in log.rows)
+    services.delete_export(portal, ME, view.id)
+    assert not any(r.old_value for r in services.export_changes(portal, MANAGER, view.id).rows)
+    # Expiry and the retention setting remove them too.
+    kept = services.create_export(portal, ME, "demo", request(modalities=["cbct"], name="k"))
+    work(portal)
+    with db.session_scope(portal) as session:
+        session.execute(update(DatasetExport).where(DatasetExport.id == kept.id)
+                        .values(created_at=datetime.now(UTC) - timedelta(days=15)))  # fmt: skip
+    jobs.expire(portal)
+    with db.session_scope(portal) as session:
+        olds = session.scalars(
+            select(ExportDicomChange.old_value).where(ExportDicomChange.export_id == kept.id)
+        ).all()
+    assert olds and not any(olds), "CHANGE_LOG_RETENTION_DAYS (14) has passed"
+    assert services.get_export(portal, ME, kept.id).status == "completed", "files stay"
+
+
+def test_skipped_and_failed_files_are_named_by_entry_never_by_stored_path(
+    portal: Settings, smtp: tuple[int, Inbox]
+) -> None:
+    victim = next((portal.data_root / "demo").rglob("P0003/ios/lower.stl"))
+    victim.unlink()
+    skipping = services.create_export(
+        portal, ME, "demo", request(skip_missing=True, modalities=["ios"])
+    )
+    work(portal)
+    (archive,) = (portal.export_root / skipping.id).glob("*.zip")
+    with zipfile.ZipFile(archive) as zf:
+        meta = json.loads(zf.read(f"{zf.namelist()[0].split('/')[0]}/metadata.json"))
+    (skipped,) = meta["skipped"]
+    assert skipped["path"].endswith("/ios/lower.stl") and skipped["path"] in skipped["reason"]
+    assert "P0003" not in json.dumps(meta) and "demo/" not in skipped["reason"]
+    view = services.create_export(portal, ME, "demo", request(modalities=["ios"], name="f"))
+    work(portal)
+    failed = services.get_export(portal, ME, view.id)
+    assert failed.status == "failed" and failed.error_message
+    assert "P0003" not in failed.error_message and "/ios/lower.stl" in failed.error_message
+    mails = [text_of(m) for m in smtp[1].messages]
+    assert any("/ios/lower.stl" in t for t in mails), "the failure mail names the entry"
+    assert not any("P0003" in t for t in mails)
