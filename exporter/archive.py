@@ -550,8 +550,10 @@ class PartBuilder:
         return self.check.tap(file, format_of(planned.source.path), scope) or _NO_TAP
 
     def _check_entry(self, name: str, planned: PlannedFile, mtime: float) -> None:
+        """A file's entry name (below the export's folder, which metadata.json's check
+        covers) and time."""
         if self.check_identifiers:
-            self.check.entry_name(name, planned.patient_dir)
+            self.check.entry_name(planned.arcname, planned.patient_dir)
             self.check.entry_time(name, mtime)
 
     def _tick(self, writer: ZipWriter, current: str, force: bool = False) -> None:

@@ -21,6 +21,7 @@ records the file, the place and the kind of identifier, never the value.
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
 import threading
@@ -543,6 +544,9 @@ class ResidualCheck:
         self.places: Counter[str] = Counter()
         self.searched_bytes = 0
         self._lock = threading.Lock()
+        # Short texts repeat (the change log's new values, metadata.json's fields): each is
+        # searched once per patient scope.
+        self._seen: dict[tuple[str | None, str], set[str]] = {}
 
     def _add(self, file: str, place: str, kinds: Iterable[str]) -> None:
         with self._lock:
@@ -555,7 +559,15 @@ class ResidualCheck:
         self, data: bytes | bytearray | memoryview | str, scope: str | None, counted: str,
         cap: int = CAP,
     ) -> set[str]:  # fmt: skip
-        found = _find(self.needles, data, scope, cap)
+        if isinstance(data, str) and len(data) <= 256:
+            key = (scope, data)
+            found = self._seen.get(key)
+            if found is None:
+                found = _find(self.needles, data, scope, cap)
+                if len(self._seen) < 100_000:
+                    self._seen[key] = found
+        else:
+            found = _find(self.needles, data, scope, cap)
         with self._lock:
             self.places[counted] += 1
             self.searched_bytes += min(len(data), cap)
@@ -593,16 +605,25 @@ class ResidualCheck:
         for place, kinds in _locate_dicom(header, self.needles, scope):
             self._add(file, place, kinds)
 
-    def document(self, file: str, doc: Any, scope: str | None = None, path: str = "") -> None:
-        """Every key and string of a JSON document (``metadata.json``), with its path."""
+    def document(self, file: str, doc: Any) -> None:
+        """Every key and string of a JSON document (``metadata.json``): searched whole, and
+        only when something is found, key by key to say where."""
+        text = json.dumps(doc, ensure_ascii=False)
+        with self._lock:
+            self.places[file] += 1
+            self.searched_bytes += len(text)
+        if self.needles.find(tokens(text), None):
+            self._document(file, doc, None)
+
+    def _document(self, file: str, doc: Any, scope: str | None, path: str = "") -> None:
         if isinstance(doc, dict):
             for key, value in doc.items():
                 where = f"{path}.{key}" if path else str(key)
                 self.search(file, f"{where} (key)", str(key), scope, file)
-                self.document(file, value, scope, where)
+                self._document(file, value, scope, where)
         elif isinstance(doc, list):
             for i, value in enumerate(doc):
-                self.document(file, value, scope, f"{path}[{i}]")
+                self._document(file, value, scope, f"{path}[{i}]")
         elif isinstance(doc, str):
             self.search(file, path, doc, scope, file)
 
@@ -703,7 +724,9 @@ def _locate_dicom(header: bytes, needles: Needles, scope: str | None) -> list[tu
 # --- incremental parsers of non-DICOM metadata -------------------------------------------
 
 # A parser is a generator that yields requests and is sent what they ask for:
-# ("read", n) -> up to n bytes (fewer only at the end; b"" at the end); ("skip", n) -> None.
+# ("read", n) -> up to n bytes (fewer only at the end; b"" at the end); ("skip", n) -> None;
+# ("scan", 0) -> None once the next JPEG marker (0xFF then a code that is neither a stuffed
+# zero nor a restart) is the next thing to read: a scan's data is skipped without a copy.
 Request = tuple[str, int]
 Parser = Generator[Request, Any, None]
 Out = Callable[[str, bytes], None]
@@ -719,6 +742,8 @@ class Tap:
         self.buf = bytearray()
         self.want = 0
         self.skip = 0
+        self.scanning = False
+        self.carry = False  # scanning, and the last piece ended in 0xFF
         self.done = False
         self._resume(None)
 
@@ -728,6 +753,7 @@ class Tap:
         except StopIteration:
             self.done = True
             return
+        self.scanning = op == "scan"
         if op == "skip":
             self.skip, self.want = n, 0
         else:
@@ -737,6 +763,9 @@ class Tap:
         view = memoryview(piece)
         pos, size = 0, len(view)
         while pos < size and not self.done:
+            if self.scanning:
+                pos = self._scan(view, pos)
+                continue
             if self.skip:
                 n = min(self.skip, size - pos)
                 pos += n
@@ -752,8 +781,27 @@ class Tap:
                 self.buf.clear()
                 self._resume(data)
 
+    def _scan(self, view: memoryview, pos: int) -> int:
+        """Skip to the next JPEG marker in ``view`` from ``pos``; where it is."""
+        if self.carry:  # was that 0xFF a marker's?
+            code = view[pos]
+            if code == 0xFF:
+                return pos + 1
+            self.carry = False
+            if code != 0 and not 0xD0 <= code <= 0xD7:
+                self.buf = bytearray(b"\xff")
+                self._resume(None)
+            return pos
+        found = _JPEG_MARKER.search(view, pos)
+        if found is not None:
+            self._resume(None)
+            return found.start()
+        self.carry = view[-1] == 0xFF
+        return len(view)
+
     def close(self) -> None:
         """The entry ended: the parser gets what is left (its reads come back short)."""
+        self.scanning = self.carry = False
         for _ in range(10_000):
             if self.done:
                 return
@@ -799,7 +847,8 @@ class _In:
         self.pending = data + self.pending
 
 
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# 0xFF and a marker code: not a stuffed zero, a restart or a fill byte (literal first: fast)
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 def _jpeg(out: Out, _time: Callable[[int], None]) -> Parser:
@@ -833,21 +882,9 @@ def _jpeg(out: Out, _time: Callable[[int], None]) -> Parser:
             out(f"JPEG {'COM' if code == 0xFE else f'APP{code - 0xE0}'} segment", body)
             continue
         yield from src.skip(length)
-        if code != 0xDA:
-            continue
-        while True:  # the scan's data, up to the next marker that is not a restart
-            data = yield from src.chunk()
-            while data.endswith(b"\xff"):
-                more = yield from src.read(1)
-                if not more:
-                    return
-                data += more
-            if not data:
-                return
-            found = _JPEG_MARKER.search(data)
-            if found is not None:
-                src.unread(data[found.start() :])
-                break
+        if code == 0xDA:  # the scan's data, up to the next marker that is not a restart
+            assert not src.pending  # reads are exact: nothing was read ahead
+            yield ("scan", 0)
 
 
 def _png(out: Out, _time: Callable[[int], None]) -> Parser:
@@ -993,11 +1030,15 @@ def _nifti_gz(out: Out, time: Callable[[int], None]) -> Parser:
     unzip = zlib.decompressobj(-15)
     data = b""
     extent = 0
-    while not extent or len(data) < extent:
-        piece = yield from src.chunk()
-        if not piece:
-            break
-        data += unzip.decompress(unzip.unconsumed_tail + piece, 16 * 1024 * 1024)
+    while not extent or len(data) < extent:  # only as much as the header needs
+        want = (extent or _NIFTI_HEAD) - len(data)
+        if unzip.unconsumed_tail:
+            data += unzip.decompress(unzip.unconsumed_tail, want)
+        else:
+            piece = yield from src.read(16 * 1024)
+            if not piece:
+                break
+            data += unzip.decompress(piece, want)
         if not extent and len(data) >= _NIFTI_HEAD:
             extent = _nifti_extent(data) or -1
             if extent < 0:

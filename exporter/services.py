@@ -362,6 +362,11 @@ def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportV
                 f"Export {row.name!r} is {row.status.value}: only a failed export of several "
                 "parts can be retried; create a new export instead"
             )
+        if "privacy" not in row.options:  # its finished parts were built the old way
+            raise InvalidState(
+                f"Export {row.name!r} was made before privacy levels: its remaining parts "
+                "cannot be built the same way; create a new export instead"
+            )
         record(session, "retry", user.id, row.project_id, row.id, {})
     if jobs.retry_parts(settings, export_id) == 0:
         raise InvalidState("Nothing to retry: the finished parts of this export are gone")

@@ -116,7 +116,8 @@ def feed(kind: str, data: bytes, piece: int = 7) -> list[tuple[str, bytes]]:
     return seen + [("time", str(t).encode()) for t in times if t]
 
 
-def test_jpeg_segments_between_scans_and_after_the_image() -> None:
+@pytest.mark.parametrize("piece", [1, 2, 5, 4096])
+def test_jpeg_segments_between_scans_and_after_the_image(piece: int) -> None:
     out = io.BytesIO()
     exif = Image.Exif()
     exif[0x013B] = "Dupont^Jan"
@@ -124,11 +125,12 @@ def test_jpeg_segments_between_scans_and_after_the_image() -> None:
         out, "JPEG", exif=exif, comment=b"Q7731", progressive=True
     )
     data = out.getvalue() + b"trailer Dupont"
-    seen = feed("jpeg", data, piece=5)
+    seen = feed("jpeg", data, piece=piece)
     places = [p for p, _ in seen]
     assert "JPEG APP1 segment" in places and "JPEG COM segment" in places
     assert ("JPEG data after the image (EOI)", b"trailer Dupont") in seen
     assert all(b"Dupont" in b or p != "JPEG APP1 segment" for p, b in seen)
+    assert len([p for p in places if p == "JPEG COM segment"]) == 1
 
 
 def test_png_text_chunks_and_nifti_header_inside_gzip() -> None:
@@ -193,3 +195,11 @@ def test_an_entry_time_equal_to_a_source_time_is_a_finding() -> None:
     check.entry_time("a/b.dcm", 1614852930.4)
     check.entry_time("a/c.dcm", 1700000000.0)
     assert [(f.file, f.kind) for f in check.findings] == [("a/b.dcm", Kind.SOURCE_TIME)]
+
+
+def test_a_document_is_searched_whole_and_a_finding_named_by_its_path() -> None:
+    check = ResidualCheck(needles_for(PatientName="Dupont^Jan"))
+    check.document("metadata.json", {"export": {"notes": "ok"}, "files": [{"path": "a"}]})
+    assert check.count == 0
+    check.document("metadata.json", {"export": {"notes": "for Dr Dupont", "name": "x"}})
+    assert [(f.place, f.kind) for f in check.findings] == [("export.notes", Kind.NAME)]
