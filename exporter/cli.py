@@ -15,7 +15,7 @@ from humanize import naturalsize
 from exporter import curation, services
 from exporter.config import Settings, parse_size
 from exporter.errors import PortalError
-from exporter.exports import ExportRequest, ExportView
+from exporter.exports import ExportRequest, ExportView, describe_privacy
 from exporter.preview import Preview
 from exporter.privacy import LEVELS, POLICY_FLAGS, PolicyView, PrivacyLevel
 from exporter.registry import Selection
@@ -479,6 +479,7 @@ def _print_export(view: ExportView, as_json: bool) -> None:
     )
     estimated = _size(view.estimated_bytes)
     print(f"  {view.patient_count} patients, {view.file_count} files, {estimated} estimated")
+    print(f"  {describe_privacy(view)}")
     if view.status == "processing":
         print(f"  progress {view.progress:.1%} ({view.files_done} files), now: {view.current_item}")
     if view.archive_bytes is not None:

@@ -633,7 +633,7 @@ class ResidualCheck:
         parser = PARSERS.get(kind or "")
         if parser is None:
             return None
-        counted = f"{kind} metadata"
+        counted = PLACE_NAMES[kind or ""]
 
         def out(place: str, data: bytes) -> None:
             self.search(file, place, data, scope, counted)
@@ -1058,6 +1058,17 @@ PARSERS: Mapping[str, Callable[[Out, Callable[[int], None]], Parser]] = {
     "obj": _obj,
     "nifti": _nifti,
     "nifti-gz": _nifti_gz,
+}
+
+
+PLACE_NAMES = {
+    "jpeg": "JPEG metadata",
+    "png": "PNG metadata",
+    "stl": "STL headers",
+    "ply": "PLY headers",
+    "obj": "OBJ text",
+    "nifti": "NIfTI headers",
+    "nifti-gz": "NIfTI headers (.nii.gz)",
 }
 
 

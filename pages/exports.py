@@ -86,10 +86,22 @@ def privacy_details(view: ExportView) -> None:
             if report is None:
                 st.caption("Only the project's data managers see the report.")
             else:
+                checked = dict(report.get("checked") or {})  # type: ignore[call-overload]
                 st.caption(
-                    f"Result: {report.get('result')}. Searched {report.get('checked', {})}".replace(
-                        "'", ""
-                    )[:600]
+                    f"Result: **{report.get('result')}**, {report.get('finding_count', 0):,} "
+                    f"finding(s); {checked.get('bytes_searched', 0):,} bytes searched, "
+                    f"matching {checked.get('matching', '')}."
+                )
+                left, right = st.columns(2)
+                left.dataframe(
+                    [{"Searched for": k, "Values": v} for k, v in checked["values"].items()]
+                    + [{"Searched for": f"left out: {k}", "Values": v}
+                       for k, v in checked["left_out"].items()],
+                    hide_index=True,
+                )  # fmt: skip
+                right.dataframe(
+                    [{"Searched in": k, "Places": v} for k, v in checked["places"].items()],
+                    hide_index=True,
                 )
                 findings = report.get("findings") or []
                 if findings:

@@ -4,7 +4,6 @@ import streamlit as st
 
 from exporter import services
 from exporter.errors import PortalError
-from exporter.privacy import SUMMARIES, PrivacyLevel
 from exporter.ui import data
 from exporter.ui.session import require_identity, settings
 
@@ -54,9 +53,8 @@ except PortalError as exc:
 policy = view.policy
 st.caption(
     "These settings decide what a **pseudonymised** export of this project keeps besides the "
-    "pseudonym; everything else that identifies a patient is removed. "
-    + SUMMARIES[PrivacyLevel.DEIDENTIFIED]
-    + " Exports already created keep the settings they were made with."
+    "pseudonym; everything else that identifies a patient is removed. A de-identified export "
+    "keeps none of them. Exports already created keep the settings they were made with."
 )
 if not view.may_change:
     st.info(

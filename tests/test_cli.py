@@ -148,3 +148,34 @@ def test_curate_then_dry_run_shows_the_change_and_creates_nothing(
     assert "[curated]" in out and "[deidentified]" in out
     code, out, _ = run(capsys, "export", "list", "--user", researcher)
     assert code == 0 and out.strip() == "", "a dry run creates no export"
+
+
+def test_project_privacy_and_the_re_identification_key(
+    cli_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from exporter import services
+
+    services.load_demo(cli_env, patients=2, seed=4)
+    manager, researcher = "manager@demo.example", "researcher@demo.example"
+    code, out, _ = run(capsys, "project", "privacy", "demo", "--user", researcher)
+    assert code == 0 and "retain-full-dates                on" in out
+    assert "Only data managers change this (manager@demo.example)" in out
+    code, _, err = run(capsys, "project", "privacy", "demo", "--user", researcher,
+                       "--retain-uids", "on")  # fmt: skip
+    assert code == 1 and "Only data managers" in err
+    code, out, _ = run(capsys, "project", "privacy", "demo", "--user", manager,
+                       "--retain-uids", "on", "--keep-private", "0009,DEMO VENDOR,10")  # fmt: skip
+    assert code == 0 and "retain-uids                      on" in out
+    assert "0009,DEMO VENDOR,10" in out
+    code, _, err = run(capsys, "project", "privacy", "demo", "--user", manager,
+                       "--keep-private", "nonsense")  # fmt: skip
+    assert code == 1 and "GROUP,CREATOR,ELEMENT" in err
+    code, out, _ = run(capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
+                       "--modality", "ios", "--json")  # fmt: skip
+    export_id = json.loads(out)["id"]
+    assert json.loads(out)["privacy"] == "pseudonymised"
+    code, _, err = run(capsys, "export", "key", export_id, "--user", researcher)
+    assert code == 1 and "Only data managers" in err
+    code, _, err = run(capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
+                       "--modality", "ios", "--privacy", "identified")  # fmt: skip
+    assert code == 1 and "for its data managers" in err

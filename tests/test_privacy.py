@@ -152,7 +152,7 @@ def test_a_researchers_default_export_carries_none_of_the_planted_identifiers(
     assert report["result"] == "passed" and report["finding_count"] == 0
     assert report["checked"]["values"]["patient name"] >= 4
     assert report["checked"]["places"]["DICOM headers"] == 4
-    assert {"jpeg metadata", "png metadata", "stl metadata", "nifti-gz metadata"} <= set(
+    assert {"JPEG metadata", "PNG metadata", "STL headers", "NIfTI headers (.nii.gz)"} <= set(
         report["checked"]["places"]
     )
     sources = {datetime.fromtimestamp(p.mtime).timetuple()[:6] for p in PLANTED}
