@@ -69,13 +69,19 @@ sys.path.insert(0, str(ROOT))
 
 from exporter import db, registry, services  # noqa: E402
 from exporter.accounts import principal_for  # noqa: E402
-from exporter.archive import ExportInfo, ExportOptions, build_export, export_transform  # noqa: E402
+from exporter.archive import (  # noqa: E402
+    ExportInfo,
+    ExportOptions,
+    build_export,
+    export_transform,
+    part_paths,
+)
 from exporter.config import Settings  # noqa: E402
 from exporter.curation import CurationRules  # noqa: E402
 from exporter.dicom_rewrite import HeaderRewriter  # noqa: E402
-from exporter.layout import PlannedFile, plan_files, pseudonyms  # noqa: E402
+from exporter.layout import PlannedFile, PlannedPart, plan_files, pseudonyms  # noqa: E402
 from exporter.registry import FileEntry, select_files  # noqa: E402
-from exporter.residual import PatientFacts, known_identifiers  # noqa: E402
+from exporter.residual import Needles, PatientFacts, part_needles  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -140,14 +146,8 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
     names = pseudonyms({f.patient_label for f in files})
     facts = [PatientFacts(names[p.label], p.label, p.source_dir, p.headers) for p in found]
 
-    def identifiers(part: object) -> object:
-        """The needles the job builds: registry identifiers and the part's stored names."""
-        paths: dict[str, list[str]] = {}
-        for f in part.files:  # type: ignore[attr-defined]
-            paths.setdefault(f.patient_dir, []).append(f.source.path)
-        for fact in facts:
-            fact.paths = paths.get(fact.patient_dir, [])
-        return known_identifiers(facts, search_study_dates=True, pseudonyms=list(names.values()))
+    def identifiers(part: PlannedPart) -> Needles:  # the job's needles
+        return part_needles(facts, part_paths(part), search_study_dates=True)
 
     info = ExportInfo("bench", "export_bench", "bench", USER, datetime.now(UTC))
     options = ExportOptions(compression=compression, privacy=LEVEL.get(mode, "pseudonymised"))
@@ -171,7 +171,7 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
     start = time.perf_counter()
     result = build_export(
         files, out, info, options, settings.data_root, transform=transform, names=names,
-        identifiers=identifiers, check_identifiers=mode != "nocheck",  # type: ignore[arg-type]
+        identifiers=identifiers, check_identifiers=mode != "nocheck",
         changes_sink=sink if mode == "changelog" else None,
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -49,13 +49,7 @@ from exporter.layout import (
 )
 from exporter.privacy import LEVELS, SUMMARIES, PrivacyLevel
 from exporter.registry import FileEntry
-from exporter.residual import (
-    Needles,
-    PatientFacts,
-    ResidualCheck,
-    format_of,
-    known_identifiers,
-)
+from exporter.residual import Needles, PatientFacts, ResidualCheck, format_of, part_needles
 from exporter.sourceio import (
     CHUNK,
     ArchiveWriter,
@@ -324,12 +318,13 @@ class _DicomTap:
 def default_identifiers(part: PlannedPart) -> Needles:
     """The identifiers a part's own files tell of: labels and stored names (the job adds
     what the registry's headers hold)."""
-    facts: dict[str, PatientFacts] = {}
-    for f in part.files:
-        fact = facts.setdefault(f.patient_dir, PatientFacts(f.patient_dir, f.source.patient_label))
-        fact.paths.append(f.source.path)
-    return known_identifiers(facts.values(), search_study_dates=False,
-                             pseudonyms=list(facts))  # fmt: skip
+    facts = {f.patient_dir: PatientFacts(f.patient_dir, f.source.patient_label) for f in part.files}
+    return part_needles(facts.values(), part_paths(part), search_study_dates=False)
+
+
+def part_paths(part: PlannedPart) -> list[tuple[str, str]]:
+    """(patient folder, stored path) of every file of a part, for :func:`part_needles`."""
+    return [(f.patient_dir, f.source.path) for f in part.files]
 
 
 def prepare_threads(compression: str) -> int:
@@ -488,7 +483,7 @@ class PartBuilder:
             redacted = self._redact(exc, planned)
             if self.options.skip_missing:
                 return _Skip(planned, str(redacted))
-            raise redacted from exc
+            raise redacted from None
 
     def _stream(self, writer: ZipWriter, name: str, planned: PlannedFile) -> _Prepared | _Skip:
         """Write a large file's entry as it is read. A missing or unreadable file is noticed
@@ -499,7 +494,7 @@ class PartBuilder:
         try:
             first = next(chunks, b"")
         except SourceFileError as exc:
-            raise self._redact(exc, planned) from exc
+            raise self._redact(exc, planned) from None
         chunks = itertools.chain([first], chunks)
         level = compression_level(planned, self.options.compression)
         # Deflate at level 0 (stored blocks) rather than STORED: a streamed entry's sizes
@@ -515,7 +510,7 @@ class PartBuilder:
                 entry.write(chunk)
                 self._tick(writer, planned.patient_dir)
         except SourceFileError as exc:
-            raise self._redact(exc, planned) from exc
+            raise self._redact(exc, planned) from None
         tap.close()
         entry.close()
         return _Prepared(
@@ -534,11 +529,14 @@ class PartBuilder:
 
     def _redact(self, exc: SourceFileError, planned: PlannedFile) -> SourceFileError:
         """The error as users see it: the file's entry name, not its stored path (which
-        carries the patient's label and the names it was stored under). The stored path
-        stays in the traceback kept for administrators."""
+        carries the patient's label and the names it was stored under), with nothing
+        chained that names it (a traceback reaches the worker's log). The stored path
+        rides along as ``stored_path`` for the detail kept for administrators."""
         if not self.options.pseudonyms:
             return exc
-        return SourceFileError(str(exc).replace(planned.source.path, planned.arcname))
+        redacted = SourceFileError(str(exc).replace(planned.source.path, planned.arcname))
+        redacted.stored_path = planned.source.path  # type: ignore[attr-defined]
+        return redacted
 
     def _tap(self, planned: PlannedFile) -> _Tap:
         """What reads an entry's bytes for the residual check as they are written."""
@@ -619,10 +617,9 @@ class PartBuilder:
             return
         for c in rows:
             if c.new_value:
-                scope = c.path.split("/", 1)[0]
                 self.check.search(
-                    "dicom_changes.csv", f"new value of {c.tag} for {c.path}", c.new_value,
-                    scope, "dicom_changes.csv rows",
+                    "dicom_changes.csv", lambda c=c: f"new value of {c.tag} for {c.path}",  # type: ignore[misc]
+                    c.new_value, c.path.split("/", 1)[0], "dicom_changes.csv rows",
                 )  # fmt: skip
 
     def _add_own(self, writer: ZipWriter, name: str, data: bytes) -> None:
@@ -681,9 +678,10 @@ class PartBuilder:
                     raise
             document = build_metadata(self.info, self.options, part.number, count, records,
                                       skipped)  # fmt: skip
+            text = json.dumps(document, indent=2, ensure_ascii=False)
             if self.check_identifiers:
-                self.check.document("metadata.json", document)
-            metadata = json.dumps(document, indent=2, ensure_ascii=False).encode()
+                self.check.document("metadata.json", document, text)
+            metadata = text.encode()
             self._add_own(writer, f"{folder}/metadata.json", metadata)
             sums = "".join(f"{r.sha256}  {r.path}\n" for r in records)
             sums += f"{hashlib.sha256(metadata).hexdigest()}  metadata.json\n"

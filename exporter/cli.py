@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prune", action="store_true", help="delete rows of registered files no longer on disk"
     )
+    p.add_argument(
+        "--reread", action="store_true",
+        help="read every file again, unchanged ones too (hashes and DICOM header subsets)",
+    )  # fmt: skip
 
     p = sub.add_parser("demo", help="write synthetic demo data under the data root and register it")
     p.add_argument("--patients", type=int, default=12)
@@ -262,8 +266,9 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
             print(f"{project.slug}\t{project.patients} patients\t{project.name}")
     elif command == "register":
         report = services.register(
-            settings, args.project, args.directory, args.tags_csv, prune=args.prune
-        )
+            settings, args.project, args.directory, args.tags_csv, prune=args.prune,
+            reread=args.reread,
+        )  # fmt: skip
         if not args.quiet:
             for path in report.files_updated:
                 print(f"updated: {path} (content changed)")

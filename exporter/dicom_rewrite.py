@@ -457,8 +457,6 @@ class ChangeTable:
         self.inspect = inspect
         self.batch = batch or CHANGE_BATCH
         self.pending: list[Change] = []
-        self.rows = 0  # rows handed to the sink
-        self.changes = 0  # changes they stand for (one per file and field)
         self._series: _Series | None = None
 
     def add(self, changes: list[Change], series: str | None = None) -> None:
@@ -485,8 +483,6 @@ class ChangeTable:
         if not rows or self.sink is None:
             return
         self.pending.extend(rows)
-        self.rows += len(rows)
-        self.changes += sum(r.files for r in rows)
         if len(self.pending) >= self.batch:
             self.sink(self.pending)
             self.pending = []

@@ -141,11 +141,14 @@ def register_directory(
     directory: Path,
     tags_csv: Path | None = None,
     prune: bool = False,
+    reread: bool = False,
 ) -> IngestReport:
     """Register every file below ``directory`` (inside ``data_root``) into the project.
 
-    Idempotent: files whose size and modification time match their row are not read again;
-    a changed file is re-hashed, updated and listed in ``files_updated``.
+    Idempotent: files whose size and modification time match their row are not read again
+    (with ``reread`` every file is: hashes and DICOM header subsets are taken anew, e.g.
+    after an upgrade added fields to the subset); a changed file is re-hashed, updated and
+    listed in ``files_updated``.
     """
     data_root = data_root.resolve()
     if directory.is_symlink():
@@ -186,10 +189,15 @@ def register_directory(
                     "already registered in another project; a file belongs to one project",
                 )
             )
-        elif row is not None and (row.size, row.mtime_ns, row.patient_id) == (
-            cand.size,
-            cand.mtime_ns,
-            patient.id,
+        elif (
+            row is not None
+            and not reread
+            and (row.size, row.mtime_ns, row.patient_id)
+            == (
+                cand.size,
+                cand.mtime_ns,
+                patient.id,
+            )
         ):
             report.files += 1
             report.bytes += cand.size

@@ -11,7 +11,6 @@ pending exports whose queue entry vanished; ``expire`` removes files past their 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from exporter.archive import (
     check_free_space,
     export_transform,
     part_filename,
+    part_paths,
     plan_export,
     remove_outputs,
     write_manifest,
@@ -57,13 +57,7 @@ from exporter.models import (
 )
 from exporter.queue import connect, export_queue
 from exporter.registry import FileEntry, files_by_id, select_files, tag_exported
-from exporter.residual import (
-    Needles,
-    PatientFacts,
-    identifying_texts,
-    known_identifiers,
-    merge_reports,
-)
+from exporter.residual import Needles, PatientFacts, identifying_texts, merge_reports, part_needles
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
@@ -328,19 +322,8 @@ def _identities(settings: Settings, export_id: str) -> list[PatientFacts]:
 def _needles(facts: list[PatientFacts], options: ExportOptions) -> Callable[[PlannedPart], Needles]:
     """The residual check's needles for a part: every patient's registry identifiers, and
     the stored names of the part's own files."""
-
-    def needles(part: PlannedPart) -> Needles:
-        paths: dict[str, list[str]] = {}
-        for f in part.files:
-            paths.setdefault(f.patient_dir, []).append(f.source.path)
-        with_paths = [dataclasses.replace(p, paths=paths.get(p.patient_dir, [])) for p in facts]
-        return known_identifiers(
-            with_paths,
-            search_study_dates=not options.retain_full_dates,
-            pseudonyms=[p.patient_dir for p in facts] if options.pseudonyms else (),
-        )
-
-    return needles
+    dates = not options.retain_full_dates
+    return lambda part: part_needles(facts, part_paths(part), search_study_dates=dates)
 
 
 def _transform(
@@ -512,11 +495,13 @@ def run_part(export_id: str, number: int) -> str:
     except KeyError:
         error = PortalError(f"Part {number}: files of this part are no longer registered")
         _set_part(settings, part_id, ExportStatus.FAILED, error=error)
-        raise error from None
-    except Exception as exc:
+        return "failed"
+    except Exception as exc:  # the finishing job fails the export; not re-raised, since
+        # RQ would log the exception's text, which for an unexpected error may name a path
         _set_part(settings, part_id, ExportStatus.FAILED, error=exc)
         _forget_changes(settings, export_id, number)
-        raise
+        log.warning("export %s part %s failed: %s", export_id, number, _message(exc))
+        return "failed"
     _set_part(settings, part_id, ExportStatus.COMPLETED, result=result)
     return "completed"
 
@@ -541,8 +526,8 @@ def _set_part(
         if isinstance(error, PrivacyCheckFailed):
             part.privacy_report = error.report
         if error is not None:
-            part.error_message = str(error) if isinstance(error, PortalError) else UNEXPECTED
-            part.error_detail = "".join(traceback.format_exception(error))
+            part.error_message = _message(error)
+            part.error_detail = _detail(error)
 
 
 def finish_export(export_id: str) -> str:
@@ -630,14 +615,14 @@ def _fail(
     message: str | None = None,
     report: dict[str, Any] | None = None,
 ) -> None:
-    text = message or (str(exc) if isinstance(exc, PortalError) else UNEXPECTED)
+    text = message or _message(exc)
     if isinstance(exc, PrivacyCheckFailed):
         report = exc.report
     with db.session_scope(settings) as session:
         won = exports.transition(
             session, export_id, exports.ACTIVE, ExportStatus.FAILED,
             completed_at=datetime.now(UTC), error_message=text,
-            error_detail="".join(traceback.format_exception(exc)),
+            error_detail=_detail(exc),
             **({"privacy_report": report} if report is not None else {}),
         )  # fmt: skip
         project_id = session.scalar(
@@ -648,6 +633,18 @@ def _fail(
     if won:  # the message, not the exception: a stored path stays out of the log
         log.warning("export %s failed: %s", export_id, text)
         _notify(settings, export_id)
+
+
+def _message(exc: BaseException) -> str:
+    """What users (and the log) read of an error: a portal error's own message, which never
+    names a stored path in an export that is not identified."""
+    return str(exc) if isinstance(exc, PortalError) else UNEXPECTED
+
+
+def _detail(exc: BaseException) -> str:
+    """The technical detail kept on the row for administrators, the stored path included."""
+    stored = getattr(exc, "stored_path", None)
+    return "".join(traceback.format_exception(exc)) + (f"stored path: {stored}\n" if stored else "")
 
 
 def _notify(settings: Settings, export_id: str) -> None:
@@ -777,6 +774,7 @@ def expire(settings: Settings) -> int:
                 DatasetExport.completed_at < now - timedelta(days=settings.retention_days),
             )
         ).all()
+        forget_old_values(session, list(leftovers))  # their old values go with their files
     for export_id in leftovers:
         remove_outputs(settings.export_root / export_id)
     return len(rows)

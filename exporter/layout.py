@@ -63,13 +63,19 @@ def export_folder_name(created: datetime) -> str:
     return created.strftime("export_%Y-%m-%d_%H%M%S")
 
 
-def pseudonym(number: int) -> str:
+STABLE = "patient"  # a project's stable pseudonyms: patient_001, ...
+FRESH = "subject"  # an export's own (fresh pseudonyms): subject_001, never a stable name
+
+
+def pseudonym(number: int, prefix: str = STABLE) -> str:
     """``patient_001``; four digits and more once the numbers need them."""
-    return f"patient_{number:03d}"
+    return f"{prefix}_{number:03d}"
 
 
-def pseudonyms(labels: Iterable[str], seed: int | None = None, start: int = 1) -> dict[str, str]:
-    """``patient_001``, ``patient_002``, ... (from ``start``) assigned in a random order.
+def pseudonyms(
+    labels: Iterable[str], seed: int | None = None, prefix: str = STABLE
+) -> dict[str, str]:
+    """``patient_001``, ``patient_002``, ... assigned in a random order.
 
     Not in label order: with sorted labels anyone who knows the cohort could rebuild the
     key. ``seed`` makes it reproducible for tests.
@@ -77,7 +83,7 @@ def pseudonyms(labels: Iterable[str], seed: int | None = None, start: int = 1) -
     ordered = sorted(set(labels))
     rng = random.Random(seed) if seed is not None else secrets.SystemRandom()  # noqa: S311 (seeded: tests only)
     rng.shuffle(ordered)
-    return {label: pseudonym(i) for i, label in enumerate(ordered, start=start)}
+    return {label: pseudonym(i, prefix) for i, label in enumerate(ordered, start=1)}
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,7 @@ def plan_files(
 def _sort_key(name: str) -> tuple[int, str]:
     """``patient_002`` before ``patient_010`` and ``patient_1000``."""
     stem, _, number = name.rpartition("_")
-    return (int(number), stem) if stem == "patient" and number.isdigit() else (0, name)
+    return (int(number), stem) if stem in (STABLE, FRESH) and number.isdigit() else (0, name)
 
 
 def split_parts(planned: Sequence[PlannedFile], max_part_bytes: int | None) -> list[PlannedPart]:

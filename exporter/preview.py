@@ -2,9 +2,10 @@
 
 One file per selected series goes through the same rewrite the export uses (curated values,
 pseudonym, de-identification profile), from its stored header, without writing anything.
-Stable pseudonyms, date shifts and UID replacements are the project's, as the export will
-write them; patients never exported before show a provisional ``new_patient_N``, and a
-*fresh pseudonyms* export draws its values again when it runs.
+For the project's data managers the stable pseudonyms, date shifts and UID replacements are
+the project's, as the export will write them (patients never exported before show a
+provisional ``new_patient_N``); others see illustrative values, since a label next to its
+stable pseudonym or date shift is the re-identification key.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from exporter import layout, pseudonyms
+from exporter import pseudonyms
 from exporter.accounts import Principal
 from exporter.archive import ExportOptions, export_transform
 from exporter.curation import rules_for
 from exporter.layout import plan_files
-from exporter.models import Patient
 from exporter.registry import FileEntry, Selection, select_files
 from exporter.sourceio import open_source
 
@@ -58,14 +57,18 @@ def _samples(files: list[FileEntry]) -> tuple[list[FileEntry], int]:
     return list(seen.values()), len(seen)
 
 
-def _names(session: Session, ids: dict[str, int], options: ExportOptions) -> dict[str, str] | None:
-    """The folders the preview shows: stable pseudonyms where patients have them, a
-    provisional ``new_patient_N`` for the others (assigned when the export runs)."""
+def _names(
+    session: Session, ids: dict[str, int], options: ExportOptions, linked: bool
+) -> dict[str, str] | None:
+    """The folders the preview shows. ``linked`` (the project's data managers): the stable
+    pseudonyms patients have, a provisional ``new_patient_N`` for the others; for anyone
+    else provisional names only, since a label beside its pseudonym is the
+    re-identification key."""
     if not options.pseudonyms:
         return None
+    stable = pseudonyms.stable_of(session, list(ids.values())) if linked else {}
     if options.fresh_pseudonyms:
-        return layout.pseudonyms(ids)
-    stable = pseudonyms.stable_of(session, list(ids.values()))
+        stable = {}
     new = (label for label in sorted(ids) if ids[label] not in stable)
     names = {label: f"new_patient_{i}" for i, label in enumerate(new, start=1)}
     return {label: stable.get(pid) or names[label] for label, pid in ids.items()}
@@ -78,8 +81,14 @@ def preview(
     selection: Selection,
     options: ExportOptions,
     data_root: Path,
+    project_id: int,
+    linked: bool = False,
 ) -> Preview:
-    """The header changes for one file per selected series (at most ``MAX_SERIES``)."""
+    """The header changes for one file per selected series (at most ``MAX_SERIES``).
+
+    ``linked`` (the project's data managers) shows the stable pseudonyms, date shifts and
+    UIDs the export will write; anyone else sees the same changes with illustrative
+    values (fresh names, shifts and UIDs), which link no label to the project's keys."""
     files = select_files(session, user, project, selection)
     samples, total = _samples(files)
     shown = samples[:MAX_SERIES]
@@ -91,14 +100,14 @@ def preview(
             1 for f in files if f.media_type != "application/dicom" and scrubber_for(f.path)
         )
     ids = {f.patient_label: f.patient_id for f in shown}
-    names = _names(session, ids, options)
+    names = _names(session, ids, options, linked)
     planned = plan_files(shown, names)
     rules = rules_for(session, sorted(ids.values()))
     uid_key, shifts = None, {}
     if options.deidentify:
-        project_id = session.scalar(select(Patient.project_id).where(Patient.id.in_(ids.values())))
+        fresh = options.fresh_pseudonyms or not linked
         uid_key, by_id = pseudonyms.keys(
-            session, int(project_id or 0), sorted(ids.values()), options.fresh_pseudonyms
+            session, project_id, sorted(ids.values()), fresh, create=False
         )
         folder = {p.source.patient_id: p.patient_dir for p in planned}
         shifts = {folder[pid]: days for pid, days in by_id.items() if options.shift_dates}

@@ -4,8 +4,9 @@ every export of its project, with the same date shift and UID replacements.
 A patient's pseudonym is assigned on its first export and kept (``patient_pseudonym``); the
 patients new to one export get the next numbers in a random order, so numbering follows the
 order of first export, never the order of labels. An export that asks for *fresh
-pseudonyms* gets its own ``patient_001``... in random order, fresh date shifts and a fresh
-UID key, unlinkable to any other export. Readable by the project's data managers only.
+pseudonyms* gets its own ``subject_001``... in random order (never a stable name, which
+would stand for someone else), fresh date shifts and a fresh UID key, unlinkable to any
+other export. Readable by the project's data managers only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from exporter.deid import new_date_shift, new_uid_key
-from exporter.layout import pseudonym, pseudonyms
+from exporter.layout import FRESH, pseudonym, pseudonyms
 from exporter.models import PatientPseudonym, Project
 from exporter.privacy import new_project_key, stable_date_shift, stable_uid_key
 
@@ -47,16 +48,10 @@ def assign(
     row (two exports starting at once number their new patients one after the other).
     """
     if fresh:
-        names = pseudonyms(patients.values())
+        names = pseudonyms(patients.values(), prefix=FRESH)
         return {pid: names[label] for pid, label in patients.items()}
     session.execute(update(Project).where(Project.id == project_id).values(id=Project.id))
-    known = dict(
-        session.execute(
-            select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
-                PatientPseudonym.patient_id.in_(list(patients))
-            )
-        ).all()
-    )
+    known = stable_of(session, list(patients))
     new = [pid for pid in patients if pid not in known]
     secrets.SystemRandom().shuffle(new)
     last = session.scalar(
@@ -78,23 +73,31 @@ def assign(
 
 
 def keys(
-    session: Session, project_id: int, patient_ids: list[int], fresh: bool
+    session: Session, project_id: int, patient_ids: list[int], fresh: bool, create: bool = True
 ) -> tuple[str, dict[int, int]]:
     """The UID key and each patient's date shift: the project's stable ones (derived from
-    its secret), or fresh ones."""
-    if fresh:
+    its secret), or fresh ones. ``create`` False only reads the secret (a preview writes
+    nothing): without one yet, the values are fresh."""
+    key = None
+    if not fresh:
+        key = (
+            project_key(session, project_id)
+            if create
+            else session.scalar(select(Project.privacy_key).where(Project.id == project_id))
+        )
+    if key is None:
         return new_uid_key(), {pid: new_date_shift() for pid in patient_ids}
-    key = project_key(session, project_id)
     return stable_uid_key(key), {pid: stable_date_shift(key, pid) for pid in patient_ids}
 
 
 def stable_of(session: Session, patient_ids: list[int]) -> dict[int, str]:
     """The stable pseudonyms these patients already have (the preview shows them)."""
-    if not patient_ids:
-        return {}
-    rows = session.execute(
-        select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
-            PatientPseudonym.patient_id.in_(patient_ids)
+    found: dict[int, str] = {}
+    for start in range(0, len(patient_ids), 500):
+        rows = session.execute(
+            select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
+                PatientPseudonym.patient_id.in_(patient_ids[start : start + 500])
+            )
         )
-    )
-    return dict(rows.all())
+        found.update((pid, name) for pid, name in rows)
+    return found

@@ -351,8 +351,9 @@ class PatientIdentity:
 
 
 def identities(session: Session, patient_ids: Iterable[int]) -> list[PatientIdentity]:
-    """Labels, directories and one DICOM header subset per series of these patients; the
-    caller checked permissions. Headers repeat within a series: one is read per series."""
+    """Labels, directories and one DICOM header subset per series (and per DICOM file
+    outside a series) of these patients; the caller checked permissions. Headers repeat
+    within a series: one is read per series."""
     ids = sorted(set(patient_ids))
     found: list[PatientIdentity] = []
     for start in range(0, len(ids), 500):
@@ -363,7 +364,11 @@ def identities(session: Session, patient_ids: Iterable[int]) -> list[PatientIden
                 FileRegistry.patient_id.in_(chunk),
                 FileRegistry.media_type == "application/dicom",
             )
-            .group_by(FileRegistry.patient_id, FileRegistry.series_label)
+            .group_by(
+                FileRegistry.patient_id,
+                FileRegistry.modality_id,
+                func.coalesce(FileRegistry.series_label, FileRegistry.path),
+            )
         )
         headers: dict[int, list[dict[str, Any]]] = {}
         for pid, header in session.execute(

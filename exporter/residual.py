@@ -438,9 +438,33 @@ def known_identifiers(
                 needles.add_date(value, Kind.DATE, p.patient_dir)
         names = {c for path in p.paths for c in _below(path, p.source_dir)}
         for component in sorted(names):
-            if not component.isdigit():
-                needles.add(component, Kind.STORED_NAME, quiet=True)
+            phrase = tuple(tokens(component))
+            # Numbers only (counters, dates, UIDs as file names) name no one; the patient's
+            # real dates come from its headers, searched in its own files.
+            if not all(t.isdigit() for t in phrase):
+                needles.add_phrase(phrase, Kind.STORED_NAME, quiet=True)
     return needles
+
+
+def part_needles(
+    facts: Iterable[PatientFacts],
+    files: Iterable[tuple[str, str]],
+    *,
+    search_study_dates: bool,
+) -> Needles:
+    """The needles of one part: every patient's facts, with the stored paths of the part's
+    own files (``(patient folder, stored path)`` pairs) as their stored names."""
+    paths: dict[str, list[str]] = defaultdict(list)
+    for folder, path in files:
+        paths[folder].append(path)
+    known = [
+        PatientFacts(p.patient_dir, p.label, p.source_dir, p.headers, paths.get(p.patient_dir, []),
+                     p.date_shift)
+        for p in facts
+    ]  # fmt: skip
+    return known_identifiers(
+        known, search_study_dates=search_study_dates, pseudonyms=[p.patient_dir for p in known]
+    )
 
 
 def identifying_texts(p: PatientFacts) -> list[str]:
@@ -466,10 +490,13 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     results = [r.get("result") for r in reports]
     merged["result"] = next((x for x in ("failed", "identifiers present") if x in results),
                             results[0])  # fmt: skip
-    checked: dict[str, Any] = {"values": Counter(), "left_out": Counter(), "places": Counter()}
+    # Every part searched for every patient's values (counted once), in its own places.
+    checked: dict[str, Counter[str]] = {"values": Counter(), "left_out": Counter(),
+                                        "places": Counter()}  # fmt: skip
     for r in reports:
-        for key in ("values", "left_out", "places"):
-            checked[key].update(r.get("checked", {}).get(key, {}))
+        for key in ("values", "left_out"):
+            checked[key] |= Counter(r.get("checked", {}).get(key, {}))
+        checked["places"].update(r.get("checked", {}).get("places", {}))
     merged["checked"] = {
         **reports[0].get("checked", {}),
         **{k: dict(sorted(v.items())) for k, v in checked.items()},
@@ -574,13 +601,14 @@ class ResidualCheck:
         return found
 
     def search(
-        self, file: str, place: str, data: bytes | bytearray | memoryview | str,
+        self, file: str, place: str | Callable[[], str], data: bytes | bytearray | memoryview | str,
         scope: str | None, counted: str | None = None,
     ) -> None:  # fmt: skip
-        """Search one place (text, or raw bytes read as text); record what is found."""
-        found = self._search(data, scope, counted or place)
+        """Search one place (text, or raw bytes read as text); record what is found. A place
+        may be given as a function, called only for a finding."""
+        found = self._search(data, scope, counted or (place if isinstance(place, str) else ""))
         if found:
-            self._add(file, place, found)
+            self._add(file, place if isinstance(place, str) else place(), found)
 
     def entry_name(self, name: str, scope: str | None) -> None:
         self.search(name, "entry name", name, scope, "entry names")
@@ -605,10 +633,11 @@ class ResidualCheck:
         for place, kinds in _locate_dicom(header, self.needles, scope):
             self._add(file, place, kinds)
 
-    def document(self, file: str, doc: Any) -> None:
-        """Every key and string of a JSON document (``metadata.json``): searched whole, and
-        only when something is found, key by key to say where."""
-        text = json.dumps(doc, ensure_ascii=False)
+    def document(self, file: str, doc: Any, text: str | None = None) -> None:
+        """Every key and string of a JSON document (``metadata.json``, whose ``text`` the
+        caller may have): searched whole, and only when something is found, key by key to
+        say where."""
+        text = json.dumps(doc, ensure_ascii=False) if text is None else text
         with self._lock:
             self.places[file] += 1
             self.searched_bytes += len(text)

@@ -73,11 +73,12 @@ def register(
     directory: Path,
     tags_csv: Path | None = None,
     prune: bool = False,
+    reread: bool = False,
 ) -> ingest.IngestReport:
     """Register a directory tree (inside the data root) into a project (an operator's task)."""
     with db.session_scope(settings) as session:
         return ingest.register_directory(
-            session, settings.data_root, project_slug, directory, tags_csv, prune
+            session, settings.data_root, project_slug, directory, tags_csv, prune, reread
         )
 
 
@@ -685,9 +686,10 @@ def preview_export(
         user = accounts.principal_for(session, user_email)
         access = accounts.require_project(session, user, project_slug)
         policy = exports.require_level(session, access, request.privacy)
+        manager = access.role is Role.DATA_MANAGER
         found = preview.preview(
             session, user, project_slug, request.selection, request.options(policy),
-            settings.data_root,
+            settings.data_root, access.project_id, linked=manager,
         )  # fmt: skip
         if access.role is not Role.DATA_MANAGER:
             rows = [dataclasses.replace(r, old_value=None) for r in found.rows]

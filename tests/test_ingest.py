@@ -326,3 +326,37 @@ def test_reading_in_worker_processes_registers_the_same_rows(
     assert report.files_added == 20
     pooled = {p: (r.sha256, r.dicom_header, r.media_type) for p, r in rows(settings).items()}
     assert pooled == inline
+
+
+def test_reread_takes_the_header_subset_anew_and_keeps_identifying_fields(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A registry made before the subset held other IDs, addresses and phones learns them
+    with --reread; without it, unchanged files are not read again."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from sqlalchemy import update
+
+    services.add_project(settings, "proj")
+    path = write_dicom(settings.data_root / "study" / "P9" / "cbct" / "s1" / "0001.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PatientAddress = "Kerkstraat 1, Gent"
+    ds.PatientTelephoneNumbers = "+32 9 000 00 00"
+    other = Dataset()
+    other.PatientID = "RRN-1"
+    ds.OtherPatientIDsSequence = [other]
+    ds.save_as(path, enforce_file_format=True)
+    services.register(settings, "proj", settings.data_root / "study")
+    (row,) = rows(settings).values()
+    assert row.dicom_header is not None
+    assert row.dicom_header["PatientAddress"] == "Kerkstraat 1, Gent"
+    assert row.dicom_header["OtherPatientIDsSequence"] == ["RRN-1"]
+    assert row.dicom_header["PatientTelephoneNumbers"] == "+32 9 000 00 00"
+    with db.session_scope(settings) as session:  # as an older version registered it
+        session.execute(update(FileRegistry).values(dicom_header={"PatientID": "MRN-1"}))
+    services.register(settings, "proj", settings.data_root / "study")
+    assert "PatientAddress" not in (next(iter(rows(settings).values())).dicom_header or {})
+    report = services.register(settings, "proj", settings.data_root / "study", reread=True)
+    assert report.ok and report.files_updated == []
+    (row,) = rows(settings).values()
+    assert row.dicom_header is not None and row.dicom_header["OtherPatientIDsSequence"] == ["RRN-1"]

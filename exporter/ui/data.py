@@ -12,7 +12,7 @@ from exporter.errors import PermissionDenied, PortalError
 from exporter.models import Role
 from exporter.privacy import PolicyView
 from exporter.registry import ProjectOverview, ProjectTree
-from exporter.services import ChangeLog
+from exporter.services import ChangeLog, KeyRow
 from exporter.ui.session import settings
 
 
@@ -105,6 +105,17 @@ def privacy_report(email: str, export_id: str) -> dict[str, object] | None:
         return services.export_privacy_report(settings(), email, export_id)
     except PermissionDenied:
         return None
+
+
+@st.cache_data(ttl=300, show_spinner=False, max_entries=50)
+def export_key(email: str, export_id: str) -> list[KeyRow] | str:
+    """Who is who in an export, for data managers of its project (each reading is audited:
+    cached, so a page's reruns while the key is open do not record it again); for anyone
+    else, the refusal."""
+    try:
+        return services.export_key(settings(), email, export_id)
+    except PortalError as exc:
+        return str(exc)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
