@@ -9,8 +9,9 @@ from tests.test_ui_curation import MANAGER, RESEARCHER, button, open_page
 
 
 def test_a_data_manager_changes_the_policy_and_a_researcher_only_reads_it(
-    portal: Settings,
+    ui_portal: Settings,
 ) -> None:
+    portal = ui_portal
     at = open_page("privacy.py", MANAGER)
     assert not at.exception
     uids = next(t for t in at.toggle if t.label == "Keep UIDs")
