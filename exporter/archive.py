@@ -30,7 +30,13 @@ from typing import Any, BinaryIO, Protocol
 
 from exporter.curation import CurationRules
 from exporter.deid import Deidentifier, DeidOptions, PrivateTag, new_date_shift, new_uid_key
-from exporter.dicom_rewrite import Change, ChangeTable, HeaderRewriter, RewriteContext
+from exporter.dicom_rewrite import (
+    Change,
+    ChangeTable,
+    HeaderRewriter,
+    RewriteContext,
+    transfer_syntax,
+)
 from exporter.errors import (
     ExportCancelled,
     InvalidSelection,
@@ -49,7 +55,14 @@ from exporter.layout import (
 )
 from exporter.privacy import LEVELS, SUMMARIES, PrivacyLevel
 from exporter.registry import FileEntry
-from exporter.residual import Needles, PatientFacts, ResidualCheck, format_of, part_needles
+from exporter.residual import (
+    Needles,
+    PatientFacts,
+    ResidualCheck,
+    Tap,
+    format_of,
+    part_needles,
+)
 from exporter.sourceio import (
     CHUNK,
     ArchiveWriter,
@@ -300,19 +313,25 @@ _NO_TAP = _NoTap()
 
 class _DicomTap:
     """A DICOM entry for the residual check: the header rewrite yields the whole new header
-    first, then the pixel data element (out of the check's scope); the header is searched."""
+    first (searched whole), then the pixel data element, of which the metadata of
+    compressed (JPEG) frames are searched."""
 
     def __init__(self, check: ResidualCheck, file: str, scope: str) -> None:
         self.check, self.file, self.scope = check, file, scope
-        self.first = True
+        self.pixels: Tap | None = None
 
     def feed(self, piece: Chunk, /) -> None:
-        if self.first:
-            self.first = False
-            self.check.dicom_header(self.file, bytes(piece), self.scope)
+        if self.pixels is None:
+            header = bytes(piece)
+            self.check.dicom_header(self.file, header, self.scope)
+            self.pixels = self.check.tap(self.file, "dicom-pixels", self.scope,
+                                         transfer_syntax(header))  # fmt: skip
+            return
+        self.pixels.feed(piece)
 
     def close(self) -> None:
-        pass
+        if self.pixels is not None:
+            self.pixels.close()
 
 
 def default_identifiers(part: PlannedPart) -> Needles:
@@ -536,6 +555,7 @@ class PartBuilder:
             return exc
         redacted = SourceFileError(str(exc).replace(planned.source.path, planned.arcname))
         redacted.stored_path = planned.source.path  # type: ignore[attr-defined]
+        redacted.detail = getattr(exc, "detail", "")  # type: ignore[attr-defined]
         return redacted
 
     def _tap(self, planned: PlannedFile) -> _Tap:
@@ -598,6 +618,9 @@ class PartBuilder:
     def _build(self, part: PlannedPart, count: int, dest: Path) -> PartResult:
         rewriter = self.transform if isinstance(self.transform, HeaderRewriter) else None
         sources = {int(f.source.mtime_ns // 1_000_000_000) for f in part.files}
+        if self.entry_time is not None:  # never within 2 s (a DOS time) of a source's time
+            while any(abs(int(self.entry_time) - t) <= 2 for t in sources):
+                self.entry_time += 5
         needles = self.identifiers(part) if self.check_identifiers else Needles()
         self.check = ResidualCheck(needles, sources, strict=self.options.deidentify)
         table = (

@@ -121,6 +121,22 @@ REPEATING_GROUPS: tuple[RepeatingGroup, ...] = (
 )
 """The table's rows for repeating groups, which :data:`BASIC_PROFILE` cannot key by tag."""
 
+SUPPLEMENT: dict[int, ProfileRow] = {
+    tag: ProfileRow(tag, keyword_for_tag(tag) or "", dictionary_description(tag), "X")
+    for tag in (
+        0x00100024,  # Issuer of Patient ID Qualifiers Sequence
+        0x00100026,  # Source Patient Group Identification Sequence
+        0x00100027,  # Group of Patients Identification Sequence
+        0x00100033,  # Patient's Birth Date in Alternative Calendar
+        0x00100034,  # Patient's Death Date in Alternative Calendar
+        0x00100035,  # Patient's Alternative Calendar
+        0x00102294,  # Breed Registration Sequence
+        0x00102295,  # Breed Registration Number
+    )
+}
+"""The portal's additions: patient attributes Table E.1-1 does not name (the profile would
+keep them) that identify the patient as much as the ones it removes. Removed."""
+
 PRIVATE_ACTION = Action.REMOVE
 """The Basic Profile removes private attributes (odd groups), creators included."""
 
@@ -793,7 +809,7 @@ def row_for(tag: int) -> ProfileRow | None:
     None covers both attributes the profile keeps as they are and private attributes: check
     :func:`is_private` for those.
     """
-    row = BASIC_PROFILE.get(tag)
+    row = BASIC_PROFILE.get(tag) or SUPPLEMENT.get(tag)
     if row is not None or is_private(tag):
         return row
     for group in REPEATING_GROUPS:
@@ -937,10 +953,14 @@ def markdown_table() -> str:
     """Table E.1-1 as applied here, as a Markdown table sorted by tag (ends with a newline).
 
     Columns: the standard's attribute name, the tag, the action with no option on (and the
-    table's code), and what each supported option changes.
+    table's code), and what each supported option changes. The portal's additions
+    (:data:`SUPPLEMENT`) are marked.
     """
     lines = ["| Attribute | Tag | Action | With options |", "| --- | --- | --- | --- |"]
     rows = [(row.tag, row.name, row.tag_text, row) for row in BASIC_PROFILE.values()]
+    rows += [
+        (r.tag, f"{r.name} (the portal's addition)", r.tag_text, r) for r in SUPPLEMENT.values()
+    ]
     rows += [(g.value, g.name, g.pattern, g.row(g.value)) for g in REPEATING_GROUPS]
     for _, name, tag_text, row in sorted(rows, key=lambda r: r[0]):
         action = effective_action(row)

@@ -158,7 +158,7 @@ class HeaderRewriter:
         # no longer match, private data): elements there escape the header rewrite, and a
         # PatientName among them would reach the archive.
         try:
-            trailing = yield from pixel_element(head, offset, reader, _syntax(header))
+            trailing = yield from pixel_element(head, offset, reader, transfer_syntax(header))
         except SourceFileError as exc:
             raise SourceFileError(f"{planned.source.path}: {exc}") from None
         if trailing:
@@ -228,9 +228,7 @@ class HeaderRewriter:
         try:
             ds.save_as(out, enforce_file_format=True)
         except Exception as exc:
-            raise SourceFileError(
-                f"{source.path}: DICOM header cannot be written ({exc}); the file was not exported"
-            ) from None
+            raise _failed(f"{source.path}: DICOM header cannot be written", exc) from None
         return out.getvalue(), head, offset, changes
 
     @staticmethod
@@ -244,9 +242,7 @@ class HeaderRewriter:
                 if more:
                     head += more
                     continue
-                raise SourceFileError(
-                    f"{name}: DICOM header cannot be read ({exc}); the file was not exported"
-                ) from None
+                raise _failed(f"{name}: DICOM header cannot be read", exc) from None
             offset = stream.tell()
             if offset >= len(head):
                 more = reader.read(CHUNK)  # the header may go on past what was read
@@ -290,9 +286,10 @@ class HeaderRewriter:
                 )
                 setattr(ds, keyword, element_value)
             except Exception as exc:
-                raise SourceFileError(
-                    f"{name}: {keyword} cannot be set to {value!r} ({exc}); the file was not "
-                    "exported; correct the curated value"
+                raise _failed(
+                    f"{name}: {keyword} cannot be set to its curated value; correct the curated "
+                    "value",
+                    exc,
                 ) from None
             changes.append(Change(arcname, tag_text(tag), keyword, value, reason, "set", old))
         if deid is not None:
@@ -307,12 +304,20 @@ class HeaderRewriter:
         return changes
 
 
+def _failed(message: str, exc: Exception) -> SourceFileError:
+    """A file that cannot be rewritten. pydicom's own words go to ``detail`` (kept for
+    administrators), not to the message users read: they may quote the header's values."""
+    error = SourceFileError(f"{message}; the file was not exported")
+    error.detail = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
+    return error
+
+
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as little endian files write it
 _ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 
 
-def _syntax(header: bytes) -> str:
+def transfer_syntax(header: bytes) -> str:
     """The transfer syntax of a Part-10 header (its file meta is explicit VR little endian)."""
     try:
         return dicom.file_meta(header)[1]

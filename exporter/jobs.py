@@ -266,7 +266,9 @@ def _pseudonyms(
             select(DatasetExport.project_id).where(DatasetExport.id == export_id)
         )
         assert project_id is not None
-        names = pseudonyms.assign(session, project_id, labels, export_id, options.fresh_pseudonyms)
+        names = pseudonyms.assign(
+            session, project_id, labels, export_id, options.fresh_pseudonyms, options.privacy
+        )
     return {labels[pid]: name for pid, name in names.items()}
 
 
@@ -285,7 +287,13 @@ def _save_keys(
         row = session.get(DatasetExport, export_id)
         assert row is not None
         uid_key, shifts = (
-            pseudonyms.keys(session, row.project_id, sorted(ids.values()), options.fresh_pseudonyms)
+            pseudonyms.keys(
+                session,
+                row.project_id,
+                sorted(ids.values()),
+                options.fresh_pseudonyms,
+                level=options.privacy,
+            )
             if options.deidentify
             else (None, {})
         )
@@ -354,9 +362,15 @@ def _transform(
 def _change_row(export_id: str, part: int, c: Change) -> dict[str, Any]:
     return {
         "export_id": export_id, "part": part, "path": c.path[:1024], "tag": c.tag[:200],
-        "keyword": c.keyword[:100], "old_value": c.old_value, "new_value": c.new_value,
+        "keyword": c.keyword[:100], "old_value": _text(c.old_value),
+        "new_value": _text(c.new_value),
         "reason": c.reason, "action": c.action, "file_count": c.files,
     }  # fmt: skip
+
+
+def _text(value: str | None) -> str | None:
+    """A header value as PostgreSQL stores text: without NUL characters."""
+    return value.replace("\0", "\\0") if value else value
 
 
 def _change_sink(settings: Settings, export_id: str, part: int) -> Callable[[list[Change]], None]:
@@ -643,8 +657,10 @@ def _message(exc: BaseException) -> str:
 
 def _detail(exc: BaseException) -> str:
     """The technical detail kept on the row for administrators, the stored path included."""
-    stored = getattr(exc, "stored_path", None)
-    return "".join(traceback.format_exception(exc)) + (f"stored path: {stored}\n" if stored else "")
+    named = (("stored_path", "stored path"), ("detail", "detail"))
+    extra = [f"{name}: {getattr(exc, key)}" for key, name in named if getattr(exc, key, "")]
+    text = "".join(traceback.format_exception(exc)) + "".join(f"{line}\n" for line in extra)
+    return text.replace("\0", "\\0")  # PostgreSQL text holds no NUL (a header's bytes may)
 
 
 def _notify(settings: Settings, export_id: str) -> None:

@@ -370,14 +370,16 @@ class PatientPseudonym(Base):
 
     __tablename__ = "patient_pseudonym"
     __table_args__ = (
-        UniqueConstraint("project_id", "number"),
+        UniqueConstraint("patient_id", "series"),
+        UniqueConstraint("project_id", "series", "number"),
         UniqueConstraint("project_id", "pseudonym"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
-    patient_id: Mapped[int] = mapped_column(
-        ForeignKey("patient.id", ondelete="CASCADE"), unique=True
-    )
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
+    # The privacy level whose series it belongs to: pseudonymised (patient_NNN) or
+    # de-identified (case_NNN), unrelated to each other.
+    series: Mapped[str] = mapped_column(String(16))
     number: Mapped[int] = mapped_column(Integer)
     pseudonym: Mapped[str] = mapped_column(String(64))
     first_export_id: Mapped[str | None] = mapped_column(

@@ -66,7 +66,7 @@ def _names(
     re-identification key."""
     if not options.pseudonyms:
         return None
-    stable = pseudonyms.stable_of(session, list(ids.values())) if linked else {}
+    stable = pseudonyms.stable_of(session, list(ids.values()), options.privacy) if linked else {}
     if options.fresh_pseudonyms:
         stable = {}
     new = (label for label in sorted(ids) if ids[label] not in stable)
@@ -107,7 +107,7 @@ def preview(
     if options.deidentify:
         fresh = options.fresh_pseudonyms or not linked
         uid_key, by_id = pseudonyms.keys(
-            session, project_id, sorted(ids.values()), fresh, create=False
+            session, project_id, sorted(ids.values()), fresh, create=False, level=options.privacy
         )
         folder = {p.source.patient_id: p.patient_dir for p in planned}
         shifts = {folder[pid]: days for pid, days in by_id.items() if options.shift_dates}

@@ -138,17 +138,17 @@ def _derive(key: str, purpose: str) -> bytes:
     return hmac.new(bytes.fromhex(key), purpose.encode(), hashlib.sha256).digest()
 
 
-def stable_date_shift(key: str, patient_id: int) -> int:
+def stable_date_shift(key: str, patient_id: int, level: str = "deidentified") -> int:
     """The patient's date shift in this project: 1 day to 3 years back, the same in every
-    export (derived, never drawn, so follow-up exports line up)."""
-    value = int.from_bytes(_derive(key, f"date-shift:{patient_id}")[:8], "big")
+    export of ``level`` (derived, never drawn, so follow-up exports line up)."""
+    value = int.from_bytes(_derive(key, f"date-shift:{level}:{patient_id}")[:8], "big")
     return -(value % MAX_SHIFT_DAYS + 1)
 
 
-def stable_uid_key(key: str) -> str:
+def stable_uid_key(key: str, level: str = "deidentified") -> str:
     """The project's key for UID replacements: the same UID maps to the same new UID in
-    every de-identified export of the project."""
-    return _derive(key, "uid-map").hex()
+    every export of ``level`` in the project (and to another in the other level's)."""
+    return _derive(key, f"uid-map:{level}").hex()
 
 
 @dataclass(frozen=True)

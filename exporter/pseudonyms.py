@@ -18,9 +18,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from exporter.deid import new_date_shift, new_uid_key
-from exporter.layout import FRESH, pseudonym, pseudonyms
+from exporter.layout import FRESH, STABLE, pseudonym, pseudonyms
 from exporter.models import PatientPseudonym, Project
-from exporter.privacy import new_project_key, stable_date_shift, stable_uid_key
+from exporter.privacy import PrivacyLevel, new_project_key, stable_date_shift, stable_uid_key
+
+SERIES = {PrivacyLevel.PSEUDONYMISED.value: STABLE, PrivacyLevel.DEIDENTIFIED.value: "case"}
 
 
 def project_key(session: Session, project_id: int) -> str:
@@ -41,8 +43,12 @@ def assign(
     patients: Mapping[int, str],
     export_id: str | None = None,
     fresh: bool = False,
+    level: str = PrivacyLevel.PSEUDONYMISED.value,
 ) -> dict[int, str]:
-    """The pseudonym of each patient (id -> label given), by patient id.
+    """The pseudonym of each patient (id -> label given), by patient id, for exports of
+    ``level``: pseudonymised ones are ``patient_NNN``, de-identified ones ``case_NNN``, two
+    series unrelated to each other, so that a pseudonymised archive that keeps dates does
+    not tell by its folder names which de-identified patient it is (and so its shift).
 
     Stable ones are created for patients that have none yet, under a lock on the project
     row (two exports starting at once number their new patients one after the other).
@@ -51,20 +57,20 @@ def assign(
         names = pseudonyms(patients.values(), prefix=FRESH)
         return {pid: names[label] for pid, label in patients.items()}
     session.execute(update(Project).where(Project.id == project_id).values(id=Project.id))
-    known = stable_of(session, list(patients))
+    known = stable_of(session, list(patients), level)
     new = [pid for pid in patients if pid not in known]
     secrets.SystemRandom().shuffle(new)
     last = session.scalar(
         select(func.coalesce(func.max(PatientPseudonym.number), 0)).where(
-            PatientPseudonym.project_id == project_id
+            PatientPseudonym.project_id == project_id, PatientPseudonym.series == level
         )
     )
     for number, pid in enumerate(new, start=int(last or 0) + 1):
-        name = pseudonym(number)
+        name = pseudonym(number, SERIES[level])
         session.add(
             PatientPseudonym(
-                project_id=project_id, patient_id=pid, number=number, pseudonym=name,
-                first_export_id=export_id,
+                project_id=project_id, patient_id=pid, series=level, number=number,
+                pseudonym=name, first_export_id=export_id,
             )
         )  # fmt: skip
         known[pid] = name
@@ -73,11 +79,16 @@ def assign(
 
 
 def keys(
-    session: Session, project_id: int, patient_ids: list[int], fresh: bool, create: bool = True
+    session: Session,
+    project_id: int,
+    patient_ids: list[int],
+    fresh: bool,
+    create: bool = True,
+    level: str = PrivacyLevel.PSEUDONYMISED.value,
 ) -> tuple[str, dict[int, int]]:
-    """The UID key and each patient's date shift: the project's stable ones (derived from
-    its secret), or fresh ones. ``create`` False only reads the secret (a preview writes
-    nothing): without one yet, the values are fresh."""
+    """The UID key and each patient's date shift: the project's stable ones for ``level``
+    (derived from its secret), or fresh ones. ``create`` False only reads the secret (a
+    preview writes nothing): without one yet, the values are fresh."""
     key = None
     if not fresh:
         key = (
@@ -87,16 +98,20 @@ def keys(
         )
     if key is None:
         return new_uid_key(), {pid: new_date_shift() for pid in patient_ids}
-    return stable_uid_key(key), {pid: stable_date_shift(key, pid) for pid in patient_ids}
+    shifts = {pid: stable_date_shift(key, pid, level) for pid in patient_ids}
+    return stable_uid_key(key, level), shifts
 
 
-def stable_of(session: Session, patient_ids: list[int]) -> dict[int, str]:
-    """The stable pseudonyms these patients already have (the preview shows them)."""
+def stable_of(
+    session: Session, patient_ids: list[int], level: str = PrivacyLevel.PSEUDONYMISED.value
+) -> dict[int, str]:
+    """The stable pseudonyms these patients already have for ``level``."""
     found: dict[int, str] = {}
     for start in range(0, len(patient_ids), 500):
         rows = session.execute(
             select(PatientPseudonym.patient_id, PatientPseudonym.pseudonym).where(
-                PatientPseudonym.patient_id.in_(patient_ids[start : start + 500])
+                PatientPseudonym.patient_id.in_(patient_ids[start : start + 500]),
+                PatientPseudonym.series == level,
             )
         )
         found.update((pid, name) for pid, name in rows)

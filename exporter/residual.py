@@ -28,10 +28,12 @@ import threading
 import unicodedata
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+
+from exporter.scrub import voxel_bytes
 
 MIN_LENGTH = 4  # letters and digits of a value, below which it is not searched
 MIN_DIGITS = 6  # a value of digits only (counters, instance numbers) below which it is not
@@ -145,6 +147,7 @@ class Kind:
     PHONE = "phone number"
     STORED_NAME = "stored file or folder name"
     SOURCE_TIME = "source file time"
+    UNCHECKED = "metadata the check could not read"
 
 
 # The header subset's keywords, and what each holds.
@@ -656,11 +659,11 @@ class ResidualCheck:
         elif isinstance(doc, str):
             self.search(file, path, doc, scope, file)
 
-    def tap(self, file: str, kind: str | None, scope: str | None) -> Tap | None:
-        """A parser for the metadata of one non-DICOM entry, fed as it is written; None
-        for kinds without metadata the portal knows how to find."""
-        parser = PARSERS.get(kind or "")
-        if parser is None:
+    def tap(self, file: str, kind: str | None, scope: str | None, syntax: str = "") -> Tap | None:
+        """A parser for the metadata of one entry (``dicom-pixels``: a DICOM file's pixel
+        data element, in ``syntax``), fed as it is written; None for kinds without metadata
+        the portal knows how to find."""
+        if kind != "dicom-pixels" and kind not in PARSERS:
             return None
         counted = PLACE_NAMES[kind or ""]
 
@@ -671,7 +674,14 @@ class ResidualCheck:
             if self.strict and mtime and mtime in self.source_times:
                 self._add(file, "gzip header time", [Kind.SOURCE_TIME])
 
-        return Tap(parser(out, time))
+        def failed() -> None:  # what the check cannot read, it cannot clear
+            if self.strict:
+                self._add(file, f"{counted} (unreadable)", [Kind.UNCHECKED])
+
+        parser = (
+            encapsulated(out, syntax) if kind == "dicom-pixels" else PARSERS[kind or ""](out, time)
+        )
+        return Tap(parser, failed)
 
     def report(self, level: str) -> dict[str, Any]:
         """``privacy_report.json``: what was checked, how much, and every finding (file,
@@ -766,8 +776,10 @@ class Tap:
     """Feeds an entry's bytes, as they are written, to its format's parser; keeps only what
     the parser asks to read (metadata), skipping the rest without a copy."""
 
-    def __init__(self, parser: Parser) -> None:
+    def __init__(self, parser: Parser, failed: Callable[[], None] | None = None) -> None:
+        """``failed`` is called when the parser meets what it cannot read (it stops)."""
         self.parser = parser
+        self.failed = failed
         self.buf = bytearray()
         self.want = 0
         self.skip = 0
@@ -781,6 +793,11 @@ class Tap:
             op, n = self.parser.send(value)
         except StopIteration:
             self.done = True
+            return
+        except Exception:  # malformed data (a corrupt .nii.gz in an identified export)
+            self.done = True
+            if self.failed is not None:
+                self.failed()
             return
         self.scanning = op == "scan"
         if op == "skip":
@@ -881,8 +898,8 @@ _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 def _jpeg(out: Out, _time: Callable[[int], None]) -> Parser:
-    """Every application segment and comment, between the scans too, and anything after
-    EOI; the coding tables and the scans are skipped."""
+    """Every segment (application data, comments, tables, extensions), between the scans
+    too, and anything after EOI; only the scans' data are skipped."""
     src = _In()
     if (yield from src.read(2)) != b"\xff\xd8":
         return
@@ -905,12 +922,13 @@ def _jpeg(out: Out, _time: Callable[[int], None]) -> Parser:
         if len(raw) < 2:
             return
         length = max(0, struct.unpack(">H", raw)[0] - 2)
-        if 0xE0 <= code <= 0xEF or code == 0xFE:
-            body = yield from src.read(min(length, CAP))
-            yield from src.skip(length - len(body))
-            out(f"JPEG {'COM' if code == 0xFE else f'APP{code - 0xE0}'} segment", body)
-            continue
-        yield from src.skip(length)
+        body = yield from src.read(min(length, CAP))
+        yield from src.skip(length - len(body))
+        name = (
+            "COM" if code == 0xFE else f"APP{code - 0xE0}" if 0xE0 <= code <= 0xEF
+            else f"0xFF{code:02X}"
+        )  # fmt: skip
+        out(f"JPEG {name} segment", body)
         if code == 0xDA:  # the scan's data, up to the next marker that is not a restart
             assert not src.pending  # reads are exact: nothing was read ahead
             yield ("scan", 0)
@@ -940,56 +958,82 @@ def _png(out: Out, _time: Callable[[int], None]) -> Parser:
             return
 
 
-def _lines(
-    src: _In, first: bytes, pattern: re.Pattern[bytes]
-) -> Generator[Request, Any, Iterator[bytes]]:
-    """Every line of the rest of the entry that ``pattern`` matches."""
-    found: list[bytes] = []
+def _lines(src: _In, first: bytes, out: Callable[[bytes], None]) -> Parser:
+    """The rest of the entry in whole lines (``\\n``, ``\\r\\n`` or ``\\r``), a chunk at a
+    time to ``out``: memory stays bounded whatever the file's size."""
     tail = first
     while True:
         data = yield from src.chunk()
         text = tail + data
-        cut = text.rfind(b"\n") + 1 if data else len(text)
-        found.extend(pattern.findall(text[:cut]))
+        cut = max(text.rfind(b"\n"), text.rfind(b"\r")) + 1 if data else len(text)
+        if len(text) - cut > CAP:  # a line longer than any a text format needs: search it
+            cut = len(text)
+        if cut:
+            out(text[:cut])
         tail = text[cut:]
         if not data:
-            return iter(found)
+            return
 
 
-_STL_NAMES = re.compile(rb"(?im)^[ \t]*(?:end)?solid\b[^\r\n]*")
-_OBJ_TEXT = re.compile(rb"(?m)^[ \t]*(?!(?:v[tnp]?|f|l|p)[ \t])[^\s][^\r\n]*")
+_LINE_START = rb"(?m)(?:^|(?<=\r))"
+_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# ASCII STL lines outside its grammar, and its solid lines (which may carry a name).
+_STL_TEXT = re.compile(
+    _LINE_START + rb"(?![ \t]*(?:facet[ \t]+normal(?:[ \t]+" + _NUMBER + rb"){3}|outer[ \t]+loop"
+    rb"|vertex(?:[ \t]+" + _NUMBER + rb"){3}|endloop|endfacet)?[ \t]*(?:\r|\n|$))[^\r\n]+",
+    re.I,
+)
+# OBJ lines that are not plain geometry or smoothing groups (numbers only).
+_OBJ_TEXT = re.compile(
+    _LINE_START + rb"(?![ \t]*(?:(?:v[tnp]?|f|l|p)(?:[ \t]+[-+0-9.eE/]+)*|s[ \t]+\w+)?[ \t]*"
+    rb"(?:\r|\n|$))[^\r\n]+"
+)
+
+
+def _text_lines(pattern: re.Pattern[bytes], place: str, out: Out) -> Callable[[bytes], None]:
+    def search(block: bytes) -> None:
+        found = pattern.findall(block)
+        if found:
+            out(place, b"\n".join(found))
+
+    return search
 
 
 def _stl(out: Out, _time: Callable[[int], None]) -> Parser:
-    """The 80-byte header of a binary STL; every solid/endsolid line of an ASCII one."""
+    """The 80-byte header of a binary STL and anything after its declared triangles; every
+    line of an ASCII one that is not numbers in its grammar."""
     src = _In()
     first = yield from src.read(84)
     if not (first.lstrip().startswith(b"solid") and b"\n" in first):
         out("STL header", first[:80])
-        yield from src.skip(EVERYTHING)
+        if len(first) == 84:
+            yield from src.skip(50 * int.from_bytes(first[80:84], "little"))
+            rest = yield from src.read(CAP)
+            if rest:
+                out("STL data after the triangles", rest)
         return
-    for line in (yield from _lines(src, first, _STL_NAMES)):
-        out("STL solid name", line)
+    yield from _lines(src, first, _text_lines(_STL_TEXT, "STL text lines", out))
 
 
 def _obj(out: Out, _time: Callable[[int], None]) -> Parser:
-    """Every line that is not geometry (v, vt, vn, vp, f, l, p): comments, names, materials."""
-    src = _In()
-    lines = list((yield from _lines(src, b"", _OBJ_TEXT)))
-    for start in range(0, len(lines), 256):
-        out("OBJ text lines", b"\n".join(lines[start : start + 256]))
+    """Every line that is not geometry or a smoothing group: comments (also after values),
+    names, materials, any other statement."""
+    yield from _lines(_In(), b"", _text_lines(_OBJ_TEXT, "OBJ text lines", out))
 
 
 def _ply(out: Out, _time: Callable[[int], None]) -> Parser:
-    """The header (format, elements, properties, comments, obj_info), up to end_header."""
+    """The header (format, elements, properties, comments, obj_info), up to the line that is
+    exactly ``end_header`` (as readers and the scrubber end it)."""
     src = _In()
     header = b""
-    while b"end_header" not in header and len(header) < 1024 * 1024:
+    end = re.compile(rb"(?m)^[ \t]*end_header[ \t]*\r?$")
+    while not end.search(header) and len(header) < 1024 * 1024:
         data = yield from src.chunk()
         if not data:
             break
         header += data
-    out("PLY header", header.partition(b"end_header")[0])
+    found = end.search(header)
+    out("PLY header", header[: found.start()] if found else header)
     yield ("skip", EVERYTHING)
 
 
@@ -1015,20 +1059,38 @@ def _nifti_extent(head: bytes) -> int:
 
 def _nifti_places(out: Out, data: bytes) -> None:
     size = 348 if data[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") else 540
+    rest = bytearray(data[:size])
     for name, start, end in _NIFTI1 if size == 348 else _NIFTI2:
         out(f"NIfTI {name}", data[start:end])
+        rest[start:end] = bytes(end - start)
+    out("NIfTI header (other fields)", bytes(rest))
     if len(data) > size + 4:
         out("NIfTI extensions", data[size + 4 : size + 4 + CAP])
+
+
+def _nifti_voxels(head: bytes) -> int | None:
+    """How many bytes of voxels follow the header and extensions (see the scrubber)."""
+    size = 348 if head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") else 540
+    order = "<" if head[:4] in (b"\x5c\x01\x00\x00", b"\x1c\x02\x00\x00") else ">"
+    return voxel_bytes(head[:size], order) if len(head) >= size else None
 
 
 def _nifti(out: Out, _time: Callable[[int], None]) -> Parser:
     src = _In()
     head = yield from src.read(_NIFTI_HEAD)
     extent = _nifti_extent(head)
-    if extent:
-        data = head + (yield from src.read(max(0, extent - len(head))))
-        _nifti_places(out, data[:extent])
-    yield from src.skip(EVERYTHING)
+    if not extent:
+        return
+    data = head + (yield from src.read(max(0, extent - len(head))))
+    _nifti_places(out, data[:extent])
+    voxels = _nifti_voxels(data)
+    if voxels is None:
+        return
+    src.unread(data[extent:])
+    yield from src.skip(voxels)
+    rest = yield from src.read(CAP)
+    if rest:
+        out("NIfTI data after the voxels", rest)
 
 
 def _nifti_gz(out: Out, time: Callable[[int], None]) -> Parser:
@@ -1079,6 +1141,41 @@ def _nifti_gz(out: Out, time: Callable[[int], None]) -> Parser:
     yield from src.skip(EVERYTHING)
 
 
+def encapsulated(out: Out, syntax: str) -> Parser:
+    """A DICOM pixel data element as the rewrite writes it: for encapsulated data, the
+    metadata of every JPEG fragment (an EXIF or comment segment inside the compressed
+    frame), and anything after the element. Native pixel data are not searched."""
+    little, implicit = syntax != "1.2.840.10008.1.2.2", syntax == "1.2.840.10008.1.2"
+    order: Any = "little" if little else "big"
+    src = _In()
+    head = yield from src.read(8 if implicit else 12)
+    if len(head) < 8 or head[:4] not in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"):
+        return
+    length = int.from_bytes(head[4:8] if implicit else head[8:12], order)
+    if length != 0xFFFFFFFF:
+        yield from src.skip(length)
+    else:
+        first = True
+        while True:
+            item = yield from src.read(8)
+            if len(item) < 8:
+                return
+            size = int.from_bytes(item[4:8], order)
+            if item[:4] in (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd"):  # sequence end
+                break
+            frame = b"" if first else (yield from src.read(min(size, 256 * 1024)))
+            yield from src.skip(size - len(frame))
+            first = False  # the first item is the offset table
+            if frame.startswith(b"\xff\xd8"):
+                tap = Tap(_jpeg(lambda place, data: out(f"pixel data frame: {place}", data),
+                                lambda _: None))  # fmt: skip
+                tap.feed(frame)
+                tap.close()
+    rest = yield from src.read(CAP)
+    if rest:
+        out("DICOM data after the pixel data", rest)
+
+
 PARSERS: Mapping[str, Callable[[Out, Callable[[int], None]], Parser]] = {
     "jpeg": _jpeg,
     "png": _png,
@@ -1091,6 +1188,7 @@ PARSERS: Mapping[str, Callable[[Out, Callable[[int], None]], Parser]] = {
 
 
 PLACE_NAMES = {
+    "dicom-pixels": "DICOM pixel data (JPEG frames)",
     "jpeg": "JPEG metadata",
     "png": "PNG metadata",
     "stl": "STL headers",

@@ -7,21 +7,31 @@ scrubbed output changes nothing. What was removed is appended to ``found`` (fiel
 old values are identifying). A file whose structure cannot be read raises ``SourceFileError``:
 it is never exported unmodified, since it may carry identifiers.
 
-- JPEG: APP1 (EXIF, XMP), APP2 other than an ICC profile (e.g. MPF, FlashPix), APP3..APP13
-  (IPTC/Photoshop), APP15 and comments go, before the first scan and between the scans of a
-  progressive image; JFIF (APP0), the ICC profile (APP2), Adobe (APP14) and the coding tables
-  stay. The scans are copied as they are, and everything after EOI goes (the extra images of a
-  multi-picture file, with their own EXIF; a phone's motion-photo video). EXIF also holds the
-  orientation: a photo that relied on it is shown unrotated (its pixels are unchanged).
-- PNG: tEXt, zTXt, iTXt, eXIf and tIME chunks go, and so does anything after IEND.
-- STL: a binary header is blanked; ASCII ``solid``/``endsolid`` names are removed.
+Each keeps only what decoding needs (an allowlist: a segment, chunk or line of a kind it
+does not know goes, whatever it holds):
+
+- JPEG: the coding tables, frame and scan headers, restart intervals and the scans stay, and
+  so do a JFIF (APP0) header without its thumbnail and an Adobe (APP14) colour-transform
+  header; every other segment goes, before the first scan and between the scans of a
+  progressive image: EXIF, XMP, IPTC, ICC colour profiles (their descriptions are text),
+  comments, JPGn extensions, and anything after EOI (the extra images of a multi-picture
+  file; a phone's motion-photo video). EXIF also holds the orientation: a photo that relied
+  on it is shown unrotated, and a photo in a colour space other than sRGB loses its profile
+  (its pixels are unchanged).
+- PNG: only the image's own chunks stay (IHDR, PLTE, IDAT, IEND, tRNS, cHRM, gAMA, sBIT,
+  sRGB, bKGD, pHYs, hIST); text, time, EXIF, ICC and any private chunk go, and so does
+  anything after IEND.
+- STL: a binary header is blanked and anything after the declared triangles goes; an ASCII
+  file keeps only its grammar's lines (``solid``, ``facet normal``, ``outer loop``,
+  ``vertex``, ``endloop``, ``endfacet``, ``endsolid``), without solid names.
 - PLY (ASCII or binary): ``comment`` and ``obj_info`` header lines go; the body is unchanged.
-- OBJ: comment and ``mtllib`` lines go, ``o``/``g`` lines lose their names; the geometry lines
-  are unchanged.
-- NIfTI-1/2 (``.nii``, ``.nii.gz``): the free-text fields are blanked with NULs and any
-  extensions (which may hold a whole DICOM header) are zeroed in place, so every offset
-  stays. ``.nii.gz`` is decompressed and recompressed as one gzip member (level 1, no name,
-  mtime 0).
+- OBJ: only geometry (``v``, ``vt``, ``vn``, ``vp``, ``f``, ``l``, ``p``), smoothing groups
+  and ``o``/``g`` lines without their names stay; comments (also after a value), material
+  libraries, material names and any other statement go.
+- NIfTI-1/2 (``.nii``, ``.nii.gz``): the free-text and unused fields are blanked with NULs,
+  any extensions (which may hold a whole DICOM header) are zeroed in place, so every offset
+  stays, and anything after the voxels goes. ``.nii.gz`` is decompressed and recompressed as
+  one gzip member (level 1, no name, mtime 0).
 """
 
 from __future__ import annotations
@@ -180,28 +190,45 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
 _IN_SCAN = {0x00, 0xFF, *range(0xD0, 0xD8)}  # after 0xFF in scan data: not a marker
 
 
-def _jpeg_drop(marker: int, body: bytes) -> str | None:
-    """The change-log name of a segment to drop, or None to keep it."""
+# Segments a decoder needs: frame headers (SOF0..15 but DHT, JPG and DAC), DHT, DAC, DQT,
+# DRI, DNL, EXP and SOS. Everything else (APPn, COM, JPGn, DHP, ...) is metadata.
+_JPEG_KEEP = {*range(0xC0, 0xD0), 0xDA, 0xDB, 0xDC, 0xDD, 0xDF} - {0xC8}
+_FIXED = {0xDC: 4, 0xDD: 4, 0xDF: 3}  # DNL, DRI, EXP: (length - 2) bytes exactly
+
+
+def _jpeg_keep(marker: int, body: bytes) -> bytes | None:
+    """The body to keep of a segment (trimmed where it may carry more), or None to drop it."""
+    if marker in _FIXED:
+        return body[: _FIXED[marker] - 2] if len(body) >= _FIXED[marker] - 2 else None
+    if marker in _JPEG_KEEP:
+        return body
+    if marker == 0xE0 and body.startswith(b"JFIF\0") and len(body) >= 14:
+        return body[:12] + b"\0\0"  # version, units, density; no thumbnail
+    if marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
+        return body[:12]  # the colour transform a CMYK/YCCK decoder needs
+    return None
+
+
+def _jpeg_name(marker: int, body: bytes) -> str:
+    """The change-log name of a dropped (or trimmed) segment."""
     if marker == 0xE1:
         if body.startswith(b"Exif\0"):
             return "EXIF (APP1)"
         if body.startswith((b"http://ns.adobe.com/xap/1.0/", b"http://ns.adobe.com/xmp/")):
             return "XMP (APP1)"
-        return "APP1"
     if marker == 0xE2:
-        # APP2 is kept for its colour profile only; MPF and FlashPix data are metadata.
-        return None if body.startswith(b"ICC_PROFILE\0") else "APP2 (not an ICC profile)"
+        return "ICC colour profile (APP2)" if body.startswith(b"ICC_PROFILE\0") else "APP2"
     if marker == 0xED and body.startswith(b"Photoshop 3.0\0"):
         return "IPTC/Photoshop (APP13)"
-    if 0xE3 <= marker <= 0xED or marker == 0xEF:
+    if 0xE0 <= marker <= 0xEF:
         return f"APP{marker - 0xE0}"
     if marker == 0xFE:
         return "JPEG comment"
-    return None  # APP0 (JFIF), APP14 (Adobe colour transform), tables, frame headers
+    return f"JPEG segment 0xFF{marker:02X}"
 
 
 def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
-    """JPEG without EXIF/XMP/IPTC/comment segments nor anything after EOI; scans unchanged."""
+    """JPEG with only the segments decoding needs, nor anything after EOI; scans unchanged."""
     src, start = _Source(reader, "JPEG"), len(found)
     if src.take(2) != b"\xff\xd8":
         raise src.fail("no SOI marker at the start")
@@ -238,11 +265,13 @@ def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
         if length < 2:
             raise src.fail(f"segment 0xFF{code:02X} at byte {at} has length {length}")
         body = src.exact(length - 2, f"segment 0xFF{code:02X}")
-        dropped = _jpeg_drop(code, body)
-        if dropped:
-            _record(found, start, dropped, "removed")
+        kept = _jpeg_keep(code, body)
+        if kept is None:
+            _record(found, start, _jpeg_name(code, body), "removed")
         else:
-            out += b"\xff" + marker + size + body
+            if kept != body:
+                _record(found, start, _jpeg_name(code, body), "cleaned")
+            out += b"\xff" + marker + (len(kept) + 2).to_bytes(2, "big") + kept
         if code == _SOS:
             scans += 1
             yield bytes(out)
@@ -256,11 +285,13 @@ def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
 # --- PNG ------------------------------------------------------------------------------------
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_DROP = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
+# The chunks of the image itself; text, time, EXIF, ICC profiles and private chunks go.
+_PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"cHRM", b"gAMA", b"sBIT", b"sRGB",
+             b"bKGD", b"pHYs", b"hIST"}  # fmt: skip
 
 
 def scrub_png(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
-    """PNG without text, EXIF and time chunks, nor anything after IEND; the rest unchanged."""
+    """PNG with only the image's own chunks, nor anything after IEND; the rest unchanged."""
     src, start = _Source(reader, "PNG"), len(found)
     if src.take(8) != _PNG_SIGNATURE:
         raise src.fail("no PNG signature at the start")
@@ -277,7 +308,7 @@ def scrub_png(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
             raise src.fail(f"invalid chunk at byte {at}")
         # Body and CRC stream through (IDAT can be large) whether kept or dropped.
         body = src.copy(length + 4, f"{kind.decode()} chunk")
-        if kind in _PNG_DROP:
+        if kind not in _PNG_KEEP:
             _record(found, start, f"PNG {kind.decode()}", "removed")
             for _ in body:
                 pass
@@ -297,6 +328,20 @@ BLANK_STL_HEADER = b"binary STL".ljust(80, b" ")  # must not start with "solid"
 # triangle count (below 2**24 triangles) and, almost surely, in its first triangles.
 _TEXT_BYTES = bytes([9, 10, 11, 12, 13, 26, *range(32, 127), *range(128, 256)])
 _SOLID_LINE = re.compile(rb"(?:^|(?<=\r))([ \t]*(?:end)?solid)([ \t][^\r\n]*)", re.M | re.I)
+_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_STL_GRAMMAR = (
+    rb"(?:facet[ \t]+normal(?:[ \t]+"
+    + _NUMBER
+    + rb"){3}|outer[ \t]+loop|vertex(?:[ \t]+"
+    + _NUMBER
+    + rb"){3}|endloop|endfacet|(?:end)?solid)?"
+)
+# A line that is not the ASCII STL grammar (a solid's name already removed), with its end.
+_STL_OTHER = re.compile(
+    rb"(?im)(?:^|(?<=\r))(?![ \t]*"
+    + _STL_GRAMMAR
+    + rb"[ \t]*(?:\r\n|\n|\r|$))[^\r\n]*(?:\r\n|\n|\r)?"
+)
 
 
 def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
@@ -312,22 +357,31 @@ def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
     if header[:80] != BLANK_STL_HEADER:
         _record(found, start, "STL header", "blanked")
     yield BLANK_STL_HEADER + header[80:]
-    yield from src.rest()
+    triangles = int.from_bytes(header[80:84], "little")
+    yield from src.copy(50 * triangles, "STL triangles")
+    if any(piece for piece in src.rest()):  # what follows the triangles may hold anything
+        if not triangles:
+            raise src.fail("it declares no triangles but has data after its header")
+        _record(found, start, "STL data after the triangles", "removed")
 
 
 def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[bytes]:
-    changed = False
+    changed = {"name": False, "other": False}
 
     def blank(match: re.Match[bytes]) -> bytes:
-        nonlocal changed
         if not match[2].strip():
             return match[0]  # only trailing blanks: no name to remove
-        changed = True
+        changed["name"] = True
         return match[1]
+
+    def drop(match: re.Match[bytes]) -> bytes:
+        changed["other"] = True
+        return b""
 
     def lines(block: bytes) -> bytes:
         # The regex is slow on megabytes of facets; "solid" is normally in the first and last.
-        return _SOLID_LINE.sub(blank, block) if b"solid" in block.lower() else block
+        block = _SOLID_LINE.sub(blank, block) if b"solid" in block.lower() else block
+        return _STL_OTHER.sub(drop, block)
 
     pending = b""
     for chunk in src.rest():
@@ -341,8 +395,10 @@ def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[byte
             yield lines(data[:cut])
     if pending:
         yield lines(pending)
-    if changed:
+    if changed["name"]:
         _record(found, start, "STL solid name", "blanked")
+    if changed["other"]:
+        _record(found, start, "STL line outside the STL grammar", "removed")
 
 
 # --- PLY ------------------------------------------------------------------------------------
@@ -379,12 +435,13 @@ def scrub_ply(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
 
 # --- OBJ ------------------------------------------------------------------------------------
 
-_OBJ_FIRST = re.compile(rb"[ \t]*[#mog]")  # a block's first line may need a change
-_OBJ_LATER = re.compile(rb"[\r\n][ \t]*[#mog]")  # so may any other line
+# A line that stays as it is: geometry and smoothing groups, numbers only, or a blank line.
+_OBJ_PLAIN = rb"[ \t]*(?:(?:v[tnp]?|f|l|p)(?:[ \t]+[-+0-9.eE/]+)*|s[ \t]+\w+)?[ \t]*"
+_OBJ_OTHER = re.compile(rb"(?m)(?:^|(?<=\r))(?!" + _OBJ_PLAIN + rb"(?:\r\n|\n|\r|$))")
 
 
 def scrub_obj(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
-    """Wavefront OBJ without comments, object/group names or material library names."""
+    """Wavefront OBJ with geometry, smoothing groups and unnamed objects and groups only."""
     src, start = _Source(reader, "OBJ"), len(found)
     pending = b""
     for chunk in src.rest():
@@ -405,22 +462,32 @@ def _obj_lines(src: _Source, block: bytes, found: list[Scrubbed], start: int) ->
     """``block`` (whole lines) scrubbed; most blocks are vertices and faces only."""
     if b"\0" in block:
         raise src.fail(f"not a text file (a NUL byte before byte {src.offset})")
-    if not _OBJ_FIRST.match(block) and not _OBJ_LATER.search(block):
+    if not _OBJ_OTHER.search(block):
         return block
     out = []
     for line in block.splitlines(keepends=True):
         text = line.rstrip(b"\r\n")
-        stripped = text.lstrip(b" \t")  # the same blanks as the patterns above
-        keyword, _, name = stripped.replace(b"\t", b" ").partition(b" ")
-        if stripped.startswith(b"#"):
+        if re.fullmatch(_OBJ_PLAIN, text):
+            out.append(line)
+            continue
+        code, hashed, _ = text.partition(b"#")  # a comment may follow a value too
+        if hashed:
             _record(found, start, "OBJ comment", "removed")
+        stripped = code.strip(b" \t")
+        keyword = stripped.replace(b"\t", b" ").partition(b" ")[0]
+        if keyword in (b"o", b"g"):
+            if stripped != keyword:
+                _record(found, start, "OBJ object/group name", "blanked")
+            out.append(keyword + line[len(text) :])
+        elif re.fullmatch(_OBJ_PLAIN, code):
+            if stripped:  # a value line that had a comment after it
+                out.append(code.rstrip(b" \t") + line[len(text) :])
         elif keyword == b"mtllib":  # names files, which may be named after the patient
             _record(found, start, "OBJ material library", "removed")
-        elif keyword in (b"o", b"g") and name.strip(b" "):
-            _record(found, start, "OBJ object/group name", "blanked")
-            out.append(text[: len(text) - len(stripped)] + keyword + line[len(text) :])
+        elif keyword == b"usemtl":
+            _record(found, start, "OBJ material name", "removed")
         else:
-            out.append(line)
+            _record(found, start, "OBJ other statement", "removed")
     return b"".join(out)
 
 
@@ -435,7 +502,12 @@ _NIFTI_TEXT = {
         ("aux_file", 228, 24),
         ("intent_name", 328, 16),
     ),
-    540: (("descrip", 240, 80), ("aux_file", 320, 24), ("intent_name", 508, 16)),
+    540: (
+        ("descrip", 240, 80),
+        ("aux_file", 320, 24),
+        ("intent_name", 508, 16),
+        ("unused_str", 525, 15),
+    ),
 }
 
 
@@ -482,7 +554,28 @@ def _nifti(src: _Source, found: list[Scrubbed]) -> Iterator[bytes]:
         yield bytes(len(piece))
     if dirty:
         _record(found, start, "NIfTI extension", "blanked")
-    yield from src.rest()
+    voxels = voxel_bytes(header, order)
+    if voxels is None:
+        yield from src.rest()
+        return
+    yield from src.chunks(voxels)
+    if any(piece for piece in src.rest()):  # past the voxels: not part of the image
+        _record(found, start, "NIfTI data after the voxels", "removed")
+
+
+def voxel_bytes(header: bytes | bytearray, order: str) -> int | None:
+    """How many bytes the voxels take (dims times bits per voxel), or None if the header
+    does not say sensibly."""
+    if len(header) == 348:
+        dims = struct.unpack_from(order + "8h", header, 40)
+        bitpix = struct.unpack_from(order + "h", header, 72)[0]
+    else:
+        dims = struct.unpack_from(order + "8q", header, 16)
+        bitpix = struct.unpack_from(order + "h", header, 14)[0]
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8:
+        return None
+    count = math.prod(max(d, 1) for d in dims[1 : dims[0] + 1])
+    return count * bitpix // 8 if count * bitpix // 8 < 1 << 50 else None
 
 
 def _vox_offset(header: bytearray, order: str) -> int:

@@ -34,7 +34,6 @@ from exporter.models import (
     ExportPatient,
     ExportStatus,
     Patient,
-    PatientPseudonym,
     Project,
     Role,
 )
@@ -363,6 +362,10 @@ def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportV
                 f"Export {row.name!r} is {row.status.value}: only a failed export of several "
                 "parts can be retried; create a new export instead"
             )
+        project = session.get(Project, row.project_id)
+        assert project is not None
+        access = accounts.require_project(session, user, project.slug)
+        exports.require_level(session, access, str(row.options.get("privacy", "")))
         if "privacy" not in row.options:  # its finished parts were built the old way
             raise InvalidState(
                 f"Export {row.name!r} was made before privacy levels: its remaining parts "
@@ -573,14 +576,13 @@ def export_key(settings: Settings, user_email: str, export_id: str) -> list[KeyR
     with db.session_scope(settings) as session:
         user, row = _managed_export(session, user_email, export_id)
         found = session.execute(
-            select(ExportPatient.pseudonym, Patient.label, ExportPatient.date_shift_days,
-                   PatientPseudonym.pseudonym)
+            select(ExportPatient.pseudonym, Patient.label, ExportPatient.date_shift_days)
             .join(Patient, Patient.id == ExportPatient.patient_id)
-            .outerjoin(PatientPseudonym, PatientPseudonym.patient_id == Patient.id)
             .where(ExportPatient.export_id == row.id)
         ).all()  # fmt: skip
         record(session, "read-key", user.id, row.project_id, row.id, {"patients": len(found)})
-        rows = [KeyRow(p, label, shift, p == stable) for p, label, shift, stable in found]
+        fresh = bool(row.options.get("fresh_pseudonyms"))
+        rows = [KeyRow(p, label, shift, not fresh) for p, label, shift in found]
         return sorted(rows, key=lambda r: (len(r.pseudonym), r.pseudonym))
 
 

@@ -17,6 +17,7 @@ from exporter.deid_profile import (
     OPTION_CODES,
     REGENERATE_COMMAND,
     REPEATING_GROUPS,
+    SUPPLEMENT,
     TABLE_BEGIN,
     TABLE_END,
     Action,
@@ -202,7 +203,11 @@ def test_method_constants() -> None:
 def test_markdown_table_rows() -> None:
     lines = markdown_table().splitlines()
     assert lines[0] == "| Attribute | Tag | Action | With options |"
-    assert len(lines) == 2 + len(BASIC_PROFILE) + len(REPEATING_GROUPS) + 1
+    assert len(lines) == 2 + len(BASIC_PROFILE) + len(SUPPLEMENT) + len(REPEATING_GROUPS) + 1
+    assert (
+        "| Patient's Birth Date in Alternative Calendar (the portal's addition) | (0010,0033) "
+        "| remove (`X`) |  |"
+    ) in lines
     assert "| Patient's Name | (0010,0010) | blank (`Z`) |  |" in lines
     assert (
         "| Study Date | (0008,0020) | blank (`Z`) "

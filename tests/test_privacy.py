@@ -288,9 +288,10 @@ def test_pseudonyms_shifts_and_uids_are_stable_per_project_and_fresh_on_request(
         assert all(folder.startswith("subject_") for folder in fresh), "never a stable name"
     assert {u for _, u, _ in runs[2].values()}.isdisjoint({u for _, u, _ in runs[3].values()})
     with db.session_scope(portal) as session:
-        stable = dict(session.execute(select(PatientPseudonym.patient_id,
+        stable = dict(session.execute(select(PatientPseudonym.id,
                                              PatientPseudonym.number)).all())  # fmt: skip
-    assert sorted(stable.values()) == [1, 2, 3, 4], "fresh exports add no stable pseudonyms"
+    assert sorted(stable.values()) == [1, 1, 2, 3, 4], "fresh exports add no stable ones"
+    assert all(folder.startswith("case_") for folder in runs[0]), "de-identified: its own series"
     with pytest.raises(PermissionDenied):
         services.export_key(portal, ME, first.id)
 
@@ -375,10 +376,10 @@ def test_skipped_and_failed_files_are_named_by_entry_never_by_stored_path(
 def test_a_researchers_preview_pairs_no_label_with_the_projects_keys(portal: Settings) -> None:
     """A label beside its stable pseudonym, date shift or UID is the re-identification key:
     only the project's data managers see the values the export will write."""
-    first = services.create_export(portal, ME, "demo", request(modalities=["cbct"]))
+    body = request(modalities=["cbct"], privacy="deidentified")
+    first = services.create_export(portal, ME, "demo", body)
     work(portal)
     key = {r.label: r.pseudonym for r in services.export_key(portal, MANAGER, first.id)}
-    body = request(modalities=["cbct"], privacy="deidentified")
     mine = services.preview_export(portal, ME, "demo", body)
     theirs = services.preview_export(portal, MANAGER, "demo", body)
 
@@ -454,3 +455,80 @@ def test_two_exports_at_once_number_new_patients_without_a_clash(portal: Setting
     with db.session_scope(portal) as session:
         numbers = session.scalars(select(PatientPseudonym.number)).all()
     assert sorted(numbers) == list(range(1, 31))
+
+
+def _one_more_file(portal: Settings, relative: str, data: bytes) -> None:
+    """Add a file to patient Q7731 of the planted project and register it."""
+    path = portal.data_root / PROJECT / PLANTED[0].folder / PLANTED[0].label / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    services.register(portal, PROJECT, portal.data_root / PROJECT)
+
+
+def test_a_compressed_frame_that_carries_exif_fails_the_export(plant: Settings) -> None:
+    """JPEG-compressed DICOM (an intraoral camera's, say) copies its frames unchanged: an
+    EXIF or comment segment inside a frame is found by the check, and the export fails."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    exif = Image.Exif()
+    exif[0x013B] = PLANTED[0].names[0]
+    frame = io.BytesIO()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(frame, "JPEG", exif=exif, comment=b"MRN-55821934")
+    ds = pydicom.dcmread(next((plant.data_root / PROJECT).rglob("Q7731/**/0001.dcm")))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PlanarConfiguration = 8, 8, 7, 0
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    _one_more_file(plant, "panoramic/pan.dcm", out.getvalue())
+    status, _ = export(plant, RESEARCHER, modalities=["panoramic"])
+    assert status.startswith("failed: The privacy check found")
+    assert "pixel data frame: JPEG APP1 segment (patient name)" in status
+    assert "pixel data frame: JPEG COM segment (patient ID)" in status
+
+
+def test_a_header_the_rewrite_cannot_write_fails_without_quoting_it(plant: Settings) -> None:
+    """pydicom's error quotes the value it choked on, which may run into the patient's name:
+    its words go to the administrators' detail, not to the message, mail or audit."""
+    raw = bytearray(next((plant.data_root / PROJECT).rglob("Q7731/**/0001.dcm")).read_bytes())
+    at = raw.index(b"\x02\x00\x10\x00UI")  # Transfer Syntax UID: its value runs on, as far
+    name = raw.index(b"\x10\x00\x10\x00PN")  # as the patient's name
+    length = raw.index(b"\x10\x00\x20\x00", name) - (at + 8)
+    raw[at + 6 : at + 8] = (length + length % 2).to_bytes(2, "little")
+    _one_more_file(plant, "panoramic/broken.dcm", bytes(raw))
+    view = services.create_export(plant, RESEARCHER, PROJECT, request(modalities=["panoramic"]))
+    work(plant)
+    failed = services.get_export(plant, RESEARCHER, view.id)
+    assert failed.status == "failed" and failed.error_message
+    for value in every_value():
+        assert value not in failed.error_message
+    with db.session_scope(plant) as session:
+        audit = json.dumps(list(session.scalars(select(AuditEvent.detail))))
+        detail = session.scalar(select(DatasetExport.error_detail).where(
+            DatasetExport.id == view.id))  # fmt: skip
+    assert "Vandenbroucke" not in audit
+    assert detail and "detail: " in detail, "administrators keep pydicom's words"
+
+
+def test_a_retry_needs_the_level_to_be_allowed_still(portal: Settings) -> None:
+    services.set_project_privacy(portal, MANAGER, "demo", {"identified_for_researchers": True})
+    view = services.create_export(
+        portal, ME, "demo",
+        request(privacy="identified", modalities=["cbct"], part_size=1024 * 1024),
+    )  # fmt: skip
+    victim = next((portal.data_root / "demo").rglob("P0003/cbct/raw/**/0002.dcm"))
+    victim.write_bytes(victim.read_bytes()[:-2] + b"xx")  # changed since it was registered
+    work(portal)
+    failed = services.get_export(portal, ME, view.id)
+    assert failed.status == "failed" and len(failed.parts) > 1
+    services.set_project_privacy(portal, MANAGER, "demo", {"identified_for_researchers": False})
+    with pytest.raises(PermissionDenied, match="for its data managers"):
+        services.retry_export(portal, ME, view.id)
+    assert services.retry_export(portal, MANAGER, view.id).status == "processing"

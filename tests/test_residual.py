@@ -156,12 +156,22 @@ def test_stl_ply_and_obj_text_is_found_geometry_is_not() -> None:
     binary = b"Scanner Dupont".ljust(80) + struct.pack("<I", 1) + bytes(50)
     assert feed("stl", binary)[0] == ("STL header", b"Scanner Dupont".ljust(80))
     ascii_stl = b"solid Dupont\nfacet normal 0 0 1\nendfacet\nendsolid Dupont\n"
-    assert [b for _, b in feed("stl", ascii_stl)] == [b"solid Dupont", b"endsolid Dupont"]
+    assert [b for _, b in feed("stl", ascii_stl)] == [b"solid Dupont\nendsolid Dupont"]
+    binary_tail = binary + b"Dupont after the triangles"
+    assert ("STL data after the triangles", b"Dupont after the triangles") in feed(
+        "stl", binary_tail
+    )
     ply = b"ply\nformat ascii 1.0\ncomment Dupont\nelement vertex 1\nend_header\n1 2 3\n"
     assert b"comment Dupont" in feed("ply", ply)[0][1]
-    obj = b"# Dupont\nv 1 2 3\nvn 0 0 1\nf 1 1 1\no Q7731\nusemtl skin\n"
-    (lines,) = [b for _, b in feed("obj", obj, piece=3)]
-    assert lines.split(b"\n") == [b"# Dupont", b"o Q7731", b"usemtl skin"]
+    obj = b"# Dupont\nv 1 2 3\nvn 0 0 1\nf 1 1 1\no Q7731\nusemtl skin\nv 0 0 0 # Jan\n"
+    lines = b"\n".join(b for _, b in feed("obj", obj, piece=3)).split(b"\n")
+    assert lines == [b"# Dupont", b"o Q7731", b"usemtl skin", b"v 0 0 0 # Jan"]
+    cr_only = b"v 1 2 3\rusemtl Dupont_Jan\rf 1 1 1\r"
+    assert [b for _, b in feed("obj", cr_only)] == [b"usemtl Dupont_Jan"]
+    tricky = (
+        b"ply\nformat ascii 1.0\nproperty float end_header\nproperty float Dupont\nend_header\n"
+    )
+    assert b"Dupont" in feed("ply", tricky)[0][1]
     assert format_of("x.NII.GZ") == "nifti-gz" and format_of("scan.bin") is None
 
 
@@ -203,3 +213,21 @@ def test_a_document_is_searched_whole_and_a_finding_named_by_its_path() -> None:
     assert check.count == 0
     check.document("metadata.json", {"export": {"notes": "for Dr Dupont", "name": "x"}})
     assert [(f.place, f.kind) for f in check.findings] == [("export.notes", Kind.NAME)]
+
+
+def test_jpeg_extension_segments_and_nifti_fields_beyond_the_named_ones_are_searched() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 8)).save(out, "JPEG")
+    data = out.getvalue()
+    dnl = b"\xff\xf7" + struct.pack(">H", 2 + 6) + b"Dupont"  # a JPG7 segment
+    seen = feed("jpeg", data[:2] + dnl + data[2:])
+    assert ("JPEG 0xFFF7 segment", b"Dupont") in seen
+    header = bytearray(540)
+    struct.pack_into("<i", header, 0, 540)
+    struct.pack_into("<8q", header, 16, 1, 4, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 12, 2, 8)
+    struct.pack_into("<q", header, 168, 544)
+    header[525:540] = b"Dupont".ljust(15, b"\0")  # unused_str
+    seen = dict(feed("nifti", bytes(header) + bytes(4) + bytes(4) + b"tail Dupont"))
+    assert b"Dupont" in seen["NIfTI header (other fields)"]
+    assert seen["NIfTI data after the voxels"] == b"tail Dupont"

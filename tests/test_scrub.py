@@ -195,7 +195,7 @@ def segment(marker: int, body: bytes) -> bytes:
     return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
 
 
-def test_jpeg_keeps_colour_segments_and_drops_every_other_app_segment() -> None:
+def test_jpeg_keeps_the_colour_transform_and_drops_every_other_app_segment() -> None:
     plain = io.BytesIO()
     Image.new("RGB", (16, 8), (200, 90, 100)).save(plain, "JPEG", quality=90)
     base = plain.getvalue()
@@ -213,10 +213,11 @@ def test_jpeg_keeps_colour_segments_and_drops_every_other_app_segment() -> None:
     data = base[:2] + icc + adobe + b"".join(extras) + base[2:]
     out, found = scrub(scrub_jpeg, data, 7)
     assert b"DOE JOHN" not in out
-    assert out == base[:2] + icc + adobe + base[2:]
+    assert out == base[:2] + adobe + base[2:], "an ICC profile's descriptions are text: it goes"
     assert [f.field for f in found] == [
+        "ICC colour profile (APP2)",
         "XMP (APP1)",
-        "APP2 (not an ICC profile)",
+        "APP2",
         "APP3",
         "IPTC/Photoshop (APP13)",
         "APP15",
@@ -303,7 +304,7 @@ def test_jpeg_keeps_only_the_first_image_of_a_multi_picture_file(
     out, found = scrub(scrub_jpeg, first + photo, piece)
     assert out == alone
     assert found == [
-        Scrubbed("APP2 (not an ICC profile)", "removed"),
+        Scrubbed("APP2", "removed"),
         *alone_found,
         Scrubbed("data after the image (EOI)", "removed"),
     ]
@@ -638,6 +639,7 @@ OBJ_FOUND = [
     Scrubbed("OBJ comment", "removed"),
     Scrubbed("OBJ material library", "removed"),
     Scrubbed("OBJ object/group name", "blanked"),
+    Scrubbed("OBJ material name", "removed"),
 ]
 
 
@@ -650,22 +652,18 @@ def obj_file(newline: bytes) -> tuple[bytes, bytes]:
         b"\tg jaw_John upper\n"
         b"usemtl gum\n" + OBJ_GEOMETRY + b"#\n"
         b"g\no   \ns 1\n\n" + OBJ_GEOMETRY + b"  mtllib\tDoe.mtl other.mtl\n"
-        b"f 1 2 3 # trailing comments on geometry lines are left as they are"
+        b"f 1 2 3 # a comment after a value goes too: Doe"
     )
     expected = (
-        b"o\n"
-        + OBJ_GEOMETRY
-        + b"\tg\nusemtl gum\n"
-        + OBJ_GEOMETRY
-        + b"g\no   \ns 1\n\n"
-        + OBJ_GEOMETRY
-        + b"f 1 2 3 # trailing comments on geometry lines are left as they are"
+        b"o\n" + OBJ_GEOMETRY + b"g\n" + OBJ_GEOMETRY + b"g\no\ns 1\n\n" + OBJ_GEOMETRY + b"f 1 2 3"
     )
     return data.replace(b"\n", newline), expected.replace(b"\n", newline)
 
 
 def geometry(data: bytes) -> list[bytes]:
-    return [line for line in data.splitlines() if line.split()[:1] in ([b"v"], [b"vn"], [b"f"])]
+    """The geometry lines, without a comment after the values."""
+    lines = (line.partition(b"#")[0].rstrip() for line in data.splitlines())
+    return [line for line in lines if line.split()[:1] in ([b"v"], [b"vn"], [b"f"])]
 
 
 @pytest.mark.parametrize("piece", PIECES)
@@ -681,8 +679,17 @@ def test_obj_loses_comments_names_and_material_libraries(piece: int, newline: by
 
 
 def test_obj_without_metadata_is_unchanged_and_not_reported() -> None:
-    data = b"usemtl gum\n" + OBJ_GEOMETRY * 3 + b"g\nl 1 2\n"
+    data = OBJ_GEOMETRY * 3 + b"g\nl 1 2\ns off\n"
     assert scrub(scrub_obj, data, 7) == (data, [])
+
+
+def test_obj_keeps_only_geometry_statements() -> None:
+    data = b"v 0 0 0\ncstype bezier\nusemtl Doe_John\nmaplib x.map\nvt 0.5 0.5\n"
+    out, found = scrub(scrub_obj, data, 5)
+    assert out == b"v 0 0 0\nvt 0.5 0.5\n"
+    assert found == [
+        Scrubbed("OBJ other statement", "removed"), Scrubbed("OBJ material name", "removed"),
+    ]  # fmt: skip
 
 
 def obj_pieces(blocks: int) -> Iterator[bytes]:
@@ -901,7 +908,10 @@ def inflate(unzip: zlib._Decompress, data: bytes) -> Iterator[bytes]:
 
 def test_large_nifti_gz_is_scrubbed_in_bounded_memory(demo_nii: bytes) -> None:
     voxels = 50 * CHUNK
-    reader = StreamReader(zeros_nii_gz(demo_nii[:352], voxels))
+    header = bytearray(demo_nii[:352])  # 50 MiB of 8-bit voxels, as the header says
+    struct.pack_into("<8h", header, 40, 3, 1024, 1024, 50, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 2, 8)
+    reader = StreamReader(zeros_nii_gz(bytes(header), voxels))
     unzip = zlib.decompressobj(31)
     found: list[Scrubbed] = []
     largest = size = 0
@@ -939,3 +949,26 @@ def test_nifti_intent_name_is_blanked_too(demo_nii: bytes) -> None:
     assert Scrubbed("NIfTI intent_name", "blanked") in found
     assert out[328:344] == bytes(16) and b"DOE JOHN" not in out
     assert out[348:] == demo_nii[348:]
+
+
+def test_nothing_follows_the_image_data_of_an_stl_or_nifti() -> None:
+    """Bytes after the declared triangles or voxels are not part of the image: they go."""
+    triangles = struct.pack("<I", 1) + bytes(50)
+    out, found = scrub(scrub_stl, bytes(80) + triangles + b"Doe^John 12345", 7)
+    assert out == BLANK_STL_HEADER + triangles
+    assert Scrubbed("STL data after the triangles", "removed") in found
+    with pytest.raises(SourceFileError, match="declares no triangles"):
+        scrub(scrub_stl, bytes(80) + struct.pack("<I", 0) + bytes(50))
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, 2, 2, 2, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 2, 8)
+    struct.pack_into("<f", header, 108, 352)
+    header[344:348] = b"n+1\0"
+    volume = bytes(header) + bytes(4) + bytes(range(8))
+    out, found = scrub(scrub_nifti, volume + b"Doe^John", 3)
+    assert out == volume and found == [Scrubbed("NIfTI data after the voxels", "removed")]
+    ascii_stl = b"solid x\nfacet normal 0 0 1\n Doe^John 12345\nendfacet\nendsolid\n"
+    out, found = scrub(scrub_stl, ascii_stl, 4)
+    assert out == b"solid\nfacet normal 0 0 1\nendfacet\nendsolid\n"
+    assert Scrubbed("STL line outside the STL grammar", "removed") in found

@@ -233,7 +233,7 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     shift = key[0]["Date shift (days)"]
     assert shift < 0
     assert key == [
-        {"Folder": "patient_001", "Patient": "P0001", "Date shift (days)": shift,
+        {"Folder": "case_001", "Patient": "P0001", "Date shift (days)": shift,
          "Pseudonym": "stable"}
     ]  # fmt: skip
 

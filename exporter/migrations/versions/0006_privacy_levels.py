@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
         sa.Column("patient_id", sa.Integer(), nullable=False),
+        sa.Column("series", sa.String(length=16), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("pseudonym", sa.String(length=64), nullable=False),
         sa.Column("first_export_id", sa.String(length=32), nullable=True),
@@ -51,9 +52,14 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_patient_pseudonym")),
-        sa.UniqueConstraint("patient_id", name=op.f("uq_patient_pseudonym_patient_id")),
         sa.UniqueConstraint(
-            "project_id", "number", name=op.f("uq_patient_pseudonym_project_id_number")
+            "patient_id", "series", name=op.f("uq_patient_pseudonym_patient_id_series")
+        ),
+        sa.UniqueConstraint(
+            "project_id",
+            "series",
+            "number",
+            name=op.f("uq_patient_pseudonym_project_id_series_number"),
         ),
         sa.UniqueConstraint(
             "project_id", "pseudonym", name=op.f("uq_patient_pseudonym_project_id_pseudonym")
