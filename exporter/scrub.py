@@ -40,10 +40,11 @@ import math
 import re
 import struct
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
+
+from isal import isal_zlib
 
 from exporter.errors import SourceFileError
 
@@ -518,7 +519,8 @@ def scrub_nifti(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
 
 def scrub_nifti_gz(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
     """``scrub_nifti`` through gzip: the output is one gzip member, level 1, mtime 0, no name."""
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    # ISA-L: a volume is all decompressed and compressed again, 3-4x faster than zlib's.
+    packer = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
     for piece in _nifti(_Source(_Gunzip(reader), "NIfTI"), found):
         if out := packer.compress(piece):
             yield out
@@ -594,7 +596,7 @@ class _Gunzip:
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
-        self._unzip = zlib.decompressobj(31)
+        self._unzip = isal_zlib.decompressobj(31)
         self._tail = b""  # compressed input not yet fed through
 
     def read(self, n: int) -> bytes:
@@ -604,7 +606,7 @@ class _Gunzip:
             data = self._tail or self._reader.read(CHUNK)
             try:
                 out = self._unzip.decompress(data, min(n, CHUNK))
-            except zlib.error as exc:
+            except Exception as exc:  # zlib.error or ISA-L's IsalError: unreadable data
                 raise self._fail(str(exc)) from None
             self._tail = self._unzip.unconsumed_tail
             if out:
@@ -619,7 +621,7 @@ class _Gunzip:
             if not more:
                 return False
             rest = more.lstrip(b"\0")
-        self._unzip = zlib.decompressobj(31)
+        self._unzip = isal_zlib.decompressobj(31)
         self._tail = rest
         return True
 

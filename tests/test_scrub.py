@@ -772,7 +772,8 @@ def test_nifti_gz_text_fields_are_blanked_and_voxels_kept(
     assert raw[252:344] == demo_nii[252:344]  # the geometry after the text fields is intact
     assert raw[32:148] == demo_nii[32:148]
     assert raw[348:] == demo_nii[348:]  # extension flag and every voxel
-    assert_idempotent(scrub_nifti_gz, out)
+    again, found = scrub(scrub_nifti_gz, out, 7)  # (ISA-L's bytes follow the pieces fed in)
+    assert gzip.decompress(again) == raw and found == []
 
 
 @pytest.mark.parametrize("piece", PIECES)
@@ -871,7 +872,7 @@ def test_multi_member_nifti_gz_becomes_one_member(demo_nii: bytes) -> None:
         (gzip.compress(b"hello world " * 100), r"not a NIfTI-1/2 file \(sizeof_hdr is neither"),
         (gzip.compress(b""), r"not a NIfTI-1/2 file"),
         (gzip.compress(struct.pack("<i", 348) + bytes(344)), r"not a NIfTI-1/2 file \(magic"),
-        (b"plain text, not gzip", r"gzip data cannot be read \(.*incorrect header check"),
+        (b"plain text, not gzip", r"gzip data cannot be read \(.*(header|wrapper)"),
     ],
 )
 def test_nifti_gz_that_is_not_nifti_is_refused(data: bytes, message: str) -> None:
