@@ -47,6 +47,7 @@ from typing import Protocol, TypeAlias
 from isal import isal_zlib
 
 from exporter.errors import SourceFileError
+from exporter.zipstream import Chunk
 
 CHUNK = 1024 * 1024
 LINE_LIMIT = CHUNK  # a text line (ASCII STL, OBJ) or PLY header longer than this is refused
@@ -66,7 +67,7 @@ class Reader(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
-Scrubber: TypeAlias = Callable[[Reader, list[Scrubbed]], Iterator[bytes]]
+Scrubber: TypeAlias = Callable[[Reader, list[Scrubbed]], Iterator[Chunk]]
 
 
 def scrubber_for(name: str) -> Scrubber | None:
@@ -92,6 +93,9 @@ class _Source:
 
     def __init__(self, reader: Reader, kind: str) -> None:
         self._reader = reader
+        # Data that only passes through (voxels, triangles, image chunks) is read as views
+        # where the reader offers them (the export's pooled buffer): no copy.
+        self._pass: Callable[[int], Chunk] = getattr(reader, "read_view", reader.read)
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -130,15 +134,15 @@ class _Source:
             raise self.fail(f"truncated {what} at byte {at}")
         return data
 
-    def chunks(self, n: int) -> Iterator[bytes]:
+    def chunks(self, n: int) -> Iterator[Chunk]:
         """The next ``n`` bytes (fewer at the end of the file) in pieces of at most ``CHUNK``."""
         while n > 0:
             if self._pos < len(self._buf):
-                piece = self.take(min(n, CHUNK, len(self._buf) - self._pos))
+                piece: Chunk = self.take(min(n, CHUNK, len(self._buf) - self._pos))
             elif self._eof:
                 return
             else:
-                piece = self._reader.read(min(n, CHUNK))
+                piece = self._pass(min(n, CHUNK))
                 if not piece:
                     self._eof = True
                     return
@@ -146,7 +150,7 @@ class _Source:
             n -= len(piece)
             yield piece
 
-    def copy(self, n: int, what: str) -> Iterator[bytes]:
+    def copy(self, n: int, what: str) -> Iterator[Chunk]:
         """Like ``chunks`` but exactly ``n`` bytes, or a ``SourceFileError`` at the end."""
         at, left = self.offset, n
         for piece in self.chunks(n):
@@ -155,7 +159,7 @@ class _Source:
         if left:
             raise self.fail(f"truncated {what} at byte {at}")
 
-    def rest(self) -> Iterator[bytes]:
+    def rest(self) -> Iterator[Chunk]:
         """Everything left, in pieces of at most ``CHUNK``."""
         return self.chunks(sys.maxsize)
 
@@ -228,7 +232,7 @@ def _jpeg_name(marker: int, body: bytes) -> str:
     return f"JPEG segment 0xFF{marker:02X}"
 
 
-def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_jpeg(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """JPEG with only the segments decoding needs, nor anything after EOI; scans unchanged."""
     src, start = _Source(reader, "JPEG"), len(found)
     if src.take(2) != b"\xff\xd8":
@@ -291,7 +295,7 @@ _PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"cHRM", b"gAMA", b"sB
              b"bKGD", b"pHYs", b"hIST"}  # fmt: skip
 
 
-def scrub_png(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_png(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """PNG with only the image's own chunks, nor anything after IEND; the rest unchanged."""
     src, start = _Source(reader, "PNG"), len(found)
     if src.take(8) != _PNG_SIGNATURE:
@@ -345,7 +349,7 @@ _STL_OTHER = re.compile(
 )
 
 
-def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """STL with a blank binary header, or ASCII without solid names; triangles unchanged."""
     src, start = _Source(reader, "STL"), len(found)
     head = src.peek(1024)
@@ -366,7 +370,7 @@ def scrub_stl(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
         _record(found, start, "STL data after the triangles", "removed")
 
 
-def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[bytes]:
+def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[Chunk]:
     changed = {"name": False, "other": False}
 
     def blank(match: re.Match[bytes]) -> bytes:
@@ -407,7 +411,7 @@ def _ascii_stl(src: _Source, found: list[Scrubbed], start: int) -> Iterator[byte
 _PLY_DROP = {b"comment": "PLY comment", b"obj_info": "PLY obj_info"}
 
 
-def scrub_ply(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_ply(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """PLY (ASCII or binary) without comment and obj_info header lines; the body unchanged."""
     src, start = _Source(reader, "PLY"), len(found)
     head = src.peek(LINE_LIMIT)  # the header is text in every PLY format
@@ -441,7 +445,7 @@ _OBJ_PLAIN = rb"[ \t]*(?:(?:v[tnp]?|f|l|p)(?:[ \t]+[-+0-9.eE/]+)*|s[ \t]+\w+)?[ 
 _OBJ_OTHER = re.compile(rb"(?m)(?:^|(?<=\r))(?!" + _OBJ_PLAIN + rb"(?:\r\n|\n|\r|$))")
 
 
-def scrub_obj(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_obj(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """Wavefront OBJ with geometry, smoothing groups and unnamed objects and groups only."""
     src, start = _Source(reader, "OBJ"), len(found)
     pending = b""
@@ -512,12 +516,12 @@ _NIFTI_TEXT = {
 }
 
 
-def scrub_nifti(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_nifti(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """NIfTI-1/2 (``.nii``) with blank text fields and zeroed extensions; voxels unchanged."""
     return _nifti(_Source(reader, "NIfTI"), found)
 
 
-def scrub_nifti_gz(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
+def scrub_nifti_gz(reader: Reader, found: list[Scrubbed]) -> Iterator[Chunk]:
     """``scrub_nifti`` through gzip: the output is one gzip member, level 1, mtime 0, no name."""
     # ISA-L: a volume is all decompressed and compressed again, 3-4x faster than zlib's.
     packer = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
@@ -527,7 +531,7 @@ def scrub_nifti_gz(reader: Reader, found: list[Scrubbed]) -> Iterator[bytes]:
     yield packer.flush()
 
 
-def _nifti(src: _Source, found: list[Scrubbed]) -> Iterator[bytes]:
+def _nifti(src: _Source, found: list[Scrubbed]) -> Iterator[Chunk]:
     start = len(found)
     first = src.peek(4).ljust(4, b"\0")
     # sizeof_hdr tells the version and, read either way round, the byte order.
@@ -552,7 +556,7 @@ def _nifti(src: _Source, found: list[Scrubbed]) -> Iterator[bytes]:
     end = _vox_offset(header, order) if single else sys.maxsize
     dirty = ext.count(0) != len(ext)
     for piece in src.chunks(end - size - 4):
-        dirty = dirty or piece.count(0) != len(piece)
+        dirty = dirty or any(piece)  # a view has no count(); any() stops at the first non-zero byte
         yield bytes(len(piece))
     if dirty:
         _record(found, start, "NIfTI extension", "blanked")
