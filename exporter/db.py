@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from exporter.config import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+OUTAGE_SECONDS = 60.0  # how long a job waits for its database (a restart takes seconds)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -66,6 +72,30 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or dropped the connection (a
+    restart, the network, SQLite locked), not that a statement was wrong."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def retrying(work: Callable[[], T], what: str, budget: float = OUTAGE_SECONDS) -> T:
+    """``work()`` (one whole transaction), tried again while the database is unreachable:
+    backoff 0.5 s doubling to 8 s, for at most ``budget`` seconds, then the error."""
+    deadline = time.monotonic() + budget
+    delay = 0.5
+    while True:
+        try:
+            return work()
+        except Exception as exc:
+            if not is_outage(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable while %s; trying again in %.1f s", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def alembic_config(url: str) -> Any:

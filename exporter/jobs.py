@@ -62,6 +62,10 @@ from exporter.residual import Needles, PatientFacts, identifying_texts, merge_re
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
 WORKER_DIED = "The worker stopped unexpectedly while building this export; create it again"
+DB_LOST = (
+    "The database could not be reached while this export was built (it restarted or the "
+    "network failed); create it again"
+)
 LOST_IN_QUEUE = "The export could not be queued after several tries; create it again later"
 PENDING_GRACE_SECONDS = 30
 MAX_REQUEUES = 3
@@ -106,10 +110,15 @@ class _Watch:
             now = time.monotonic()
             if not self.cancelled_flag and now - self.checked >= 0.5:
                 self.checked = now
-                with db.session_scope(self.settings) as session:
-                    status = session.scalar(
-                        select(DatasetExport.status).where(DatasetExport.id == self.export_id)
-                    )
+                try:
+                    with db.session_scope(self.settings) as session:
+                        status = session.scalar(
+                            select(DatasetExport.status).where(DatasetExport.id == self.export_id)
+                        )
+                except Exception as exc:  # an outage cancels nothing: ask again later
+                    if not db.is_outage(exc):
+                        raise
+                    return False
                 self.cancelled_flag = status is not ExportStatus.PROCESSING
             return self.cancelled_flag
 
@@ -118,9 +127,16 @@ class _Watch:
         if now - self.written < 1.0 and p.files_done != p.files_total:
             return
         self.written = now
+        try:
+            self._write(p)
+        except Exception as exc:  # progress is best effort: the next write catches up
+            if not db.is_outage(exc):
+                raise
+            log.warning("export %s: progress not saved, database unreachable", self.export_id)
+
+    def _write(self, p: Progress) -> None:
         delta_bytes = p.bytes_done - self.reported_bytes
         delta_files = p.files_done - self.reported_files
-        self.reported_bytes, self.reported_files = p.bytes_done, p.files_done
         stamp = datetime.now(UTC)
         with db.session_scope(self.settings) as session:
             session.execute(
@@ -139,6 +155,8 @@ class _Watch:
                     .where(ExportPart.id == self.part_id)
                     .values(files_done=p.files_done, bytes_done=p.bytes_done, heartbeat_at=stamp)
                 )
+        # Counted once written: a write lost to an outage is carried by the next one.
+        self.reported_bytes, self.reported_files = p.bytes_done, p.files_done
 
 
 def _info(row: DatasetExport, project: str, creator: str) -> ExportInfo:
@@ -183,6 +201,11 @@ def _context(
 
 def _start(settings: Settings, export_id: str, worker: str) -> bool:
     """pending -> processing; False when the export is no longer pending (e.g. cancelled)."""
+    return db.retrying(lambda: _start_once(settings, export_id, worker), f"starting {export_id}")
+
+
+def _start_once(settings: Settings, export_id: str, worker: str) -> bool:
+    """One try of ``_start``."""
     with db.session_scope(settings) as session:
         result = session.execute(
             update(DatasetExport)
@@ -378,11 +401,14 @@ def _change_sink(settings: Settings, export_id: str, part: int) -> Callable[[lis
     batch as the part is written; any earlier attempt's rows are removed first."""
     _clear_changes(settings, export_id, part)
 
-    def sink(batch: list[Change]) -> None:
+    def write(batch: list[Change]) -> None:
         with db.session_scope(settings) as session:
             session.execute(
                 insert(ExportDicomChange), [_change_row(export_id, part, c) for c in batch]
             )
+
+    def sink(batch: list[Change]) -> None:
+        db.retrying(lambda: write(batch), f"logging the changes of export {export_id}")
 
     return sink
 
@@ -454,32 +480,10 @@ def run_part(export_id: str, number: int) -> str:
     """The RQ job for one part of a multi-part export, built from its frozen plan."""
     settings = Settings.load()
     db.engine_for(settings.database_url).dispose(close=False)
-    with db.session_scope(settings) as session:
-        claimed = session.execute(  # pending -> processing, once: a duplicate job does nothing
-            update(ExportPart)
-            .where(
-                ExportPart.export_id == export_id,
-                ExportPart.number == number,
-                ExportPart.status == ExportStatus.PENDING,
-            )
-            .values(
-                status=ExportStatus.PROCESSING,
-                started_at=datetime.now(UTC),
-                heartbeat_at=datetime.now(UTC),
-                worker_id=_worker_name(),
-            )
-        )
-        part = session.scalar(
-            select(ExportPart).where(ExportPart.export_id == export_id, ExportPart.number == number)
-        )
-        status = session.scalar(select(DatasetExport.status).where(DatasetExport.id == export_id))
-        if not getattr(claimed, "rowcount", 0) or part is None:
-            return "not pending"
-        part_id, plan, count = (
-            part.id,
-            list(part.plan),
-            session.scalar(select(DatasetExport.part_count).where(DatasetExport.id == export_id)),
-        )
+    claim = db.retrying(lambda: _claim(settings, export_id, number), f"starting {export_id}")
+    if claim is None:
+        return "not pending"
+    part_id, plan, count, status = claim
     if status is not ExportStatus.PROCESSING:
         _set_part(settings, part_id, ExportStatus.CANCELLED)
         return "not processing"
@@ -520,12 +524,56 @@ def run_part(export_id: str, number: int) -> str:
     return "completed"
 
 
+def _claim(
+    settings: Settings, export_id: str, number: int
+) -> tuple[int, list[Any], int | None, ExportStatus | None] | None:
+    """A part's pending -> processing, once (a duplicate job gets None), with its plan."""
+    with db.session_scope(settings) as session:
+        claimed = session.execute(  # pending -> processing, once: a duplicate job does nothing
+            update(ExportPart)
+            .where(
+                ExportPart.export_id == export_id,
+                ExportPart.number == number,
+                ExportPart.status == ExportStatus.PENDING,
+            )
+            .values(
+                status=ExportStatus.PROCESSING,
+                started_at=datetime.now(UTC),
+                heartbeat_at=datetime.now(UTC),
+                worker_id=_worker_name(),
+            )
+        )
+        part = session.scalar(
+            select(ExportPart).where(ExportPart.export_id == export_id, ExportPart.number == number)
+        )
+        status = session.scalar(select(DatasetExport.status).where(DatasetExport.id == export_id))
+        if not getattr(claimed, "rowcount", 0) or part is None:
+            return None
+        count = session.scalar(
+            select(DatasetExport.part_count).where(DatasetExport.id == export_id)
+        )
+        return part.id, list(part.plan), count, status
+
+
 def _set_part(
     settings: Settings,
     part_id: int,
     status: ExportStatus,
     result: PartResult | None = None,
     error: BaseException | None = None,
+) -> None:
+    db.retrying(
+        lambda: _set_part_once(settings, part_id, status, result, error),
+        f"recording part {part_id}",
+    )
+
+
+def _set_part_once(
+    settings: Settings,
+    part_id: int,
+    status: ExportStatus,
+    result: PartResult | None,
+    error: BaseException | None,
 ) -> None:
     with db.session_scope(settings) as session:
         part = session.get(ExportPart, part_id)
@@ -586,9 +634,9 @@ def finish_export(export_id: str) -> str:
     return "completed"
 
 
-def _complete(
+def _complete_once(
     settings: Settings, export_id: str, results: list[ManifestPart], report: dict[str, Any] | None
-) -> None:
+) -> bool:
     now = datetime.now(UTC)
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, export_id)
@@ -616,10 +664,26 @@ def _complete(
                 )
             )
             tag_exported(session, row.project_id, export_id, carried)
-    if not won:  # cancelled (or failed by the reconciler) at the last moment
-        remove_outputs(settings.export_root / export_id)
+    return won
+
+
+def _complete(
+    settings: Settings, export_id: str, results: list[ManifestPart], report: dict[str, Any] | None
+) -> None:
+    won = db.retrying(
+        lambda: _complete_once(settings, export_id, results, report), f"completing {export_id}"
+    )
+    if not won:
+        if _status(settings, export_id) is ExportStatus.COMPLETED:
+            return  # an earlier try committed, and the outage swallowed its answer
+        remove_outputs(settings.export_root / export_id)  # cancelled or failed meanwhile
         return
     _notify(settings, export_id)
+
+
+def _status(settings: Settings, export_id: str) -> ExportStatus | None:
+    with db.session_scope(settings) as session:
+        return session.scalar(select(DatasetExport.status).where(DatasetExport.id == export_id))
 
 
 def _fail(
@@ -632,6 +696,28 @@ def _fail(
     text = message or _message(exc)
     if isinstance(exc, PrivacyCheckFailed):
         report = exc.report
+    try:
+        won = db.retrying(
+            lambda: _fail_once(settings, export_id, exc, text, report), f"failing {export_id}"
+        )
+    except Exception as lost:
+        if not db.is_outage(lost):
+            raise
+        # Still unreachable: the reconciler fails it once the heartbeat is stale.
+        log.error("export %s failed (%s) and the database is unreachable", export_id, text)
+        return
+    if won:  # the message, not the exception: a stored path stays out of the log
+        log.warning("export %s failed: %s", export_id, text)
+        _notify(settings, export_id)
+
+
+def _fail_once(
+    settings: Settings,
+    export_id: str,
+    exc: BaseException,
+    text: str,
+    report: dict[str, Any] | None,
+) -> bool:
     with db.session_scope(settings) as session:
         won = exports.transition(
             session, export_id, exports.ACTIVE, ExportStatus.FAILED,
@@ -644,15 +730,15 @@ def _fail(
         )
         if won:
             record(session, "fail", None, project_id, export_id, {"error": text})
-    if won:  # the message, not the exception: a stored path stays out of the log
-        log.warning("export %s failed: %s", export_id, text)
-        _notify(settings, export_id)
+    return won
 
 
 def _message(exc: BaseException) -> str:
     """What users (and the log) read of an error: a portal error's own message, which never
     names a stored path in an export that is not identified."""
-    return str(exc) if isinstance(exc, PortalError) else UNEXPECTED
+    if isinstance(exc, PortalError):
+        return str(exc)
+    return DB_LOST if db.is_outage(exc) else UNEXPECTED
 
 
 def _detail(exc: BaseException) -> str:

@@ -1,8 +1,9 @@
 """``make run``: one command that brings up the whole portal on the embedded defaults.
 
 Migrates the database, loads demo data once, uses the Redis at ``REDIS_URL`` if it answers or
-else starts a private one it owns, then starts a worker and the Streamlit UI. Ctrl-C (or
-SIGTERM) stops everything it started.
+else starts a private one it owns, then starts a worker and the Streamlit UI. A worker that
+exits is started again (after a pause that grows to 30 s while it keeps exiting at once); the
+UI exiting ends the launcher. Ctrl-C (or SIGTERM) stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from types import FrameType
 from exporter import services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.redis_server import PrivateRedis, redis_answers
+
+MAX_RESTART_PAUSE = 30.0
 
 
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: bool = True) -> int:
@@ -47,11 +50,7 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
             )
         # Children get their own sessions: a terminal's Ctrl-C reaches only this launcher,
         # which then stops them in order (UI, worker, Redis) and waits for each.
-        children.append(
-            subprocess.Popen(
-                [sys.executable, str(PROJECT_ROOT / "worker.py")], env=env, start_new_session=True
-            )
-        )
+        children.append(_start_worker(env))
         children.append(
             subprocess.Popen(
                 [
@@ -69,10 +68,26 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
         print(
             f"Portal: http://{host}:{port}  (Ctrl-C stops the portal, worker and Redis)", flush=True
         )
-        while all(child.poll() is None for child in children):
+        ui = children[1]
+        started, pause, restart_at = time.monotonic(), 1.0, 0.0
+        while ui.poll() is None:
             time.sleep(0.5)
-        failed = [c for c in children if c.returncode not in (None, 0)]
-        return 1 if failed else 0
+            worker = children[0]
+            if worker.poll() is None:
+                continue
+            now = time.monotonic()
+            if not restart_at:
+                # One that ran a while is restarted at once; one that keeps dying, slower.
+                pause = 1.0 if now - started > 60 else min(pause * 2, MAX_RESTART_PAUSE)
+                restart_at = now + pause
+                print(
+                    f"The worker exited (status {worker.returncode}): starting it again in "
+                    f"{pause:.0f} s",
+                    flush=True,
+                )
+            elif now >= restart_at:
+                children[0], started, restart_at = _start_worker(env), now, 0.0
+        return 1 if ui.returncode not in (None, 0) else 0
     except KeyboardInterrupt:
         return 0
     finally:
@@ -84,6 +99,12 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
         if private is not None:
             private.stop()
         print("Stopped.", flush=True)
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "worker.py")], env=env, start_new_session=True
+    )
 
 
 def _stop_child(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:

@@ -78,6 +78,15 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         wait_for(lambda: len(Worker.all(connection=connection)) == 1, 30, "the worker")
         worker = Worker.all(connection=connection)[0]
         assert worker.queue_names() == ["exports"]
+        # a worker that dies is started again, and the UI stays up meanwhile
+        os.kill(worker.pid, signal.SIGKILL)
+        wait_for(
+            lambda: {w.pid for w in Worker.all(connection=connection)} - {worker.pid},
+            30, "a new worker after the first was killed",
+        )  # fmt: skip
+        assert "The worker exited (status -9): starting it again" in log.read_text()
+        assert http_ok(f"http://127.0.0.1:{port}/_stcore/health")
+        worker = next(w for w in Worker.all(connection=connection) if w.pid != worker.pid)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut clean-up short
