@@ -1,11 +1,23 @@
 """Entry point: ``streamlit run app.py`` serves the pages and the /api routes.
 
-One process for the UI and HTTP downloads (Starlette underneath Streamlit 1.67). The pages
-are in pages/, their navigation in exporter/ui/navigation.py.
+One process for the UI and HTTP downloads (Starlette underneath Streamlit 1.67). Every request
+and websocket passes ``exporter.guard`` first: who may reach the portal, and from where the
+identity header counts. The pages are in pages/, their navigation in exporter/ui/navigation.py.
 """
+
+import sys
 
 import streamlit as st
 
-from exporter.api import routes
+from exporter import api, guard
+from exporter.errors import ConfigError
 
-app = st.App("exporter/ui/navigation.py", routes=routes())
+try:
+    middleware = guard.middleware(api.settings())
+except ConfigError as exc:
+    # The server imports this file while it starts: the operator needs the message, not a
+    # traceback, and no portal at all (status 1).
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+app = st.App("exporter/ui/navigation.py", routes=api.routes(), middleware=middleware)

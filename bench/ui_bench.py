@@ -51,7 +51,8 @@ def main() -> None:
         settings = settings_for(tmp, url)
         services.add_user(settings, USER, "big", "researcher")
         port = free_port()
-        env = {**os.environ, "PORTAL_ENV": "production", "DATABASE_URL": url,
+        env = {**os.environ, "PORTAL_ENV": "production", "TRUSTED_PROXIES": "127.0.0.1",
+               "DATABASE_URL": url,
                "DATA_ROOT": str(tmp / "data"), "EXPORT_ROOT": str(tmp / "exports"),
                "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
         proc = subprocess.Popen(

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "run", help="migrate, load demo data once, start Redis if needed, worker and UI"
+        "run",
+        help="migrate, load demo data once (development only), start Redis if needed, worker "
+        "and UI",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
@@ -232,10 +234,14 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
     if command == "run":
         from exporter.launcher import run
 
-        return run(settings, args.host, args.port, demo=not args.no_demo)
+        settings.validate_serving()  # before migrating or starting anything
+        # Demo patients never go into a production database by default.
+        return run(
+            settings, args.host, args.port, demo=settings.is_development and not args.no_demo
+        )
     if command == "settings":
         for item in Settings.declared():
-            value = getattr(settings, item["name"])
+            value = _shown(item["env"], getattr(settings, item["name"]))
             print(f"{item['env']}={value}\n    {item['help']} (default: {item['default']})")
         return 0
     if command == "verify":
@@ -387,6 +393,18 @@ def _print_preview(preview: Preview, as_json: bool) -> None:
         print(f"  {row.tag:<13} {row.keyword:<34} {old[:40]!r} -> {new[:40]!r}  [{row.reason}]")
     if preview.other_files:
         print(f"\n{preview.other_files} other files will have their metadata stripped.")
+
+
+SECRET_SETTINGS = frozenset({"SMTP_PASSWORD"})
+
+
+def _shown(env: str, value: object) -> object:
+    """A setting as ``settings`` prints it: secrets and URL passwords hidden."""
+    if env in SECRET_SETTINGS:
+        return "***" if value else ""
+    if env == "DATABASE_URL":
+        return _redact(str(value))
+    return value
 
 
 def _redact(url: str) -> str:

@@ -8,9 +8,11 @@ setting (a test checks that it does).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,12 @@ from dotenv import dotenv_values
 from exporter.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 _SIZE_UNITS = {
     "": 1,
@@ -38,19 +46,35 @@ _SIZE_UNITS = {
 }
 
 
+MAX_SIZE = 2**63 - 1  # the databases' BIGINT: a size beyond it cannot be stored or compared
+_SIZE_TEXT = 40  # characters: "9223372036854775807 B" and any real size fit with room
+
+
 def parse_size(text: str) -> int:
-    """Parse ``"500 MiB"``, ``"2GB"``, ``"1024"`` into bytes."""
+    """Parse ``"500 MiB"``, ``"2GB"``, ``"1024"`` into bytes (at most ``MAX_SIZE``).
+
+    Raises ConfigError, and nothing else, for anything that is not such a size.
+    """
+    if len(text) > _SIZE_TEXT:
+        raise ConfigError(
+            f"{text[:_SIZE_TEXT]!r}... is too long to be a size: sizes go up to {MAX_SIZE} bytes"
+        )
     raw = text.strip().upper().replace(" ", "")
     number = raw.rstrip("KMGTIB")
     unit = raw[len(number) :]
-    if number.startswith("-") and re.fullmatch(r"-\d+(\.\d+)?", number):
+    if number.startswith("-") and re.fullmatch(r"-[0-9]+(\.[0-9]+)?", number):
         raise ConfigError(f"{text!r} is negative: sizes must be zero or more")
-    # Digits only: float() would also take "inf", "nan" and "1e999".
-    if unit not in _SIZE_UNITS or not re.fullmatch(r"\d+(\.\d+)?", number):
+    # ASCII digits only: float() would also take "inf", "nan" and "1e999" (and \d, digits of
+    # other scripts).
+    if unit not in _SIZE_UNITS or not re.fullmatch(r"[0-9]+(\.[0-9]+)?", number):
         raise ConfigError(
             f"{text!r} is not a size: write a number with an optional unit, e.g. 500MiB or 2GB"
         )
-    return int(float(number) * _SIZE_UNITS[unit])
+    # Decimal, not float: exact for every digit string (float overflowed on 10**400).
+    size = int(Decimal(number) * _SIZE_UNITS[unit])
+    if size > MAX_SIZE:
+        raise ConfigError(f"{text!r} is too large: sizes go up to {MAX_SIZE} bytes (8 EiB)")
+    return size
 
 
 def _setting(env: str, default: str, help: str, kind: str = "str") -> Any:
@@ -93,6 +117,13 @@ class Settings:
         "researcher@demo.example",
         "E-mail of the signed-in user in development when no proxy header is present. "
         "Ignored in production, where identity comes from the proxy or OIDC.",
+    )
+    trusted_proxies: str = _setting(
+        "TRUSTED_PROXIES",
+        "",
+        "Comma-separated IP addresses or CIDR ranges of the reverse proxies whose "
+        "`X-Forwarded-User` is believed; from any other address the header is refused. "
+        "Required in production (see docs/production.md); empty in development: loopback.",
     )
     max_export_bytes: int = _setting(
         "MAX_EXPORT_SIZE", "500GiB", "Largest estimated size one export may have.", "size"
@@ -150,6 +181,41 @@ class Settings:
     ui_row_cap: int = _setting(
         "UI_ROW_CAP", "5000", "Most rows any single UI query returns.", "int"
     )
+    max_body_bytes: int = _setting(
+        "MAX_REQUEST_BODY",
+        "4MiB",
+        "Largest request body the API reads (counted while reading, whatever Content-Length "
+        "says); a bigger one is answered 413. 4 MiB holds ~100,000 patient labels.",
+        "size",
+    )
+    max_list_items: int = _setting(
+        "MAX_LIST_ITEMS",
+        "50000",
+        "Most entries in one list of an export request (folders, patients, tags, modalities, "
+        "kinds); more are answered 422 naming the list.",
+        "int",
+    )
+    max_notes_length: int = _setting(
+        "MAX_NOTES_LENGTH",
+        "4000",
+        "Most characters in an export's notes (they are stored on the export, written into "
+        "its metadata.json and shown in every list).",
+        "int",
+    )
+    max_name_length: int = _setting(
+        "MAX_NAME_LENGTH",
+        "100",
+        "Most characters in an export's name (it becomes the archive's top folder, whose "
+        "name has at most 100 characters); 1 to 100.",
+        "int",
+    )
+    max_nesting: int = _setting(
+        "MAX_NESTING",
+        "16",
+        "How deep lists and objects may nest in a request body (a request needs 2); deeper "
+        "bodies are answered 422 before they are parsed.",
+        "int",
+    )
 
     @classmethod
     def declared(cls) -> list[dict[str, str]]:
@@ -198,6 +264,41 @@ class Settings:
             raise ConfigError("SMTP_SECURITY must be 'none', 'starttls' or 'tls'")
         if self.stale_after_seconds < 10:
             raise ConfigError("STALE_AFTER must be at least 10 seconds")
+        _networks(self.trusted_proxies)  # a bad entry stops the start, not a request later
+        if self.max_body_bytes < 1024:
+            raise ConfigError("MAX_REQUEST_BODY must be at least 1KiB (4MiB is the default)")
+        if not 1 <= self.max_name_length <= 100:
+            raise ConfigError(
+                "MAX_NAME_LENGTH must be 1 to 100: the name becomes a folder name of at most 100"
+            )
+        for env, value, least in (
+            ("MAX_LIST_ITEMS", self.max_list_items, 1),
+            ("MAX_NOTES_LENGTH", self.max_notes_length, 0),
+            ("MAX_NESTING", self.max_nesting, 2),
+        ):
+            if value < least:
+                raise ConfigError(f"{env} must be at least {least}")
+
+    def validate_serving(self) -> None:
+        """Refuse to serve the pages and the API without an identity source.
+
+        Only the web process needs one: workers and the command line never read identity
+        headers, so this is not part of :meth:`validate`.
+        """
+        if not self.is_development and not self.trusted_proxies.strip():
+            raise ConfigError(
+                "PORTAL_ENV=production needs TRUSTED_PROXIES: the address(es) of the reverse "
+                "proxy that signs users in and sets X-Forwarded-User (e.g. 127.0.0.1 when it "
+                "runs on this machine). Without it nobody can sign in to the pages. "
+                "See docs/production.md"
+            )
+
+    @property
+    def proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """The addresses whose X-Forwarded-User is believed (development: loopback)."""
+        if not self.trusted_proxies.strip() and self.is_development:
+            return LOOPBACK
+        return _networks(self.trusted_proxies)
 
     @property
     def is_development(self) -> bool:
@@ -210,6 +311,28 @@ class Settings:
             if f.metadata:
                 env[f.metadata["env"]] = str(getattr(self, f.name))
         return env
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    """TRUSTED_PROXIES parsed: addresses and CIDR ranges, never names or everyone."""
+    networks = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"TRUSTED_PROXIES: {item!r} is not an IP address or CIDR range "
+                "(write addresses such as 127.0.0.1 or 10.0.0.0/24, not host names)"
+            ) from None
+        if network.prefixlen == 0:
+            # A /0 believes the header from every client: identity would be anyone's to claim.
+            raise ConfigError(
+                f"TRUSTED_PROXIES: {item!r} trusts every address; list only the proxy's"
+            )
+        networks.append(network)
+    return tuple(networks)
 
 
 def _convert(env: str, raw: str, kind: str) -> Any:

@@ -49,6 +49,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
     env = {
         **os.environ,
         "PORTAL_ENV": "production",
+        "TRUSTED_PROXIES": "127.0.0.1",  # the browser stands in for the sign-in proxy
         "DATABASE_URL": f"sqlite:///{tmp / 'portal.db'}",
         "DATA_ROOT": str(tmp / "data"),
         "EXPORT_ROOT": str(tmp / "exports"),
