@@ -10,29 +10,41 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from functools import cache
 from typing import Any
 
 import swagger_ui_bundle
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from exporter import openapi, services
+from exporter import guard, openapi, services
+from exporter.accounts import SLUG_RE
 from exporter.config import Settings, parse_size
 from exporter.errors import (
+    ConfigError,
     Gone,
     InvalidSelection,
     InvalidState,
     LimitExceeded,
+    NotEnoughSpace,
     NotFound,
     NotSignedIn,
     PermissionDenied,
     PortalError,
 )
-from exporter.exports import ExportRequest, ExportView, archive_bytes_estimate
+from exporter.exports import (
+    ExportRequest,
+    ExportView,
+    archive_bytes_estimate,
+    request_problems,
+    text_problem,
+)
+from exporter.models import ExportStatus
 from exporter.privacy import LEVELS, PrivacyLevel
 
 USER_HEADER = "X-Forwarded-User"  # the reverse proxy's; same as .streamlit/config.toml
@@ -44,6 +56,9 @@ STATUS = {
     Gone: 410,
     LimitExceeded: 413,
     InvalidSelection: 422,
+    # The server lacks room, not the request sense: 507 Insufficient Storage (RFC 4918) says
+    # so to clients and monitoring alike; the same request may succeed once space is freed.
+    NotEnoughSpace: 507,
 }
 
 
@@ -54,12 +69,24 @@ def settings() -> Settings:
 
 def identity(request: Request, config: Settings) -> str:
     """The caller's e-mail: a bearer token, else the proxy's header, else the development
-    user in development. (Blocking: call it from a thread.)"""
+    user in development. (Blocking: call it from a thread.)
+
+    Which addresses may send the header is ``exporter.guard``'s to check, in front of this.
+    """
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return services.token_owner(config, auth[7:].strip())
-    email = request.headers.get(USER_HEADER, "").strip().lower()
+    users = request.headers.getlist(USER_HEADER)
+    if len(users) > 1 or any("," in user for user in users):
+        # Never pick one of two: a client's own header may be among them.
+        raise NotSignedIn(
+            "X-Forwarded-User came more than once: the proxy must set exactly one "
+            "(see docs/production.md)"
+        )
+    email = users[0].strip().lower() if users else ""
     if email:
+        if len(email) > 254 or not email.isprintable():
+            raise NotSignedIn("X-Forwarded-User is not an e-mail address: check the proxy")
         return email
     if config.is_development and config.dev_user:
         return config.dev_user
@@ -74,13 +101,19 @@ class InvalidRequest(PortalError):
         self.fields = fields or {}
 
 
+class RequestTooLarge(InvalidRequest):
+    """The request body is over ``MAX_REQUEST_BODY`` (HTTP 413)."""
+
+
 def error_response(exc: PortalError) -> JSONResponse:
     """Every portal error as ``{"error": {"type", "message"[, "fields"]}}`` with its code."""
     if isinstance(exc, InvalidRequest):
-        body: dict[str, Any] = {"type": "InvalidRequest", "message": str(exc)}
+        body: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
         if exc.fields:
             body["fields"] = exc.fields
-        return JSONResponse({"error": body}, status_code=422)
+        return JSONResponse(
+            {"error": body}, status_code=413 if isinstance(exc, RequestTooLarge) else 422
+        )
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     return JSONResponse(
         {"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status
@@ -88,20 +121,23 @@ def error_response(exc: PortalError) -> JSONResponse:
 
 
 async def download(request: Request) -> Response:
-    """``GET /api/<project>/exports/<id>/download/[<part>]``: the archive, resumable."""
+    """``GET /api/<project>/exports/<id>/download/[<part>]``: the archive, resumable.
+
+    Parts are numbered from 1. A HEAD request is answered the same way but not recorded as
+    a download; the audit keeps a parsed, bounded form of the Range header.
+    """
     config = settings()
     try:
         email = await run_in_threadpool(identity, request, config)
-        part = request.path_params.get("part")
-        detail = {"range": request.headers["range"]} if "range" in request.headers else {}
         target = await run_in_threadpool(
             services.download_target,
             config,
             email,
-            request.path_params["project"],
+            _project(request),
             request.path_params["export_id"],
-            part,
-            detail,
+            request.path_params.get("part"),
+            request.headers.get("range"),
+            request.method != "HEAD",
         )
     except PortalError as exc:
         return error_response(exc)
@@ -113,6 +149,15 @@ async def download(request: Request) -> Response:
     )
 
 
+def _project(request: Request) -> str:
+    """The project slug of the path; one that no project can have is not found at once
+    (and is echoed only in part)."""
+    slug = request.path_params["project"]
+    if not SLUG_RE.match(slug):
+        raise NotFound(f"No project {slug[:64]!r} that you can access")
+    return str(slug)
+
+
 # --- JSON endpoints ------------------------------------------------------------------
 
 MAX_OFFSET = 2**31 - 1  # beyond any list; bigger numbers overflow the databases' integers
@@ -121,27 +166,131 @@ _BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "opt
 # The on/off options: every boolean a request has.
 _FLAG_OPTIONS = tuple(f.name for f in dataclasses.fields(ExportRequest) if f.type == "bool")
 _OPTION_FIELDS = {"compression", "part_size", "privacy", *_FLAG_OPTIONS}
+_STATUSES = tuple(status.value for status in ExportStatus)
 
 
-async def _body(request: Request) -> dict[str, Any]:
+# A JSON string, skipped whole: possessive, so an unterminated one costs one scan, not one per
+# quote after it.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")  # depth is the same whichever kind a level is
+
+
+def nesting_over(data: bytes, limit: int) -> bool:
+    """Whether lists and objects in the JSON text ``data`` nest deeper than ``limit`` (or
+    their brackets do not pair up), told before parsing it: strings are cut out, then each
+    round removes the empty pairs, which is one level of every part of the tree. All of it
+    is C-speed scans of the body, where ``json.loads`` recurses once per level in C."""
+    brackets = _JSON_STRING.sub(b"", data).translate(_ONE_KIND, _NOT_BRACKET)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        peeled = brackets.replace(b"[]", b"")
+        if len(peeled) == len(brackets):
+            return True  # nothing pairs up: not JSON
+        brackets = peeled
+    return bool(brackets)
+
+
+async def _body(request: Request, config: Settings) -> dict[str, Any]:
+    """The request's JSON object: at most ``MAX_REQUEST_BODY`` bytes, counted as they arrive
+    (a missing or wrong Content-Length, or a chunked body, changes nothing), UTF-8, nested
+    at most ``MAX_NESTING`` deep. Anything else is a 413 or 422 saying which limit."""
+    limit = config.max_body_bytes
+    too_large = RequestTooLarge(
+        f"The body is larger than {limit} bytes (MAX_REQUEST_BODY): select by folder or tag "
+        "instead of listing every patient, or split the request",
+        {"body": f"at most {limit} bytes"},
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and len(declared) < 20 and int(declared) > limit:
+        raise too_large  # said so up front: not read at all
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if nesting_over(data, config.max_nesting):
+        raise InvalidRequest(
+            f"The body is not JSON, or nests lists and objects deeper than {config.max_nesting} "
+            "levels (MAX_NESTING): send one JSON object of lists and options",
+            {"body": f"nested at most {config.max_nesting} levels"},
+        )
     try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("The body is not JSON: send a JSON object") from None
+        body = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "The body is not UTF-8: send JSON encoded as UTF-8", {"body": "not UTF-8"}
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The body is not JSON ({exc.msg} at character {exc.pos}): send a JSON object",
+            {"body": "not JSON"},
+        ) from None
+    except (ValueError, RecursionError):  # a number of over 4,300 digits; a deep nest
+        raise InvalidRequest(
+            "The body is not JSON that the portal reads: send a JSON object",
+            {"body": "not JSON"},
+        ) from None
     if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object")
+        raise InvalidRequest("The body must be a JSON object", {"body": "must be an object"})
     return body
 
 
-def export_request(body: dict[str, Any]) -> ExportRequest:
-    """An ExportRequest from a JSON body, naming every field that does not fit."""
+def _shown(key: Any) -> str:
+    """A field name as an error may echo it: short, and text that can be encoded."""
+    text = str(key)
+    if len(text) > 64 or text_problem(text) is not None:
+        return ascii(text[:64])
+    return text
+
+
+def _text_problems(body: dict[str, Any]) -> dict[str, str]:
+    """Every field holding a string (as a key, a value or a list entry) that cannot be
+    stored as text: a lone surrogate, a control character (notes may keep line breaks)."""
     bad: dict[str, str] = {}
-    for key in body.keys() - _BODY_FIELDS:
-        bad[key] = "unknown field"
+    for key, value in body.items():
+        field = _shown(key)
+        why = text_problem(str(key))
+        if why is not None:
+            bad[field] = f"the field name {why}"
+            continue
+        if isinstance(value, dict):
+            for option, choice in value.items():
+                why = text_problem(str(option))
+                if why is None and isinstance(choice, str):
+                    why = text_problem(choice)
+                if why is not None:
+                    bad[f"{field}.{_shown(option)}"] = why
+        entries = value if isinstance(value, list) else [value]
+        for n, entry in enumerate(entries):
+            if isinstance(entry, str):
+                why = text_problem(entry, multiline=key == "notes")
+                if why is not None:
+                    bad[field] = f"entry {n + 1} {why}" if isinstance(value, list) else why
+                    break
+    return bad
+
+
+def export_request(body: dict[str, Any], config: Settings) -> ExportRequest:
+    """An ExportRequest from a JSON body, naming every field that does not fit (its type,
+    its text, or a limit: ``MAX_LIST_ITEMS``, ``MAX_NOTES_LENGTH``, ``MAX_NAME_LENGTH``)."""
+    bad = _text_problems(body)
+    if bad:  # nothing below may echo, compare or store such a string
+        raise InvalidRequest("Some fields hold text that cannot be stored: see 'fields'", bad)
+    for key in list(body.keys() - _BODY_FIELDS)[:20]:
+        bad[_shown(key)] = "unknown field"
     for key in _LIST_FIELDS:
         value = body.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             bad[key] = "must be a list of strings"
+        elif len(value) > config.max_list_items:
+            bad[key] = (
+                f"has {len(value)} entries, more than {config.max_list_items} (MAX_LIST_ITEMS): "
+                "select by folder or tag instead"
+            )
     for key in ("tag_mode", "name", "notes"):
         if key in body and not isinstance(body[key], str):
             bad[key] = "must be a string"
@@ -151,8 +300,8 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
     if not isinstance(options, dict):
         bad["options"] = "must be an object"
         options = {}
-    for key in options.keys() - _OPTION_FIELDS:
-        bad[f"options.{key}"] = "unknown option"
+    for key in list(options.keys() - _OPTION_FIELDS)[:20]:
+        bad[f"options.{_shown(key)}"] = "unknown option"
     for key in _FLAG_OPTIONS:
         if key in options and not isinstance(options[key], bool):
             bad[f"options.{key}"] = "must be true or false"
@@ -162,12 +311,14 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         bad["options.privacy"] = f"must be {', '.join(LEVELS)}"
     part_size = options.get("part_size")
     if part_size is not None:
+        why = "must be a size in bytes or like '4GiB'"
         try:
-            part_size = parse_size(str(part_size)) if not isinstance(part_size, bool) else None
-        except PortalError:
+            if isinstance(part_size, bool) or not isinstance(part_size, int | float | str):
+                raise ConfigError(why)
+            part_size = parse_size(str(part_size))
+        except ConfigError as exc:  # parse_size raises nothing else
+            bad["options.part_size"] = f"{why}: {exc}" if str(exc) != why else why
             part_size = None
-        if part_size is None:
-            bad["options.part_size"] = "must be a size in bytes or like '4GiB'"
     if bad:
         raise InvalidRequest("Some fields do not fit: see 'fields'", bad)
     try:
@@ -178,7 +329,7 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         )  # fmt: skip
     except InvalidSelection as exc:
         raise InvalidRequest(str(exc), {"tag_mode": str(exc)}) from None
-    return ExportRequest(
+    request = ExportRequest(
         selection=selection,
         name=body.get("name", ""),
         notes=body.get("notes", ""),
@@ -187,6 +338,12 @@ def export_request(body: dict[str, Any]) -> ExportRequest:
         privacy=options.get("privacy", PrivacyLevel.PSEUDONYMISED.value),
         **{key: options[key] for key in _FLAG_OPTIONS if key in options},  # else the defaults
     )
+    limits = request_problems(
+        request, config.max_list_items, config.max_notes_length, config.max_name_length
+    )
+    if limits:
+        raise InvalidRequest("Some fields are over the portal's limits: see 'fields'", limits)
+    return request
 
 
 def export_json(view: ExportView, base: str) -> dict[str, Any]:
@@ -219,12 +376,15 @@ async def _call(request: Request, work: Any) -> Response:
 
 async def _call_with_body(request: Request, work: Any) -> Response:
     """Parse the body into an ExportRequest, then ``work(settings, email, project, body)``."""
-    project = request.path_params["project"]
+    config = settings()
     try:
-        body = export_request(await _body(request))
+        # Who is asking first: an anonymous caller gets 401 without the body being read.
+        email = await run_in_threadpool(identity, request, config)
+        project = _project(request)
+        body = export_request(await _body(request, config), config)
+        return await run_in_threadpool(work, config, email, project, body)
     except PortalError as exc:
         return error_response(exc)
-    return await _call(request, lambda config, email: work(config, email, project, body))
 
 
 async def create_export(request: Request) -> Response:
@@ -272,21 +432,39 @@ async def preview(request: Request) -> Response:
     return await _call_with_body(request, work)
 
 
+def _whole_number(
+    request: Request, name: str, default: int, low: int, high: int, bad: dict[str, str]
+) -> int:
+    """The query parameter ``name`` as a number from ``low`` to ``high``; else ``default``,
+    with why in ``bad``. ASCII digits only: ``int()`` also takes other scripts' digits, "_"
+    and thousands of digits."""
+    text = request.query_params.get(name, str(default)).strip()
+    if text.isascii() and text.isdigit() and len(text) <= 10 and low <= int(text) <= high:
+        return int(text)
+    bad[name] = f"must be a whole number from {low} to {high}"
+    return default
+
+
 async def list_exports(request: Request) -> Response:
     """``GET /api/<project>/exports/?status=&limit=&offset=``, newest first."""
-    project = request.path_params["project"]
     try:
-        limit = int(request.query_params.get("limit", 50))
-        offset = int(request.query_params.get("offset", 0))
-        if not (1 <= limit <= 500 and 0 <= offset <= MAX_OFFSET):
-            raise ValueError
-    except ValueError:
+        project = _project(request)
+    except PortalError as exc:
+        return error_response(exc)
+    bad: dict[str, str] = {}
+    limit = _whole_number(request, "limit", 50, 1, 500, bad)
+    offset = _whole_number(request, "offset", 0, 0, MAX_OFFSET, bad)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in _STATUSES:
+        bad["status"] = f"must be one of {', '.join(_STATUSES)}"
+    if bad:
         return error_response(
             InvalidRequest(
-                f"limit must be 1 to 500 and offset 0 to {MAX_OFFSET}", {"limit": "1..500"}
+                f"Some parameters do not fit (limit 1 to 500, offset 0 to {MAX_OFFSET}, status "
+                "an export status): see 'fields'",
+                bad,
             )
         )
-    status = request.query_params.get("status") or None
 
     def work(config: Settings, email: str) -> Response:
         views = services.list_exports(config, email, project, status, limit + 1, offset)
@@ -306,7 +484,10 @@ async def list_exports(request: Request) -> Response:
 
 def _export_action(action: Any, status_code: int = 200) -> Any:
     async def endpoint(request: Request) -> Response:
-        project = request.path_params["project"]
+        try:
+            project = _project(request)
+        except PortalError as exc:
+            return error_response(exc)
         export_id = request.path_params["export_id"]
 
         def work(config: Settings, email: str) -> Response:
@@ -341,6 +522,14 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(DOCS_PAGE)
 
 
+_ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def no_route(request: Request) -> Response:
+    """Any other ``/api/...`` address: 404 in the error shape, pointing at the documentation."""
+    return error_response(NotFound("No such API address: see /api/docs for the routes"))
+
+
 def routes() -> list[BaseRoute]:
     """The portal's HTTP routes (under /api, outside Streamlit's reserved prefixes)."""
     exports_base = "/api/{project:str}/exports"
@@ -358,4 +547,12 @@ def routes() -> list[BaseRoute]:
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
         Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
+        # Last: anything else under /api (a bad part number, a typo) in the error shape.
+        Route("/api/{rest:path}", no_route, methods=list(_ALL_METHODS)),
     ]
+
+
+def application() -> Starlette:
+    """The API behind the portal's middleware, as ``app.py`` serves it, without the pages:
+    for in-process tests. Raises ConfigError where ``app.py`` would refuse to start."""
+    return Starlette(routes=routes(), middleware=guard.middleware(settings()))

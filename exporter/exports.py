@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,8 +34,22 @@ from exporter.registry import Estimate, Selection, estimate
 
 LIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
 ACTIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING)
-DOUBLE_SUBMIT_SECONDS = 10
-MAX_NAME = 120
+# The same request again within this many seconds of the first gives the first export back,
+# also when that one has already completed (a small export takes under a second) or failed (a
+# failure that quick is the same failure again; the twin carries its reason). Long enough for
+# a double click, a second tab or a client's retry after a dropped connection, short enough
+# that a deliberate re-export (after reading a result) creates a new one. A cancelled or
+# deleted twin never absorbs a request: cancelling says "not that one".
+DOUBLE_SUBMIT_SECONDS = 30
+TWIN_STATUSES = (*LIVE, ExportStatus.FAILED)
+MAX_NAME = 100  # the name is the archive's top folder: sanitize_component keeps 100
+MAX_ITEM = 1024  # characters in one folder, patient, tag, modality or kind (a folder path's column)
+_EXPORT_ID = re.compile(r"[0-9a-f]{32}")
+# Text that cannot be stored or shown as it is: lone surrogates (not encodable as UTF-8; the
+# database refuses them), C0 and C1 controls and DEL (NUL is refused by PostgreSQL). Notes
+# may keep tabs and line breaks.
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_NOTES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -172,9 +187,95 @@ def clean_name(name: str) -> str:
     return cleaned
 
 
+def text_problem(value: str, multiline: bool = False) -> str | None:
+    """Why ``value`` cannot be stored as text (a lone surrogate, a control character; tabs
+    and line breaks are fine when ``multiline``), or None."""
+    found = (_BAD_NOTES if multiline else _BAD_TEXT).search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if "\ud800" <= char <= "\udfff":
+        return (
+            f"is not valid text (a lone surrogate, {char!r}, at character {found.start()}): "
+            "send UTF-8 text"
+        )
+    return f"contains a control character ({char!r} at character {found.start()}): remove it"
+
+
+def selection_problems(selection: Selection, max_items: int) -> dict[str, str]:
+    """Each list of ``selection`` that is too long or holds an entry that cannot be text,
+    with why (empty: it fits). Checked before a selection reaches the database."""
+    problems: dict[str, str] = {}
+    for key, values in selection.as_dict().items():
+        if isinstance(values, str):
+            values = [values]
+        elif not isinstance(values, list):
+            continue
+        if len(values) > max_items:
+            problems[key] = f"has {len(values)} entries, more than {max_items}: select fewer"
+            continue
+        for n, value in enumerate(values):
+            why = text_problem(value)
+            if why is None and len(value) > MAX_ITEM:
+                why = f"is longer than {MAX_ITEM} characters"
+            if why is not None:
+                problems[key] = why if key == "tag_mode" else f"entry {n + 1} {why}"
+                break
+    return problems
+
+
+def request_problems(
+    request: ExportRequest, max_items: int, max_notes: int, max_name: int
+) -> dict[str, str]:
+    """Each field of ``request`` over the limits (``MAX_LIST_ITEMS``, ``MAX_NOTES_LENGTH``,
+    ``MAX_NAME_LENGTH``) or holding text that cannot be stored, with why; empty: it fits."""
+    problems = selection_problems(request.selection, max_items)
+    why = text_problem(request.name)
+    if why is None and len(request.name.strip()) > max_name:
+        why = f"is longer than {max_name} characters: shorten it"
+    if why is not None:
+        problems["name"] = why
+    why = text_problem(request.notes, multiline=True)
+    if why is None and len(request.notes.strip()) > max_notes:
+        why = f"is {len(request.notes.strip())} characters, more than {max_notes}: shorten it"
+    if why is not None:
+        problems["notes"] = why
+    for key in ("compression", "privacy"):
+        why = text_problem(getattr(request, key))
+        if why is not None:
+            problems[f"options.{key}"] = why
+    return problems
+
+
 def fingerprint(user: Principal, project: str, request: ExportRequest) -> str:
-    data = {"u": user.id, "p": project, "s": request.selection.as_dict(), "o": request.choices()}
+    """The request itself, in a canonical form: who, which project, the selection (lists
+    sorted: their order selects nothing), every option, the name and notes as saved."""
+    selection = {
+        k: sorted(v) if isinstance(v, list) else v for k, v in request.selection.as_dict().items()
+    }
+    choices = request.choices()
+    choices["name"], choices["notes"] = request.name.strip(), request.notes.strip()
+    data = {"u": user.id, "p": project, "s": selection, "o": choices}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def find_twin(
+    session: Session, user: Principal, project: str, request: ExportRequest
+) -> DatasetExport | None:
+    """The export this very request made less than ``DOUBLE_SUBMIT_SECONDS`` ago (pending,
+    processing, completed or failed), or None."""
+    twin = session.scalar(
+        select(DatasetExport).where(
+            DatasetExport.request_key == fingerprint(user, project, request),
+            DatasetExport.created_by_id == user.id,
+        )
+    )
+    return twin if twin is not None and _absorbs(twin) else None
+
+
+def _absorbs(twin: DatasetExport) -> bool:
+    age = datetime.now(UTC) - as_utc(twin.created_at)
+    return twin.status in TWIN_STATUSES and age <= timedelta(seconds=DOUBLE_SUBMIT_SECONDS)
 
 
 def policy_of(session: Session, project_id: int) -> ProjectPolicy:
@@ -289,31 +390,34 @@ def create(
     max_bytes: int,
     quota: int,
 ) -> tuple[DatasetExport, bool]:
-    """Save a pending export; returns (row, created). A double submit returns the first."""
+    """Save a pending export; returns (row, created). A double submit returns the first.
+
+    The database holds the guarantee: ``request_key`` is unique, and only the newest export
+    of a request carries it, so two identical requests cannot both be saved however they
+    interleave (the loser's flush raises IntegrityError; run the transaction again to get the
+    twin). The key moves to a new export once its twin is too old to absorb a request.
+    """
     # One user's requests take turns from here to the commit, so that the quota and
     # double-submit checks below see an export that a request arriving at the same moment
     # has just saved: the user's row is locked (PostgreSQL), or the write transaction starts
     # here (SQLite has one writer at a time). Without it, both requests passed both checks.
     session.execute(update(User).where(User.id == user.id).values(name=User.name))
+    access = require_project(session, user, project)
+    key = fingerprint(user, project, request)
+    holder = session.scalar(select(DatasetExport).where(DatasetExport.request_key == key))
+    if holder is not None and _absorbs(holder):
+        return holder, False  # before the quota: the twin may have used it up
     check = preflight(session, user, project, request, max_bytes, quota)
     if check.refusal:
         error = LimitExceeded if "limit" in check.refusal or "quota" in check.refusal else None
         raise (error or InvalidSelection)(check.refusal)
-    access = require_project(session, user, project)
-    print_ = fingerprint(user, project, request)
-    recent = session.scalar(
-        select(DatasetExport)
-        .where(
-            DatasetExport.created_by_id == user.id,
-            DatasetExport.request_fingerprint == print_,
-            DatasetExport.status.in_(ACTIVE),
-            DatasetExport.created_at
-            >= datetime.now(UTC) - timedelta(seconds=DOUBLE_SUBMIT_SECONDS),
+    if holder is not None:  # too old or cancelled: the request may be made again
+        session.execute(
+            update(DatasetExport)
+            .where(DatasetExport.id == holder.id, DatasetExport.request_key == key)
+            .values(request_key=None)
+            .execution_options(synchronize_session=False)
         )
-        .order_by(DatasetExport.created_at.desc())
-    )
-    if recent is not None:
-        return recent, False
     est = check.estimate
     options = request.options(policy_of(session, access.project_id))
     row = DatasetExport(
@@ -324,7 +428,8 @@ def create(
         status=ExportStatus.PENDING,
         criteria=request.selection.as_dict(),
         options=options.to_json(),
-        request_fingerprint=print_,
+        request_fingerprint=key,
+        request_key=key,
         patient_count=est.patient_count,
         file_count=est.file_count,
         estimated_bytes=est.total_bytes,
@@ -345,14 +450,18 @@ def _visible(session: Session, user: Principal) -> dict[int, ProjectAccess]:
 
 def get_row(session: Session, user: Principal, export_id: str) -> DatasetExport:
     """The export if the user may see it: its creator, or a data manager of its project."""
-    row = session.get(DatasetExport, export_id) if isinstance(export_id, str) else None
+    # Ids are 32 hex digits: anything else is not looked up (NUL or a surrogate in an id
+    # made PostgreSQL fail the query).
+    plausible = isinstance(export_id, str) and _EXPORT_ID.fullmatch(export_id)
+    row = session.get(DatasetExport, export_id) if plausible else None
     access = _visible(session, user).get(row.project_id) if row is not None else None
     if (
         row is None
         or access is None
         or (access.role is not Role.DATA_MANAGER and row.created_by_id != user.id)
     ):
-        raise NotFound(f"No export {export_id!r} that you can see")
+        shown = export_id if plausible else str(export_id)[:40]  # an error echoes little
+        raise NotFound(f"No export {shown!r} that you can see")
     return row
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from exporter.errors import IngestError, NotFound
+from exporter.layout import visible
 from exporter.models import (
     FileRegistry,
     Modality,
@@ -41,7 +43,7 @@ from exporter.models import (
     Tag,
 )
 from exporter.registry import refresh_summaries
-from exporter.scan import Candidate, Issue, ModalityRule, Walker, read_facts
+from exporter.scan import Candidate, Issue, ModalityRule, Walker, WalkResult, read_facts
 
 READ_PROCESSES = min(os.cpu_count() or 1, 4)
 POOL_FROM_FILES = 256
@@ -165,8 +167,8 @@ def register_directory(
     start = tuple(p for p in rel[len(project.root_path or "") :].split("/") if p)
     rules, modality_ids = _modality_rules(session, project.id)
     walker = Walker(data_root, rules)
-    candidates = list(walker.walk(str(root), start))
     walked = walker.result
+    candidates = _refuse_unsafe_names(list(walker.walk(str(root), start)), walked)
     report = IngestReport(skipped=walked.skipped, refused=walked.refused)
     report.patients = len(walked.patients)
 
@@ -271,6 +273,70 @@ def register_directory(
         report.tagged = apply_tags_csv(session, project.id, tags_csv, report)
     session.flush()
     return report
+
+
+# Characters a registered path may not hold: exports refuse a backslash (a separator
+# elsewhere), control characters break lines and names, and a lone surrogate is a byte that
+# is not UTF-8 in the name, which the database cannot store.
+_UNSAFE_PATH = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def path_problem(path: str) -> str | None:
+    """Why a path below the data root cannot be registered, or None."""
+    found = _UNSAFE_PATH.search(path)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\\":
+        what = "a backslash, which exports refuse as a path separator"
+    elif "\ud800" <= char <= "\udfff":
+        what = "bytes that are not UTF-8 in a name"
+    else:
+        what = f"a control character ({char!r})"
+    return f"the path holds {what}: rename the file or directory, then register again"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a patient or folder directory name cannot be a label that users select, or None.
+
+    Labels are selected, and matched in tags CSVs, without surrounding spaces, and must not
+    look like another label: refused rather than changed, so that a label stays its
+    directory's name and two directories never become one patient.
+    """
+    if name != name.strip():
+        return (
+            f"directory name {name!r} begins or ends with a space: rename the directory "
+            "(labels are selected without surrounding spaces)"
+        )
+    if not all(map(visible, name)):
+        return (
+            f"directory name {name!r} holds an invisible character (a zero-width space, a "
+            "joiner or a direction mark) that makes it look like another name: rename it"
+        )
+    return None
+
+
+def _refuse_unsafe_names(candidates: list[Candidate], walked: WalkResult) -> list[Candidate]:
+    """The candidates whose paths and labels can be registered; the others are refused
+    (once per patient directory when the problem is in it) and their patients left out."""
+    refused_dirs: set[str] = set()
+    for label, (patient_dir, folder_path) in list(walked.patients.items()):
+        names = [*(folder_path.split("/") if folder_path else []), label]
+        why = path_problem(patient_dir) or next(filter(None, map(name_problem, names)), None)
+        if why is not None:
+            walked.refused.append(Issue(patient_dir, why))
+            refused_dirs.add(patient_dir)
+            del walked.patients[label]
+    kept = []
+    for cand in candidates:
+        if cand.patient_dir in refused_dirs:
+            continue
+        why = path_problem(cand.rel_path)
+        if why is not None:
+            walked.refused.append(Issue(cand.rel_path, why))
+        else:
+            kept.append(cand)
+    return kept
 
 
 def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:

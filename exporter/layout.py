@@ -25,18 +25,41 @@ MAX_COMPONENT = 100
 # Separators, reserved punctuation, C0/C1 controls, and bidirectional overrides (which make
 # a name display differently from what it is).
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|\u200e\u200f\u202a-\u202e\u2066-\u2069]+')
+# Invisible characters, dropped: they make two names look alike or hide text. Unicode's
+# format characters (Cf: zero-width space and joiners U+200B-U+200D, word joiner U+2060, BOM
+# U+FEFF, Arabic letter mark U+061C, soft hyphen, and the bidirectional marks, embeddings,
+# overrides and isolates, which reorder what is shown), line and paragraph separators, and
+# the fillers and selectors that are letters or marks to Unicode but draw nothing.
+_INVISIBLE_OTHER = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u2028\u2029\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+)
+
+
+def visible(char: str) -> bool:
+    """Whether ``char`` draws something (not a format, filler or selector character)."""
+    return not (
+        unicodedata.category(char) == "Cf"
+        or char in _INVISIBLE_OTHER
+        or 0xE0100 <= ord(char) <= 0xE01EF  # variation selectors supplement
+    )
+
+
 _RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 _EXTENSION = re.compile(r"^(\.[a-z0-9]{1,8}){1,2}$")
 RAW_STEMS = {"cbct": "slice", "intraoral-photo": "photo", "facial-photo": "photo"}
 
 
 def sanitize_component(text: str, fallback: str = "unnamed") -> str:
-    """One safe path component: no separators, control characters, ``..``, reserved names.
+    """One safe path component: no separators, control or invisible characters, ``..``,
+    reserved names.
 
     Keeps letters (any script), digits and ordinary punctuation; bounds the length while
     keeping the extension.
     """
     cleaned = unicodedata.normalize("NFC", text)
+    if not cleaned.isascii():
+        cleaned = "".join(filter(visible, cleaned))
     cleaned = _UNSAFE.sub("_", cleaned).strip(" .")
     cleaned = re.sub(r"\s+", " ", cleaned)
     if not cleaned or set(cleaned) <= {"_", "."}:
@@ -220,6 +243,8 @@ def unsafe_reason(name: str) -> str | None:
         return "backslash"
     if re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", name):
         return "control character"
+    if not name.isascii() and not all(map(visible, name)):
+        return "invisible character"
     if any(len(part) > MAX_COMPONENT + 20 for part in name.split("/")):
         return "component too long"
     return None

@@ -298,6 +298,9 @@ class DatasetExport(Base):
     criteria: Mapped[dict[str, Any]] = mapped_column(default=dict)
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The request's fingerprint on the newest export it made, else NULL: unique, so that two
+    # identical requests arriving together cannot both be saved (exports.create).
+    request_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     patient_count: Mapped[int] = mapped_column(Integer, default=0)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
     estimated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

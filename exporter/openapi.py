@@ -9,11 +9,23 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {401: "Not signed in", 403: "Not allowed here (an identified export for a "
-            "researcher the project's data managers did not allow)",
+    text = {400: "X-Forwarded-User sent more than once (AmbiguousIdentity)",
+            401: "Not signed in",
+            403: "Not allowed: an identified export for a researcher the project's data "
+            "managers did not allow; X-Forwarded-User from an address that is not a trusted "
+            "proxy; a browser request from another origin; in development, a request that is "
+            "not from loopback with a loopback Host",
             404: "Not found or not yours to see", 409: "Wrong state",
-            410: "File gone", 413: "Over the size limit or quota",
-            422: "Body or parameters do not fit"}  # fmt: skip
+            410: "File gone",
+            415: "A body that is not application/json on a POST or DELETE",
+            413: "Over a limit: the export over MAX_EXPORT_SIZE or the quota "
+            "(LimitExceeded), or the body over MAX_REQUEST_BODY (RequestTooLarge)",
+            422: "Body or parameters do not fit (InvalidRequest; 'fields' names each): not "
+            "JSON, nested deeper than MAX_NESTING, text that cannot be stored (a lone "
+            "surrogate, a control character), a list over MAX_LIST_ITEMS, notes over "
+            "MAX_NOTES_LENGTH, a name over MAX_NAME_LENGTH, an unknown folder or patient",
+            507: "Not enough free space at the export root for this export (NotEnoughSpace): "
+            "the server lacks room; choose less, or ask an administrator"}  # fmt: skip
     return {
         str(code): {
             "description": text[code],
@@ -58,6 +70,18 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
 _EXPORT_ID = {"name": "export_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _EXPORT = {"$ref": "#/components/schemas/Export"}
+_PART = {
+    "name": "part",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_DOWNLOAD = {
+    "200": {"description": "The ZIP", "content": {"application/zip": {}}},
+    "206": {"description": "Part of the ZIP (Range)", "content": {"application/zip": {}}},
+    "416": {"description": "Range not satisfiable"},
+    **_errors(400, 401, 403, 404, 409, 410),
+}
 _BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}},
@@ -82,6 +106,10 @@ SCHEMAS: dict[str, Any] = {
     "ExportRequest": {
         "type": "object",
         "additionalProperties": False,
+        "description": "At most MAX_REQUEST_BODY (4 MiB) of UTF-8 JSON, nested at most "
+        "MAX_NESTING (16) deep; each list at most MAX_LIST_ITEMS (50,000) entries of at most "
+        "1,024 characters; no string may hold a lone surrogate or a control character (notes "
+        "may hold line breaks and tabs). The defaults are shown; the settings decide.",
         "properties": {
             "folders": {**_STR_LIST, "description": 'folder paths; "/" is the whole project'},
             "patients": {**_STR_LIST, "description": "patient labels"},
@@ -90,8 +118,15 @@ SCHEMAS: dict[str, Any] = {
             "modalities": {**_STR_LIST, "description": "modality keys, e.g. cbct, ios"},
             "kinds": {"type": "array", "items": {"type": "string", "enum": ["raw", "processed"]}},
             "not_exported": {"type": "boolean"},
-            "name": {"type": "string"},
-            "notes": {"type": "string"},
+            "name": {
+                "type": "string",
+                "description": "the archive's top folder (sanitised); at most MAX_NAME_LENGTH "
+                "(100) characters",
+            },
+            "notes": {
+                "type": "string",
+                "description": "at most MAX_NOTES_LENGTH (4,000) characters; line breaks kept",
+            },
             "options": {
                 "type": "object",
                 "additionalProperties": False,
@@ -194,7 +229,7 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "202": _json(_EXPORT, "Accepted"),
-                        **_errors(401, 403, 404, 413, 422),
+                        **_errors(400, 401, 403, 404, 415, 413, 422, 507),
                     },
                 }
             },
@@ -205,7 +240,7 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "200": _json({"type": "object"}, "The estimate"),
-                        **_errors(401, 403, 404, 422),
+                        **_errors(400, 401, 403, 404, 415, 413, 422),
                     },
                 }
             },
@@ -217,7 +252,7 @@ def document() -> dict[str, Any]:
                     "requestBody": _BODY,
                     "responses": {
                         "200": _json(_PREVIEW, "The changes"),
-                        **_errors(401, 403, 404, 422),
+                        **_errors(400, 401, 403, 404, 415, 413, 422),
                     },
                 }
             },
@@ -226,7 +261,12 @@ def document() -> dict[str, Any]:
                     "summary": "Exports you may see, newest first",
                     "parameters": [
                         _PROJECT,
-                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "one of the export statuses (else 422)",
+                        },
                         {
                             "name": "limit",
                             "in": "query",
@@ -251,7 +291,7 @@ def document() -> dict[str, Any]:
                             },
                             "A page of exports",
                         ),
-                        **_errors(401, 404, 422),
+                        **_errors(400, 401, 403, 404, 422),
                     },
                 }
             },
@@ -259,34 +299,43 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Status, progress, error and parts of one export",
                     "parameters": [_PROJECT, _EXPORT_ID],
-                    "responses": {"200": _json(_EXPORT, "The export"), **_errors(401, 404)},
+                    "responses": {
+                        "200": _json(_EXPORT, "The export"),
+                        **_errors(400, 401, 403, 404),
+                    },
                 },
                 "delete": {
                     "summary": "Delete the export's files (its record stays)",
                     "parameters": [_PROJECT, _EXPORT_ID],
-                    "responses": {"200": _json(_EXPORT, "Deleted"), **_errors(401, 404, 409)},
+                    "responses": {
+                        "200": _json(_EXPORT, "Deleted"),
+                        **_errors(400, 401, 403, 404, 415, 409),
+                    },
                 },
             },
             "/api/{project}/exports/{export_id}/cancel/": {
                 "post": {
                     "summary": "Cancel a pending or processing export",
                     "parameters": [_PROJECT, _EXPORT_ID],
-                    "responses": {"200": _json(_EXPORT, "Cancelled"), **_errors(401, 404, 409)},
+                    "responses": {
+                        "200": _json(_EXPORT, "Cancelled"),
+                        **_errors(400, 401, 403, 404, 415, 409),
+                    },
                 }
             },
             "/api/{project}/exports/{export_id}/download/": {
                 "get": {
                     "summary": "The archive of a one-part export (Range, If-Range, ETag)",
                     "parameters": [_PROJECT, _EXPORT_ID],
-                    "responses": {
-                        "200": {"description": "The ZIP", "content": {"application/zip": {}}},
-                        "206": {
-                            "description": "Part of the ZIP (Range)",
-                            "content": {"application/zip": {}},
-                        },
-                        "416": {"description": "Range not satisfiable"},
-                        **_errors(401, 404, 409, 410),
-                    },
+                    "responses": _DOWNLOAD,
+                }
+            },
+            "/api/{project}/exports/{export_id}/download/{part}": {
+                "get": {
+                    "summary": "One part of a multi-part export, numbered from 1 (404 for "
+                    "0 or a part the export does not have)",
+                    "parameters": [_PROJECT, _EXPORT_ID, _PART],
+                    "responses": _DOWNLOAD,
                 }
             },
         },

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from exporter import accounts, curation, db, exports, ingest, jobs, preview, registry, tokens
@@ -190,6 +192,10 @@ def estimate(
     settings: Settings, user_email: str, project_slug: str, selection: Selection
 ) -> Estimate:
     """The live count and size estimate of a selection, for a member of the project."""
+    problems = exports.selection_problems(selection, settings.max_list_items)
+    if problems:
+        field, why = next(iter(problems.items()))
+        raise InvalidSelection(f"{field!r} {why}")
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         return registry.estimate(session, user, project_slug, selection)
@@ -236,10 +242,23 @@ def parse_selection(
 # --- exports ----------------------------------------------------------------------------
 
 
+def check_request(settings: Settings, request: ExportRequest) -> None:
+    """Refuse a request over the portal's limits (``MAX_LIST_ITEMS``, ``MAX_NOTES_LENGTH``,
+    ``MAX_NAME_LENGTH``) or holding text that cannot be stored, naming the field, before
+    any of it reaches the database (pages and the CLI get here; the API checks first)."""
+    problems = exports.request_problems(
+        request, settings.max_list_items, settings.max_notes_length, settings.max_name_length
+    )
+    if problems:
+        field, why = next(iter(problems.items()))
+        raise InvalidSelection(f"{field!r} {why}")
+
+
 def preflight_export(
     settings: Settings, user_email: str, project_slug: str, request: ExportRequest
 ) -> Preflight:
     """Whether ``request`` would be accepted now, with the estimate and quota behind it."""
+    check_request(settings, request)
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         check = exports.preflight(
@@ -263,18 +282,35 @@ def create_export(
 ) -> ExportView:
     """Validate and save an export, enqueue its job, and return at once.
 
-    A double submit of the same request within a few seconds returns the first export.
+    The same request again within ``exports.DOUBLE_SUBMIT_SECONDS`` returns the first
+    export, pending, processing, completed or failed: however many arrive at once, one is
+    saved (the database's unique request key holds it).
     """
+    check_request(settings, request)
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        twin = exports.find_twin(session, user, project_slug, request)
+        twin_id = twin.id if twin is not None else None
+    if twin_id is not None:  # before the space check: the twin may be what filled the disk
+        return get_export(settings, user_email, twin_id)
     check = preflight_export(settings, user_email, project_slug, request)
     if check.refusal and "space" in check.refusal:
         raise NotEnoughSpace(check.refusal)
-    with db.session_scope(settings) as session:
-        user = accounts.principal_for(session, user_email)
-        row, created = exports.create(
-            session, user, project_slug, request, settings.max_export_bytes,
-            settings.user_quota_bytes,
-        )  # fmt: skip
-        export_id = row.id
+    for attempt in (1, 2):
+        try:
+            with db.session_scope(settings) as session:
+                user = accounts.principal_for(session, user_email)
+                row, created = exports.create(
+                    session, user, project_slug, request, settings.max_export_bytes,
+                    settings.user_quota_bytes,
+                )  # fmt: skip
+                export_id = row.id
+            break
+        except IntegrityError:
+            # An identical request was saved between our look and our insert (the unique
+            # request key refused the second): run again, and get that one back.
+            if attempt == 2:
+                raise
     if created:
         try:
             job_id = jobs.enqueue(settings, row)
@@ -390,11 +426,14 @@ def download_target(
     project_slug: str,
     export_id: str,
     part: int | None = None,
-    detail: dict[str, str] | None = None,
+    range_header: str | None = None,
+    audit: bool = True,
 ) -> DownloadTarget:
-    """The file to send for a download, after the permission checks; records the download.
+    """The file to send for a download, after the permission checks; records the download
+    (with ``audit``: a HEAD request only asks about the file and is not recorded).
 
-    ``part`` is 1-based; without it the export must have a single part.
+    ``part`` is 1-based; without it the export must have a single part. The audit keeps
+    a short parsed form of ``range_header`` (:func:`range_summary`), never the header.
     """
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -404,13 +443,14 @@ def download_target(
             raise NotFound(f"No export {export_id!r} that you can see")
         exports.require_downloadable(row)
         paths = [Path(p) for p in row.output_paths]
-        number = part or 1
+        number = 1 if part is None else part  # not ``part or 1``: part 0 is no part
         if part is None and len(paths) > 1:
             raise InvalidState(
                 f"Export {row.name!r} has {len(paths)} parts: download them one by one"
             )
         if not 1 <= number <= len(paths):
-            raise NotFound(f"Export {row.name!r} has no part {number}")
+            raise NotFound(f"Export {row.name!r} has no part {number}: parts are numbered "
+                           f"from 1 to {len(paths)}")  # fmt: skip
         path = paths[number - 1]
         export_dir = (settings.export_root / row.id).resolve()
         if path.parent.resolve() != export_dir or not path.is_file():
@@ -418,9 +458,31 @@ def download_target(
                 f"The file of export {row.name!r} is no longer on the server: create the "
                 "export again"
             )
-        record(session, "download", user.id, row.project_id, row.id,
-               {"part": number, **(detail or {})})  # fmt: skip
+        if audit:
+            record(session, "download", user.id, row.project_id, row.id,
+                   {"part": number, **range_summary(range_header)})  # fmt: skip
         return DownloadTarget(path, path.name, path.stat().st_size)
+
+
+# bytes=START-END, either may be missing ("1000-", "-500"); digits bounded (2**64 has 20).
+_RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]{0,20})\s*-\s*([0-9]{0,20})\s*(?:,|$)")
+
+
+def range_summary(header: str | None) -> dict[str, object]:
+    """What the audit keeps of a Range header: the first range as ``"bytes=0-999"``,
+    ``"bytes=1000-"`` or ``"bytes=-500"``, and how many ranges there were when more than
+    one; ``"unreadable"`` for anything else. Never the header itself: a client may send any
+    size of it."""
+    if header is None:
+        return {}
+    found = _RANGE.match(header[:64])
+    if found is None or not (found[1] or found[2]):
+        return {"range": "unreadable"}
+    summary: dict[str, object] = {"range": f"bytes={found[1]}-{found[2]}"}
+    count = header.count(",") + 1
+    if count > 1:
+        summary["ranges"] = count
+    return summary
 
 
 def project_tree(settings: Settings, user_email: str, project_slug: str) -> registry.ProjectTree:
@@ -684,6 +746,7 @@ def preview_export(
     Old values are shown to the project's data managers only (they identify patients), as
     in the export's change log; others see what the export writes.
     """
+    check_request(settings, request)
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         access = accounts.require_project(session, user, project_slug)

@@ -19,6 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from redis import Redis
 from sqlalchemy import create_engine, text
+from starlette.testclient import TestClient
 
 from exporter import db, services
 from exporter.config import Settings
@@ -165,6 +166,23 @@ def portal_env(
 
     yield make
     api.settings.cache_clear()
+
+
+SIGN_IN_PROXY = ("192.0.2.10", 50000)  # the sign-in proxy API tests stand in for (TRUSTED_PROXIES)
+
+
+@pytest.fixture
+def api_portal(portal_env) -> Callable[..., tuple[TestClient, Settings]]:  # type: ignore[no-untyped-def]
+    """A production portal on three demo patients, reached through the whole API stack (the
+    identity guard included) from the trusted sign-in proxy; call it with extra settings."""
+    from exporter import api
+
+    def make(**extra: str) -> tuple[TestClient, Settings]:
+        settings = portal_env(PORTAL_ENV="production", TRUSTED_PROXIES=SIGN_IN_PROXY[0], **extra)
+        services.load_demo(settings, patients=3, seed=2)
+        return TestClient(api.application(), client=SIGN_IN_PROXY), settings
+
+    return make
 
 
 class Inbox:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 from rq import SimpleWorker
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from exporter import api, services
@@ -17,15 +16,10 @@ BODY = {"folders": ["/"], "modalities": ["ios", "cbct"], "name": "api export"}
 
 
 @pytest.fixture
-def client(portal_env) -> tuple[TestClient, Settings, dict[str, str]]:  # type: ignore[no-untyped-def]
-    settings = portal_env(PORTAL_ENV="production")
-    services.load_demo(settings, patients=3, seed=2)
+def client(api_portal) -> tuple[TestClient, Settings, dict[str, str]]:  # type: ignore[no-untyped-def]
+    http, settings = api_portal()
     secret, _ = services.create_token(settings, ME, "notebook")
-    return (
-        TestClient(Starlette(routes=api.routes())),
-        settings,
-        {"Authorization": f"Bearer {secret}"},
-    )
+    return http, settings, {"Authorization": f"Bearer {secret}"}
 
 
 def work(settings: Settings) -> None:
@@ -117,8 +111,11 @@ def test_bad_bodies_get_422_naming_the_field(client, body, field) -> None:  # ty
 
 def test_bad_selections_and_limits_are_clear_4xx(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     http, _, auth = client
-    not_json = http.post("/api/demo/exports/create/", content=b"{nope", headers=auth)
+    as_json = {**auth, "Content-Type": "application/json"}
+    not_json = http.post("/api/demo/exports/create/", content=b"{nope", headers=as_json)
     assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]["message"]
+    untyped = http.post("/api/demo/exports/create/", content=b"{nope", headers=auth)
+    assert untyped.status_code == 415 and "application/json" in untyped.json()["error"]["message"]
     unknown = http.post(
         "/api/demo/exports/create/", json={**BODY, "folders": ["mars"]}, headers=auth
     )

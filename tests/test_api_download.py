@@ -6,10 +6,9 @@ import pytest
 from redis import Redis
 from rq import SimpleWorker
 from sqlalchemy import select
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from exporter import api, db, services
+from exporter import db, services
 from exporter.config import Settings
 from exporter.exports import ExportRequest
 from exporter.models import AuditEvent
@@ -19,10 +18,8 @@ ME = "researcher@demo.example"
 
 
 @pytest.fixture
-def client(portal_env) -> tuple[TestClient, Settings]:  # type: ignore[no-untyped-def]
-    settings = portal_env(PORTAL_ENV="production")
-    services.load_demo(settings, patients=3, seed=2)
-    return TestClient(Starlette(routes=api.routes())), settings
+def client(api_portal) -> tuple[TestClient, Settings]:  # type: ignore[no-untyped-def]
+    return api_portal()  # type: ignore[no-any-return]
 
 
 def completed_export(settings: Settings, **kw: object) -> str:

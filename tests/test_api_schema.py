@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis import Redis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -42,6 +44,7 @@ def app_env(
         "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}", "DATA_ROOT": str(tmp_path / "data"),
         "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
         "DISK_RESERVE": "1MiB", "PORTAL_ENV": "production", "MAX_EXPORT_SIZE": "5MiB",
+        "TRUSTED_PROXIES": "192.0.2.10",
     }.items():  # fmt: skip
         monkeypatch.setenv(key, value)
     api.settings.cache_clear()
@@ -49,7 +52,7 @@ def app_env(
     services.migrate(config)
     services.load_demo(config, patients=2, seed=2)
     secret, _ = services.create_token(config, ME, "schema")
-    yield Starlette(routes=api.routes()), {"Authorization": f"Bearer {secret}"}
+    yield api.application(), {"Authorization": f"Bearer {secret}"}
     api.settings.cache_clear()
 
 
@@ -63,6 +66,7 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
         "/api/{project}/exports/",
         "/api/{project}/exports/{export_id}/", "/api/{project}/exports/{export_id}/cancel/",
         "/api/{project}/exports/{export_id}/download/",
+        "/api/{project}/exports/{export_id}/download/{part}",
     }  # fmt: skip
     page = http.get("/api/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
@@ -77,7 +81,7 @@ def test_no_server_errors_and_answers_match_the_schema(
     app, auth = app_env
     api_schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 9
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -89,3 +93,87 @@ def test_no_server_errors_and_answers_match_the_schema(
             case.call_and_validate(headers=auth, checks=CHECKS)
 
         check()
+
+
+# Bodies no schema describes (issue 14): over MAX_REQUEST_BODY, lone surrogates and control
+# characters in any string, nesting far beyond MAX_NESTING, sizes beyond any integer column.
+_BASE = {"folders": ["/"], "modalities": ["ios"]}
+_OVERSIZED = json.dumps({**_BASE, "notes": "x" * (4 * 1024**2)}).encode()
+_BAD_CHAR = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.sampled_from(
+    ["\x00", "\x1b", "\x7f", "\x85"]
+)
+_BAD_TEXT = st.builds(lambda a, bad, b: a + bad + b, st.text(max_size=5), _BAD_CHAR,
+                      st.text(max_size=5))  # fmt: skip
+_TEXT_FIELDS = ("folders", "patients", "tags", "modalities", "kinds", "name", "notes",
+                "tag_mode", "options.compression", "options.privacy", "options.part_size",
+                "a field name", "an option name")  # fmt: skip
+
+
+def _with_bad_text(field: str, text: str) -> dict[str, object]:
+    body: dict[str, object] = dict(_BASE)
+    if field.startswith("options."):
+        body["options"] = {field.removeprefix("options."): text}
+    elif field == "a field name":
+        body[text] = 1
+    elif field == "an option name":
+        body["options"] = {text: True}
+    elif field in ("name", "notes", "tag_mode"):
+        body[field] = text
+    else:
+        body[field] = ["P0001", text]
+    return body
+
+
+HOSTILE_BODIES = st.one_of(
+    st.just(_OVERSIZED),
+    st.builds(lambda extra: _OVERSIZED + b" " * extra, st.integers(1, 2**20)),
+    st.builds(_with_bad_text, st.sampled_from(_TEXT_FIELDS), _BAD_TEXT),
+    st.builds(lambda n: b"[" * n + b"]" * n, st.integers(17, 200_000)),
+    st.builds(
+        lambda n: b'{"options": ' + b'{"a": ' * n + b"1" + b"}" * n + b"}", st.integers(16, 100_000)
+    ),
+    st.builds(lambda n: b'{"folders": ' + b"[" * n, st.integers(1, 100_000)),
+    st.builds(lambda n: {**_BASE, "options": {"part_size": n}}, st.integers(2**63, 10**400)),
+    st.builds(
+        lambda n: b'{"modalities": ["ios"], "options": {"part_size": %s}}' % n,
+        st.sampled_from([b"1e400", b"-1e400", b"1e308", b"NaN", b"9" * 5000]),
+    ),
+    st.builds(
+        lambda n: {**_BASE, "patients": [f"P{i}" for i in range(n)]}, st.integers(50_001, 60_000)
+    ),
+    st.builds(lambda n: {**_BASE, "notes": "n" * n}, st.integers(4001, 100_000)),
+    st.builds(lambda n: {**_BASE, "name": "n" * n}, st.integers(101, 10_000)),
+    st.sampled_from([b"\xff\xfe{}", b'{"name": "\xc3"}', b"\xef\xbb\xbf{}", b"{" * 3, b""]),
+)
+
+
+def test_hostile_bodies_find_no_server_error_and_answers_match_the_schema(
+    app_env: tuple[Starlette, dict[str, str]],
+) -> None:
+    """Every POST operation with the hostile bodies: a 413 or 422 as documented, never 5xx."""
+    app, auth = app_env
+    api_schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
+    posts = [
+        op.ok()
+        for op in api_schema.get_all_operations()
+        if op.ok().method.upper() == "POST" and op.ok().body
+    ]
+    assert {op.path for op in posts} == {
+        "/api/{project}/exports/create/", "/api/{project}/estimate/", "/api/{project}/preview/"
+    }  # fmt: skip
+    for operation in posts:
+        _hostile_run(operation, auth)
+
+
+def _hostile_run(operation: schemathesis.APIOperation, auth: dict[str, str]) -> None:
+    @given(body=HOSTILE_BODIES)
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(body: object) -> None:
+        case = operation.Case(
+            body=body, media_type="application/json", path_parameters={"project": "demo"}
+        )
+        response = case.call_and_validate(headers=auth, checks=CHECKS)
+        assert response.status_code in (413, 422), response.text[:300]
+
+    check()

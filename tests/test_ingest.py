@@ -360,3 +360,77 @@ def test_reread_takes_the_header_subset_anew_and_keeps_identifying_fields(
     assert report.ok and report.files_updated == []
     (row,) = rows(settings).values()
     assert row.dicom_header is not None and row.dicom_header["OtherPatientIDsSequence"] == ["RRN-1"]
+
+
+def test_paths_an_export_could_not_read_back_are_refused_naming_the_file(
+    settings: Settings, tree: Path
+) -> None:
+    """Issue 14: a backslash in a registered path was accepted and every export of that
+    patient then failed; a name that is not UTF-8 failed the database."""
+    photos = tree / "site-a/study-1/P002/intraoral-photo"
+    write_file(photos / "odd\\name.jpg", b"\xff\xd8b")
+    write_file(photos / "bell\x07.jpg", b"\xff\xd8c")
+    os.makedirs(os.fsencode(photos) + b"/../../P\xff9", exist_ok=True)
+    write_file(Path(os.fsdecode(os.fsencode(tree / "site-a/study-1") + b"/P\xff9/ios/upper.stl")),
+               b"s" * 10)  # fmt: skip
+    report = services.register(settings, "proj", tree)
+    reasons = {i.path.removeprefix("study/"): i.reason for i in report.refused}
+    assert "a backslash" in reasons["site-a/study-1/P002/intraoral-photo/odd\\name.jpg"]
+    assert (
+        "rename the file or directory"
+        in reasons["site-a/study-1/P002/intraoral-photo/odd\\name.jpg"]
+    )
+    assert "control character" in reasons["site-a/study-1/P002/intraoral-photo/bell\x07.jpg"]
+    assert "not UTF-8" in reasons["site-a/study-1/P\udcff9"]
+    assert not report.ok
+    registered = rows(settings)
+    assert len(registered) == 20, "the other files are registered as before"
+    assert all("\\" not in p and "\x07" not in p for p in registered)
+    with db.session_scope(settings) as session:
+        assert set(session.scalars(select(Patient.label))) == {"P001", "P002", "P003"}
+
+
+def test_cli_names_the_refused_file_and_exits_non_zero(
+    settings: Settings,
+    tree: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter import cli
+
+    write_file(tree / "site-b/P003/ios/a\\b.stl", b"s" * 10)
+    for key, value in {"DATABASE_URL": settings.database_url, "DATA_ROOT": str(settings.data_root),
+                       "EXPORT_ROOT": str(settings.export_root)}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    code = cli.main(["register", "proj", str(tree)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "refused: study/site-b/P003/ios/a\\b.stl: the path holds a backslash" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("P004 ", "begins or ends with a space"),
+        (" P004", "begins or ends with a space"),
+        ("P\u200b004", "invisible character"),
+        ("P004\u202e", "invisible character"),
+    ],
+)
+def test_labels_that_cannot_be_selected_as_written_are_refused(
+    settings: Settings, tree: Path, name: str, message: str
+) -> None:
+    """A label with surrounding spaces could never be selected (selections and tags CSVs
+    match without them); one with an invisible character looks like another patient. Both
+    are refused with what to do, rather than renamed behind the operator's back."""
+    write_file(tree / "site-b" / name / "ios/upper.stl", b"s" * 10)
+    write_file(tree / "site b " / "P005" / "ios/upper.stl", b"s" * 10)
+    report = services.register(settings, "proj", tree)
+    reasons = {i.path.removeprefix("study/"): i.reason for i in report.refused}
+    assert message in reasons[f"site-b/{name}"] and "rename" in reasons[f"site-b/{name}"]
+    assert "begins or ends with a space" in reasons["site b /P005"]
+    with db.session_scope(settings) as session:
+        labels = set(session.scalars(select(Patient.label)))
+        folders = set(session.scalars(select(PatientFolder.path)))
+    assert labels == {"P001", "P002", "P003"}
+    assert not any(f.startswith("site b") for f in folders)

@@ -122,3 +122,17 @@ def test_admins_see_every_project(registered: Settings) -> None:
     assert sorted(slugs) == ["other", "proj"]
     o = services.overview(registered, "root@lab.example")
     assert all(p.role == "data_manager" and p.files == 20 for p in o)
+
+
+def test_labels_are_selected_without_surrounding_spaces(registered: Settings) -> None:
+    """The same rule as registration's (which refuses labels with them): ' P003 ' is P003."""
+    e = est(registered, patients=[" P003 ", "P003"], modalities=["ios"])
+    assert (e.patients_selected, e.file_count) == (1, 2)
+
+
+@pytest.mark.parametrize("label", ["P\udcff", "P\x00", "P" * 2000])
+def test_selections_that_cannot_be_text_never_reach_the_database(
+    registered: Settings, label: str
+) -> None:
+    with pytest.raises(InvalidSelection, match="'patients' entry 1"):
+        est(registered, patients=[label], modalities=["ios"])
