@@ -67,21 +67,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter import db, registry, services  # noqa: E402
+from exporter import db, registry, schemas, services  # noqa: E402
 from exporter.accounts import principal_for  # noqa: E402
-from exporter.archive import (  # noqa: E402
-    ExportInfo,
-    ExportOptions,
-    build_export,
-    export_transform,
-    part_paths,
-)
+from exporter.archive import ExportInfo, build_export, export_transform, part_paths  # noqa: E402
 from exporter.config import Settings  # noqa: E402
-from exporter.curation import CurationRules  # noqa: E402
+from exporter.curation_rules import CurationRules  # noqa: E402
 from exporter.dicom_rewrite import HeaderRewriter  # noqa: E402
 from exporter.layout import PlannedFile, PlannedPart, plan_files, pseudonyms  # noqa: E402
-from exporter.registry import FileEntry, select_files  # noqa: E402
+from exporter.registry import select_files  # noqa: E402
 from exporter.residual import Needles, PatientFacts, part_needles  # noqa: E402
+from exporter.schemas import ExportOptions, FileEntry  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -139,7 +134,7 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
     settings = settings_for(base)
     modalities = ["cbct", "ios", "intraoral-photo"] if mode in WHOLE else ["cbct"]
     kinds = None if mode in WHOLE else ["raw"]
-    sel = services.parse_selection(folders=["/"], modalities=modalities, kinds=kinds)
+    sel = schemas.parse_selection(folders=["/"], modalities=modalities, kinds=kinds)
     with db.session_scope(settings) as session:
         files = select_files(session, principal_for(session, USER), "bench", sel)
         found = registry.identities(session, {f.patient_id for f in files})
@@ -326,7 +321,7 @@ def bench(base: Path, rounds: int) -> dict[str, float]:
 
 def cbct_files(base: Path) -> list[FileEntry]:
     settings = settings_for(base)
-    sel = services.parse_selection(folders=["/"], modalities=["cbct"], kinds=["raw"])
+    sel = schemas.parse_selection(folders=["/"], modalities=["cbct"], kinds=["raw"])
     with db.session_scope(settings) as session:
         return select_files(session, principal_for(session, USER), "bench", sel)
 

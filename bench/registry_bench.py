@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, func, insert, select, text
 
-from exporter import db, services
+from exporter import db, schemas, services
 from exporter.config import Settings
 from exporter.models import FileRegistry, Modality, Patient, PatientFolder
 from exporter.registry import refresh_summaries
@@ -196,8 +196,8 @@ def bench_estimate(url: str, label: str, rounds: int = 15) -> None:
     populate(url)
     settings = settings_for(Path(tempfile.gettempdir()), url)
     services.add_user(settings, "bench@example.org", "big", "researcher")
-    whole = services.parse_selection(folders=["/"], modalities=["cbct", "ios", "intraoral-photo"])
-    folder = services.parse_selection(
+    whole = schemas.parse_selection(folders=["/"], modalities=["cbct", "ios", "intraoral-photo"])
+    folder = schemas.parse_selection(
         folders=["site/c07"], modalities=["cbct", "ios", "intraoral-photo"]
     )
     engine = db.engine_for(url)

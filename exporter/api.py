@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from exporter import guard, openapi, services
+from exporter import guard, openapi, schemas, services
 from exporter.accounts import SLUG_RE
 from exporter.config import Settings, parse_size
 from exporter.errors import (
@@ -45,7 +45,7 @@ from exporter.exports import (
     text_problem,
 )
 from exporter.models import ExportStatus
-from exporter.privacy import LEVELS, PrivacyLevel
+from exporter.schemas import LEVELS, PrivacyLevel
 
 USER_HEADER = "X-Forwarded-User"  # the reverse proxy's; same as .streamlit/config.toml
 STATUS = {
@@ -322,7 +322,7 @@ def export_request(body: dict[str, Any], config: Settings) -> ExportRequest:
     if bad:
         raise InvalidRequest("Some fields do not fit: see 'fields'", bad)
     try:
-        selection = services.parse_selection(
+        selection = schemas.parse_selection(
             body.get("folders"), body.get("patients"), body.get("tags"),
             body.get("tag_mode", "any"), body.get("modalities"), body.get("kinds"),
             bool(body.get("not_exported", False)),

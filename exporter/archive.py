@@ -23,13 +23,13 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from exporter.curation import CurationRules
-from exporter.deid import Deidentifier, DeidOptions, PrivateTag, new_date_shift, new_uid_key
+from exporter.curation_rules import CurationRules
+from exporter.deid import Deidentifier, DeidOptions, new_date_shift, new_uid_key
 from exporter.dicom_rewrite import (
     Change,
     ChangeTable,
@@ -53,8 +53,6 @@ from exporter.layout import (
     sanitize_component,
     split_parts,
 )
-from exporter.privacy import LEVELS, SUMMARIES, PrivacyLevel
-from exporter.registry import FileEntry
 from exporter.residual import (
     Needles,
     PatientFacts,
@@ -63,6 +61,7 @@ from exporter.residual import (
     format_of,
     part_needles,
 )
+from exporter.schemas import COMPRESSION_LEVELS, SUMMARIES, ExportOptions, FileEntry, PrivacyLevel
 from exporter.sourceio import (
     CHUNK,
     ArchiveWriter,
@@ -79,7 +78,6 @@ WINDOW_BYTES = 32 * 1024 * 1024
 THREADS = 4  # at most, preparing files (see prepare_threads)
 DISK_CHECK_EVERY = 64 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
-COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
 # Already-compressed content gains nothing from deflate: store it.
 _COMPRESSED_SUFFIXES = (
     ".jpg",
@@ -102,116 +100,6 @@ _COMPRESSED_SUFFIXES = (
 _COMPRESSED_MEDIA = ("image/jpeg", "image/png", "application/gzip", "application/zip")
 
 Transform = Callable[[PlannedFile, BinaryIO], Iterator[Chunk]]
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to build: privacy level, compression, missing sources, part size, and what the
-    project's policy let a pseudonymised export keep (frozen when the export is created)."""
-
-    compression: str = "fast"
-    privacy: str = PrivacyLevel.PSEUDONYMISED.value
-    fresh_pseudonyms: bool = False  # unlinkable to earlier exports: new pseudonyms and keys
-    skip_missing: bool = False
-    max_part_bytes: int | None = None
-    shift_dates: bool = False  # de-identified: dates shifted per patient (else removed)
-    clean_descriptors: bool = False  # descriptions kept, cleaned of identifiers
-    # The project's policy, for pseudonymised exports only.
-    retain_full_dates: bool = False
-    retain_uids: bool = False
-    retain_device_identity: bool = False
-    retain_patient_characteristics: bool = False
-    kept_private: tuple[str, ...] = ()  # PrivateTag texts: "0009,DEMO VENDOR,10"
-
-    @property
-    def level(self) -> PrivacyLevel:
-        return PrivacyLevel(self.privacy)
-
-    @property
-    def pseudonyms(self) -> bool:
-        """Pseudonyms in headers and entry names (every level but identified)."""
-        return self.level is not PrivacyLevel.IDENTIFIED
-
-    @property
-    def deidentify(self) -> bool:
-        """The Basic profile, scrubbed files, generic names, export-time entry times."""
-        return self.level is not PrivacyLevel.IDENTIFIED
-
-    def deid_options(self) -> DeidOptions | None:
-        """The profile's options, or None for an identified export."""
-        if self.level is PrivacyLevel.IDENTIFIED:
-            return None
-        return DeidOptions(
-            retain_dates=self.shift_dates,
-            retain_uids=self.retain_uids,
-            clean_descriptors=self.clean_descriptors,
-            retain_full_dates=self.retain_full_dates,
-            retain_device_identity=self.retain_device_identity,
-            retain_patient_characteristics=self.retain_patient_characteristics,
-            kept_private=tuple(PrivateTag.parse(t) for t in self.kept_private),
-        )
-
-    def __post_init__(self) -> None:
-        if self.privacy not in LEVELS:
-            raise InvalidSelection(
-                f"Privacy level {self.privacy!r} is not known: use {', '.join(LEVELS)}"
-            )
-        level = self.level
-        kept = (self.retain_full_dates or self.retain_uids or self.retain_device_identity
-                or self.retain_patient_characteristics or self.kept_private)  # fmt: skip
-        if kept and level is not PrivacyLevel.PSEUDONYMISED:
-            raise InvalidSelection(
-                "Retained dates, UIDs, device identity, patient characteristics and private "
-                "tags come from the project's policy and apply to pseudonymised exports only"
-            )
-        if self.shift_dates and level is not PrivacyLevel.DEIDENTIFIED:
-            raise InvalidSelection("Shifted dates apply to de-identified exports only")
-        if level is PrivacyLevel.IDENTIFIED and (self.fresh_pseudonyms or self.clean_descriptors):
-            raise InvalidSelection(
-                "An identified export has no pseudonyms and keeps descriptions as stored: "
-                "fresh pseudonyms and cleaned descriptions apply to the other levels"
-            )
-        if self.compression not in COMPRESSION_LEVELS:
-            raise InvalidSelection(
-                f"Compression {self.compression!r} is not known: use store, fast or small"
-            )
-        if self.max_part_bytes is not None and self.max_part_bytes < 1024 * 1024:
-            raise InvalidSelection("Part size must be at least 1 MiB")
-
-    def to_json(self) -> dict[str, Any]:
-        """The options as the export row and ``metadata.json`` store them."""
-        data = asdict(self)
-        data["kept_private"] = list(self.kept_private)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExportOptions:
-        """Options stored on an export row. A row made before privacy levels (it has
-        ``pseudonyms``/``deidentify`` and no ``privacy``) maps to the nearest level."""
-        if "privacy" not in data:
-            return cls(
-                compression=data.get("compression", "fast"),
-                privacy=legacy_level(data),
-                skip_missing=bool(data.get("skip_missing")),
-                max_part_bytes=data.get("max_part_bytes"),
-                shift_dates=bool(data.get("deidentify") and data.get("retain_dates")),
-                clean_descriptors=bool(data.get("deidentify") and data.get("clean_descriptors")),
-            )
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["kept_private"] = tuple(values.get("kept_private") or ())
-        return cls(**values)
-
-
-def legacy_level(options: dict[str, Any]) -> str:
-    """The privacy level nearest to options stored before privacy levels existed."""
-    if "privacy" in options:
-        return str(options["privacy"])
-    if not options.get("pseudonyms", True):
-        return PrivacyLevel.IDENTIFIED.value
-    if options.get("deidentify"):
-        return PrivacyLevel.DEIDENTIFIED.value
-    return PrivacyLevel.PSEUDONYMISED.value
 
 
 @dataclass(frozen=True)
@@ -886,7 +774,7 @@ def build_metadata(
 def privacy_facts(options: ExportOptions) -> dict[str, Any]:
     """What ``metadata.json`` says was done for privacy, in plain terms."""
     level = options.level
-    profile = options.deid_options()
+    profile = DeidOptions.for_export(options)
     if level is PrivacyLevel.IDENTIFIED:
         pseudonyms = "none: real patient labels"
     elif options.fresh_pseudonyms:
@@ -1059,7 +947,7 @@ def export_transform(
     per-patient date shifts (fresh ones when not given). ``known``: each patient's
     identifiers from the registry, cleaned out of descriptions too."""
     deid = None
-    profile = options.deid_options()
+    profile = DeidOptions.for_export(options)
     if profile is not None:
         shifts = dict(date_shifts or {})
         if profile.retain_dates:

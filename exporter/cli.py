@@ -12,13 +12,14 @@ from typing import Any
 
 from humanize import naturalsize
 
-from exporter import curation, services
+from exporter import curation, schemas, services
 from exporter.config import Settings, parse_size
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, ExportView, describe_privacy
+from exporter.launcher import run
 from exporter.preview import Preview
-from exporter.privacy import LEVELS, POLICY_FLAGS, PolicyView, PrivacyLevel
-from exporter.registry import Selection
+from exporter.schemas import LEVELS, POLICY_FLAGS, PolicyView, PrivacyLevel, Selection
+from exporter.verify import verify
 
 
 def _size(n: int) -> str:
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _selection_from(args: argparse.Namespace) -> Selection:
     """The Selection named by the options that _selection_args added."""
-    return services.parse_selection(
+    return schemas.parse_selection(
         args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind,
         args.not_exported,
     )  # fmt: skip
@@ -232,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
     command = args.command
     if command == "run":
-        from exporter.launcher import run
-
         settings.validate_serving()  # before migrating or starting anything
         # Demo patients never go into a production database by default.
         return run(
@@ -245,8 +244,6 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
             print(f"{item['env']}={value}\n    {item['help']} (default: {item['default']})")
         return 0
     if command == "verify":
-        from exporter.verify import verify
-
         checked = verify(args.target)
         for problem in checked.problems:
             print(f"problem: {problem}", file=sys.stderr)

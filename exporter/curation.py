@@ -10,7 +10,7 @@ edit too. The stored files are never touched: the values reach exported copies o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,108 +20,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, require_project
+from exporter.curation_rules import NO_SERIES, CurationRules, series_key
 from exporter.dicom import tag_text
 from exporter.dicom_values import FieldSpec, curatable, field_spec, validate_value
 from exporter.errors import InvalidSelection, NotFound, SourceFileError
+from exporter.exports import as_utc
 from exporter.models import CuratedHeaderValue, FileRegistry, Modality, Patient, Role, User
+from exporter.schemas import CuratedValue, HeaderField, SeriesInfo
+from exporter.sourceio import open_source
 
-NO_SERIES = "(no series)"
 HISTORY_CAP = 500
 MAX_BULK_PATIENTS = 1000
-
-
-@dataclass(frozen=True)
-class CuratedValue:
-    """One curation edit as pages, API and CLI show it."""
-
-    id: int
-    patient: str
-    scope: str
-    series_label: str | None
-    file_path: str | None
-    tag: str
-    keyword: str
-    old_value: str | None
-    value: str | None  # None: the curation was cleared
-    by: str
-    at: datetime
-    in_force: bool
-
-
-@dataclass(frozen=True)
-class HeaderField:
-    """One top-level element of a file's header, with the curated value in force."""
-
-    tag: str
-    keyword: str
-    name: str
-    vr: str
-    vm: str
-    value: str  # as stored in the file
-    curated: str | None  # the value an export writes, when a curation applies
-    curated_scope: str | None
-    editable: bool
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    label: str
-    files: int
-    first_path: str
-
-
-@dataclass(frozen=True)
-class CurationRules:
-    """The curated values in force for some patients, resolved per file at export time."""
-
-    by_file: dict[int, dict[int, tuple[str, str]]] = field(default_factory=dict)
-    by_series: dict[tuple[int, str], dict[int, tuple[str, str]]] = field(default_factory=dict)
-    by_patient: dict[int, dict[int, tuple[str, str]]] = field(default_factory=dict)
-
-    def for_file(
-        self, file_id: int, patient_id: int, series: str | None
-    ) -> dict[int, tuple[str, str]]:
-        """{tag: (keyword, value)} for one file: patient, then series (by
-        :func:`series_key`), then file values."""
-        merged = dict(self.by_patient.get(patient_id, {}))
-        if series is not None:
-            merged.update(self.by_series.get((patient_id, series), {}))
-        merged.update(self.by_file.get(file_id, {}))
-        return merged
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe copy (an export freezes the values in force when it starts)."""
-
-        def fields(values: dict[int, tuple[str, str]]) -> dict[str, list[str]]:
-            return {str(tag): [kw, value] for tag, (kw, value) in values.items()}
-
-        return {
-            "file": {str(fid): fields(v) for fid, v in self.by_file.items()},
-            "series": [[pid, key, fields(v)] for (pid, key), v in self.by_series.items()],
-            "patient": {str(pid): fields(v) for pid, v in self.by_patient.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CurationRules:
-        def fields(values: dict[str, list[str]]) -> dict[int, tuple[str, str]]:
-            return {int(tag): (kw, value) for tag, (kw, value) in values.items()}
-
-        return cls(
-            {int(fid): fields(v) for fid, v in data.get("file", {}).items()},
-            {(int(pid), key): fields(v) for pid, key, v in data.get("series", [])},
-            {int(pid): fields(v) for pid, v in data.get("patient", {}).items()},
-        )
-
-    def __bool__(self) -> bool:
-        buckets = (self.by_file, self.by_series, self.by_patient)
-        return any(values for bucket in buckets for values in bucket.values())
-
-
-def series_key(modality: str, kind: str, label: str | None) -> str:
-    """How curation names a series: ``cbct/raw/series_001`` (modality, kind, series label),
-    so that same-named series of another modality or kind stay apart. DICOM files outside
-    any series get ``cbct/raw/(no series)``: they are curated one by one or per patient."""
-    return f"{modality}/{kind}/{label if label is not None else NO_SERIES}"
 
 
 def _stored_tag(tag: int) -> str:
@@ -202,8 +111,6 @@ def series_files(
 
 
 def _read_header(data_root: Path, relative: str) -> pydicom.Dataset:
-    from exporter.sourceio import open_source  # the one way stored files are opened
-
     with open_source(data_root.resolve(), relative) as fh:
         try:
             return pydicom.dcmread(fh, stop_before_pixels=True)
@@ -460,8 +367,6 @@ def _view(session: Session, row: CuratedHeaderValue, label: str | None = None) -
     if row.file_id is not None:
         path = session.scalar(select(FileRegistry.path).where(FileRegistry.id == row.file_id))
     scope = "file" if row.file_id is not None else "series" if row.series_label else "patient"
-    from exporter.exports import as_utc
-
     return CuratedValue(
         row.id, label, scope, row.series_label, path, f"({row.tag})", row.keyword,
         row.old_value, None if row.cleared else row.value, user.email if user else "?",

@@ -28,6 +28,7 @@ from pydicom.sequence import Sequence
 from exporter import deid_profile
 from exporter.deid_profile import effective_action, row_for
 from exporter.dicom import tag_text
+from exporter.schemas import ExportOptions, PrivacyLevel, PrivateTag
 
 # The fields that carry the patient's pseudonym (the dummy value the profile allows there).
 PSEUDONYM_FIELDS = {0x00100020: "PatientID", 0x00100010: "PatientName"}
@@ -65,41 +66,6 @@ def new_date_shift() -> int:
     return -(secrets.randbelow(MAX_SHIFT_DAYS) + 1)
 
 
-@dataclass(frozen=True, order=True)
-class PrivateTag:
-    """One private attribute a data manager reviewed and keeps: its group, the private
-    creator that reserves its block, and its element within the block (``0x10`` in
-    ``(0009,xx10)``). Written ``0009,DEMO VENDOR,10``."""
-
-    group: int
-    creator: str
-    element: int
-
-    def __post_init__(self) -> None:
-        if not (self.group & 1 and 0x0009 <= self.group <= 0xFFFF):
-            raise ValueError(f"group {self.group:04X} is not a private (odd) group")
-        if not self.creator.strip() or len(self.creator) > 64:
-            raise ValueError("the private creator must be 1 to 64 characters")
-        if not 0 <= self.element <= 0xFF:
-            raise ValueError("the element must be 00 to FF (the last two hex digits)")
-
-    def text(self) -> str:
-        return f"{self.group:04X},{self.creator},{self.element:02X}"
-
-    @classmethod
-    def parse(cls, text: str) -> PrivateTag:
-        """``"0009,DEMO VENDOR,10"`` (group and element in hex); ValueError says what fits."""
-        group, _, rest = text.strip().partition(",")
-        creator, _, element = rest.rpartition(",")
-        try:
-            return cls(int(group, 16), creator.strip(), int(element, 16))
-        except ValueError as exc:
-            raise ValueError(
-                f"{text!r} is not a private tag: write GROUP,CREATOR,ELEMENT in hex, e.g. "
-                f"0009,DEMO VENDOR,10 ({exc})"
-            ) from None
-
-
 @dataclass(frozen=True)
 class DeidOptions:
     """The profile's options, as one export applies them."""
@@ -116,6 +82,21 @@ class DeidOptions:
     def __post_init__(self) -> None:
         if self.retain_dates and self.retain_full_dates:
             raise ValueError("dates are either kept as they are or shifted, not both")
+
+    @classmethod
+    def for_export(cls, options: ExportOptions) -> DeidOptions | None:
+        """The profile's options of an export, or None for an identified export."""
+        if options.level is PrivacyLevel.IDENTIFIED:
+            return None
+        return cls(
+            retain_dates=options.shift_dates,
+            retain_uids=options.retain_uids,
+            clean_descriptors=options.clean_descriptors,
+            retain_full_dates=options.retain_full_dates,
+            retain_device_identity=options.retain_device_identity,
+            retain_patient_characteristics=options.retain_patient_characteristics,
+            kept_private=tuple(PrivateTag.parse(t) for t in options.kept_private),
+        )
 
     def profile_flags(self) -> dict[str, bool]:
         """The options :func:`exporter.deid_profile.effective_action` takes."""

@@ -32,7 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from exporter import dicom
-from exporter.curation import CurationRules, series_key
+from exporter.curation_rules import CurationRules, series_key
 from exporter.deid import (
     PSEUDONYM_FIELDS,
     TEXT_VRS,

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from exporter.accounts import Principal, ProjectAccess, accessible_projects, require_project
-from exporter.archive import COMPRESSION_LEVELS, ExportOptions, legacy_level, privacy_facts
+from exporter.archive import privacy_facts
 from exporter.audit import record
 from exporter.errors import (
     InvalidSelection,
@@ -28,9 +28,18 @@ from exporter.errors import (
     PermissionDenied,
 )
 from exporter.layout import export_folder_name, sanitize_component
-from exporter.models import DatasetExport, ExportPart, ExportStatus, Project, Role, User
-from exporter.privacy import TITLES, PrivacyLevel, ProjectPolicy
-from exporter.registry import Estimate, Selection, estimate
+from exporter.models import DatasetExport, ExportPart, ExportStatus, Membership, Project, Role, User
+from exporter.registry import estimate
+from exporter.schemas import (
+    COMPRESSION_LEVELS,
+    TITLES,
+    Estimate,
+    ExportOptions,
+    PrivacyLevel,
+    ProjectPolicy,
+    Selection,
+    legacy_level,
+)
 
 LIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
 ACTIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING)
@@ -286,8 +295,6 @@ def policy_of(session: Session, project_id: int) -> ProjectPolicy:
 
 def data_managers(session: Session, project_id: int) -> list[str]:
     """E-mails of the project's data managers (whom a refusal tells a researcher to ask)."""
-    from exporter.models import Membership
-
     return list(
         session.scalars(
             select(User.email)

@@ -25,11 +25,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 from sqlalchemy import Select, insert, select, update
 
-from exporter import curation, db, exports, mail, pseudonyms, registry
+from exporter import curation, curation_rules, db, exports, mail, pseudonyms, registry
 from exporter.accounts import Principal, require_project
 from exporter.archive import (
     ExportInfo,
-    ExportOptions,
     ManifestPart,
     PartBuilder,
     PartResult,
@@ -56,8 +55,9 @@ from exporter.models import (
     User,
 )
 from exporter.queue import connect, export_queue
-from exporter.registry import FileEntry, files_by_id, select_files, tag_exported
+from exporter.registry import files_by_id, select_files, tag_exported
 from exporter.residual import Needles, PatientFacts, identifying_texts, merge_reports, part_needles
+from exporter.schemas import ExportOptions, FileEntry, parse_selection
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "The export failed unexpectedly; the administrators can see the details"
@@ -176,8 +176,6 @@ def _context(
 ) -> tuple[ExportInfo, ExportOptions, list[FileEntry], int]:
     """What a job needs, read fresh from the database with the creator's permissions
     (a creator who lost access to the project makes the job fail)."""
-    from exporter.services import parse_selection
-
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, export_id)
         if row is None:
@@ -369,7 +367,7 @@ def _transform(
                 DatasetExport.id == export_id
             )
         ).one()
-        rules = curation.CurationRules.from_json(frozen or {})
+        rules = curation_rules.CurationRules.from_json(frozen or {})
         rows = session.execute(
             select(ExportPatient.pseudonym, ExportPatient.date_shift_days).where(
                 ExportPatient.export_id == export_id

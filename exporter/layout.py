@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from exporter.registry import FileEntry
+from exporter.schemas import FileEntry
 
 MAX_COMPONENT = 100
 # Separators, reserved punctuation, C0/C1 controls, and bidirectional overrides (which make

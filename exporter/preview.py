@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from exporter import pseudonyms
 from exporter.accounts import Principal
-from exporter.archive import ExportOptions, export_transform
+from exporter.archive import export_transform
 from exporter.curation import rules_for
 from exporter.layout import plan_files
-from exporter.registry import FileEntry, Selection, select_files
+from exporter.registry import select_files
+from exporter.schemas import ExportOptions, FileEntry, Selection
+from exporter.scrub import scrubber_for
 from exporter.sourceio import open_source
 
 MAX_SERIES = 20
@@ -94,8 +96,6 @@ def preview(
     shown = samples[:MAX_SERIES]
     other = 0
     if options.deidentify:  # every level but identified scrubs other files
-        from exporter.scrub import scrubber_for
-
         other = sum(
             1 for f in files if f.media_type != "application/dicom" and scrubber_for(f.path)
         )

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from exporter.deid import new_date_shift, new_uid_key
 from exporter.layout import FRESH, STABLE, pseudonym, pseudonyms
 from exporter.models import PatientPseudonym, Project
-from exporter.privacy import PrivacyLevel, new_project_key, stable_date_shift, stable_uid_key
+from exporter.privacy import new_project_key, stable_date_shift, stable_uid_key
+from exporter.schemas import PrivacyLevel
 
 SERIES = {PrivacyLevel.PSEUDONYMISED.value: STABLE, PrivacyLevel.DEIDENTIFIED.value: "case"}
 

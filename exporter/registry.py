@@ -9,7 +9,7 @@ the file rows, so that it stays fast at a million files.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, distinct, exists, func, insert, or_, select
@@ -28,8 +28,8 @@ from exporter.models import (
     ProjectModality,
     Tag,
 )
+from exporter.schemas import TAG_MODES, Estimate, FileEntry, ModalityEstimate, Selection
 
-TAG_MODES = ("any", "all")
 EXPORTED_TAG = "EXPORTED"  # a system tag: set on a patient by each completed export
 
 
@@ -58,74 +58,6 @@ def _insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]]) -> 
     table = model.metadata.tables[model.__tablename__]
     statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     session.execute(statement.on_conflict_do_nothing(), rows)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a researcher asked for. ``folders=("",)`` selects the whole project."""
-
-    folders: tuple[str, ...] = ()
-    patients: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    tag_mode: str = "any"
-    modalities: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ("raw", "processed")
-    not_exported: bool = False  # only patients no completed export has carried yet
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "folders": list(self.folders),
-            "patients": list(self.patients),
-            "tags": list(self.tags),
-            "tag_mode": self.tag_mode,
-            "modalities": list(self.modalities),
-            "kinds": list(self.kinds),
-            "not_exported": self.not_exported,
-        }
-
-
-@dataclass(frozen=True)
-class ModalityEstimate:
-    key: str
-    label: str
-    selected: bool
-    patients: int
-    files: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Counts for a selection; totals cover the selected modalities and kinds only."""
-
-    project: str
-    patients_selected: int
-    patient_count: int
-    file_count: int
-    total_bytes: int
-    by_modality: list[ModalityEstimate] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.file_count == 0
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """One file to export, as plain data."""
-
-    id: int
-    patient_id: int
-    patient_label: str
-    modality: str
-    kind: str
-    subtype: str | None
-    path: str
-    size: int
-    sha256: str
-    media_type: str
-    series_label: str | None
-    mtime_ns: int
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import pydicom
+
+from exporter.dicom import tag_text
+from exporter.schemas import NOT_CHECKED
 from exporter.scrub import voxel_bytes
 
 MIN_LENGTH = 4  # letters and digits of a value, below which it is not searched
@@ -691,8 +695,6 @@ class ResidualCheck:
     def report(self, level: str) -> dict[str, Any]:
         """``privacy_report.json``: what was checked, how much, and every finding (file,
         place, kind; never a value)."""
-        from exporter.privacy import NOT_CHECKED
-
         with self._lock:
             findings = sorted(set(self.findings), key=lambda f: (f.file, f.place, f.kind))
             places = dict(sorted(self.places.items()))
@@ -730,10 +732,6 @@ def _find(
 
 def _locate_dicom(header: bytes, needles: Needles, scope: str | None) -> list[tuple[str, set[str]]]:
     """Which elements of a header hold the needles found in it (pydicom, every depth)."""
-    import pydicom
-
-    from exporter.dicom import tag_text
-
     try:
         ds = pydicom.dcmread(io.BytesIO(header), force=True, stop_before_pixels=True)
     except Exception:  # unreadable here: say where it is as well as we can

@@ -22,15 +22,26 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from exporter import accounts, curation, db, exports, ingest, jobs, preview, registry, tokens
+from exporter import (
+    accounts,
+    curation,
+    db,
+    exports,
+    ingest,
+    jobs,
+    preview,
+    registry,
+    schemas,
+    tokens,
+)
 from exporter.archive import remove_outputs
 from exporter.audit import record
 from exporter.config import Settings
-from exporter.deid import PrivateTag
 from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace, NotFound
 from exporter.exports import ExportRequest, ExportView, Preflight
 from exporter.modalities import seed_modalities
 from exporter.models import (
+    AuditEvent,
     DatasetExport,
     ExportDicomChange,
     ExportPatient,
@@ -38,11 +49,19 @@ from exporter.models import (
     Patient,
     Project,
     Role,
+    User,
 )
 from exporter.preview import Preview
-from exporter.privacy import POLICY_FLAGS, PolicyView, ProjectPolicy
 from exporter.queue import connect
-from exporter.registry import Estimate, ProjectOverview, Selection
+from exporter.registry import ProjectOverview
+from exporter.schemas import (
+    POLICY_FLAGS,
+    Estimate,
+    PolicyView,
+    PrivateTag,
+    ProjectPolicy,
+    Selection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,37 +225,6 @@ def overview(settings: Settings, user_email: str) -> list[ProjectOverview]:
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         return registry.overview(session, user)
-
-
-def parse_selection(
-    folders: list[str] | None = None,
-    patients: list[str] | None = None,
-    tags: list[str] | None = None,
-    tag_mode: str = "any",
-    modalities: list[str] | None = None,
-    kinds: list[str] | None = None,
-    not_exported: bool = False,
-) -> Selection:
-    """A Selection from transport-level lists, with duplicates and blanks removed."""
-
-    def clean(values: list[str] | None) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
-
-    if folders and any(f.strip() in ("", "/") for f in folders):
-        folder_t: tuple[str, ...] = ("",)
-    else:
-        folder_t = clean(folders)
-    if tag_mode not in registry.TAG_MODES:
-        raise InvalidSelection(f"Tag mode {tag_mode!r} is not known: use 'any' or 'all'")
-    return Selection(
-        folders=folder_t,
-        patients=clean(patients),
-        tags=clean(tags),
-        tag_mode=tag_mode,
-        modalities=clean(modalities),
-        kinds=clean(kinds) or ("raw", "processed"),
-        not_exported=not_exported,
-    )
 
 
 # --- exports ----------------------------------------------------------------------------
@@ -508,8 +496,6 @@ class AuditEntry:
 
 def export_audit(settings: Settings, user_email: str, export_id: str) -> list[AuditEntry]:
     """Who did what to an export, oldest first (for anyone who may see the export)."""
-    from exporter.models import AuditEvent, User
-
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         row = exports.get_row(session, user, export_id)
@@ -663,7 +649,7 @@ def export_privacy_report(
 
 def patient_series(
     settings: Settings, user_email: str, project_slug: str, patient: str
-) -> list[curation.SeriesInfo]:
+) -> list[schemas.SeriesInfo]:
     """A patient's DICOM series, for data managers of the project."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -686,7 +672,7 @@ def header_fields(
     patient: str,
     series: str,
     file_id: int | None = None,
-) -> list[curation.HeaderField]:
+) -> list[schemas.HeaderField]:
     """One file's header fields with the curated values in force (data managers)."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -702,7 +688,7 @@ def curate(
     targets: list[curation.Target],
     field_name: str,
     value: str | None,
-) -> list[curation.CuratedValue]:
+) -> list[schemas.CuratedValue]:
     """Set (or, with ``value`` None, clear) a curated field on files, series or patients."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -719,7 +705,7 @@ def curate(
 
 def restore_curation(
     settings: Settings, user_email: str, project_slug: str, value_id: int
-) -> curation.CuratedValue:
+) -> schemas.CuratedValue:
     """Put an earlier curated value back in force (a new edit, kept in the history)."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
@@ -731,7 +717,7 @@ def restore_curation(
 
 def curation_history(
     settings: Settings, user_email: str, project_slug: str, patient: str
-) -> list[curation.CuratedValue]:
+) -> list[schemas.CuratedValue]:
     """Every curation edit of a patient, newest first (data managers)."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from exporter import curation, services
-from exporter.curation import CuratedValue
 from exporter.dicom_values import CURATABLE_HINT
 from exporter.errors import PortalError
+from exporter.schemas import CuratedValue
 from exporter.ui import data
 from exporter.ui.session import require_identity, settings
 

@@ -3,10 +3,10 @@
 import streamlit as st
 from humanize import naturalsize
 
-from exporter import services
+from exporter import schemas, services
 from exporter.errors import PortalError
 from exporter.exports import ExportRequest, archive_bytes_estimate, default_name, legacy_level
-from exporter.privacy import LEVELS, SUMMARIES, TITLES, PrivacyLevel
+from exporter.schemas import LEVELS, SUMMARIES, TITLES, PrivacyLevel
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
@@ -122,7 +122,7 @@ with right:
         for kind, col in zip(("raw", "processed"), kind_cols, strict=True)
         if col.toggle(f"{kind.capitalize()} files", value=kind in wanted_kinds)
     ]
-    base = services.parse_selection(
+    base = schemas.parse_selection(
         folders, patients, tags, tag_mode, None, kinds or ["raw"], not_exported
     )
     try:
@@ -215,7 +215,7 @@ else:
         )  # fmt: skip
 
 request = ExportRequest(
-    selection=services.parse_selection(
+    selection=schemas.parse_selection(
         folders, patients, tags, tag_mode, chosen, kinds or ["raw"], not_exported
     ),
     name=name,

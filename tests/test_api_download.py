@@ -8,7 +8,7 @@ from rq import SimpleWorker
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from exporter import db, services
+from exporter import db, schemas, services
 from exporter.config import Settings
 from exporter.exports import ExportRequest
 from exporter.models import AuditEvent
@@ -23,7 +23,7 @@ def client(api_portal) -> tuple[TestClient, Settings]:  # type: ignore[no-untype
 
 
 def completed_export(settings: Settings, **kw: object) -> str:
-    sel = services.parse_selection(folders=["/"], modalities=["ios", "cbct"])
+    sel = schemas.parse_selection(folders=["/"], modalities=["ios", "cbct"])
     view = services.create_export(settings, ME, "demo", ExportRequest(selection=sel, **kw))  # type: ignore[arg-type]
     connection = Redis.from_url(settings.redis_url)
     SimpleWorker([export_queue(settings, connection)], connection=connection).work(burst=True)
@@ -87,7 +87,7 @@ def test_vanished_file_is_410_and_unfinished_is_409(client: tuple[TestClient, Se
     next((settings.export_root / export_id).glob("*.zip")).unlink()
     gone = http.get(f"/api/demo/exports/{export_id}/download/", headers=as_user(ME))
     assert gone.status_code == 410 and "no longer on the server" in gone.json()["error"]["message"]
-    sel = services.parse_selection(folders=["/"], modalities=["ios"])
+    sel = schemas.parse_selection(folders=["/"], modalities=["ios"])
     pending = services.create_export(settings, ME, "demo", ExportRequest(selection=sel, name="p"))
     conflict = http.get(f"/api/demo/exports/{pending.id}/download/", headers=as_user(ME))
     assert (

@@ -17,13 +17,14 @@ from typing import BinaryIO
 
 import pytest
 
-from exporter import archive, db, services
+from exporter import archive, db, schemas, services
 from exporter.accounts import principal_for
-from exporter.archive import ExportInfo, ExportOptions, build_export, plan_export
+from exporter.archive import ExportInfo, build_export, plan_export
 from exporter.config import Settings
 from exporter.errors import ExportCancelled, NotEnoughSpace, SourceFileError
 from exporter.layout import PlannedFile, plan_files, pseudonyms, sanitize_component, unsafe_reason
-from exporter.registry import FileEntry, select_files
+from exporter.registry import select_files
+from exporter.schemas import ExportOptions, FileEntry
 from exporter.verify import verify
 from tests.conftest import make_settings
 
@@ -42,7 +43,7 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def demo_files(settings: Settings, **sel: object) -> list[FileEntry]:
-    selection = services.parse_selection(**{"folders": ["/"], "modalities": MODALITIES, **sel})  # type: ignore[arg-type]
+    selection = schemas.parse_selection(**{"folders": ["/"], "modalities": MODALITIES, **sel})  # type: ignore[arg-type]
     with db.session_scope(settings) as session:
         user = principal_for(session, "researcher@demo.example")
         return select_files(session, user, "demo", selection)

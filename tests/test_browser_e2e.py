@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from exporter import services
+from exporter import schemas, services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.exports import ExportRequest
 from exporter.redis_server import free_port
@@ -192,7 +192,7 @@ def test_cancel_a_running_export_from_the_exports_page(
     portal: tuple[str, Settings], browser: Browser
 ) -> None:
     base, settings = portal
-    selection = services.parse_selection(folders=["/"], modalities=["cbct", "ios"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["cbct", "ios"])
     view = services.create_export(
         settings, RESEARCHER, "demo",
         ExportRequest(selection=selection, name="to-cancel", compression="small"),

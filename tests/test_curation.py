@@ -10,7 +10,7 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
-from exporter import curation, db, services
+from exporter import curation, db, schemas, services
 from exporter.config import Settings
 from exporter.curation import Target
 from exporter.errors import InvalidSelection, NotFound, PermissionDenied
@@ -21,11 +21,11 @@ RESEARCHER = "researcher@demo.example"
 OUTSIDER = "outsider@other.example"
 
 
-def first_series(settings: Settings, patient: str = "P0001") -> curation.SeriesInfo:
+def first_series(settings: Settings, patient: str = "P0001") -> schemas.SeriesInfo:
     return services.patient_series(settings, MANAGER, "demo", patient)[0]
 
 
-def field(fields: list[curation.HeaderField], keyword: str) -> curation.HeaderField:
+def field(fields: list[schemas.HeaderField], keyword: str) -> schemas.HeaderField:
     return next(f for f in fields if f.keyword == keyword)
 
 

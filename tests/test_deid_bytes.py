@@ -13,12 +13,12 @@ import pydicom
 import pytest
 
 from exporter import demo_data
-from exporter.archive import ExportOptions, export_transform
-from exporter.curation import CurationRules
+from exporter.archive import export_transform
+from exporter.curation_rules import CurationRules
 from exporter.deid_bytes import ByteDeidentifier
 from exporter.dicom_rewrite import HeaderRewriter
 from exporter.layout import PlannedFile
-from exporter.registry import FileEntry
+from exporter.schemas import ExportOptions, FileEntry
 
 # ExportOptions for each privacy level and the options the project's policy may add.
 OPTIONS = [

@@ -15,11 +15,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from exporter.archive import ExportOptions, export_transform
+from exporter.archive import export_transform
 from exporter.deid_profile import BASIC_PROFILE
 from exporter.dicom_rewrite import HeaderRewriter
 from exporter.layout import PlannedFile
-from exporter.registry import FileEntry
+from exporter.schemas import ExportOptions, FileEntry
 
 SECRET = "ZZSECRETZZ"  # in every generated identifying text; must not survive
 VRS = ("LO", "SH", "PN", "CS", "DA", "TM", "DT", "UI", "DS", "IS", "US", "LT", "ST", "UT", "AE",

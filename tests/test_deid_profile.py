@@ -253,7 +253,8 @@ def test_the_options_a_project_policy_can_allow() -> None:
     the reviewed private tags keep what their columns say, nothing more."""
     from pydicom.dataset import Dataset
 
-    from exporter.deid import Deidentifier, DeidOptions, PrivateTag
+    from exporter.deid import Deidentifier, DeidOptions
+    from exporter.schemas import PrivateTag
 
     dated = [r for r in BASIC_PROFILE.values() if r.retain_dates is not None]
     assert len(dated) > 30

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.testclient import TestClient
 
-from exporter import api, db, exports, services
+from exporter import api, db, exports, schemas, services
 from exporter.config import Settings
 from exporter.errors import InvalidSelection
 from exporter.exports import ExportRequest
@@ -230,12 +230,12 @@ def test_not_enough_space_is_507_in_the_error_shape_and_writes_nothing(api_porta
 
 def test_the_cli_and_pages_get_the_same_limits_from_the_service(client) -> None:  # type: ignore[no-untyped-def]
     _, settings, _ = client
-    selection = services.parse_selection(folders=["/"], modalities=["ios"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["ios"])
     before = rows(settings)
     for request, message in (
         (ExportRequest(selection, notes="x" * 4001), "'notes' is 4001 characters, more than 4000"),
         (ExportRequest(selection, name="a\udcff"), "'name' is not valid text"),
-        (ExportRequest(services.parse_selection(patients=["P\x00"], modalities=["ios"])),
+        (ExportRequest(schemas.parse_selection(patients=["P\x00"], modalities=["ios"])),
          "'patients' entry 1 contains a control character"),
     ):  # fmt: skip
         with pytest.raises(InvalidSelection, match=message):
@@ -263,7 +263,7 @@ def test_invisible_characters_never_reach_entry_names() -> None:
 
 def _same(settings: Settings, n: int) -> list[object]:
     """``n`` threads submitting the very same request at once: what each one got back."""
-    selection = services.parse_selection(folders=["/"], modalities=["ios", "cbct"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["ios", "cbct"])
     request = ExportRequest(selection, name="twin", notes="the same")
     start = threading.Barrier(n)
     results: list[object] = [None] * n
@@ -318,7 +318,7 @@ def test_50_identical_concurrent_api_creates_give_one_export(client) -> None:  #
 
 def test_a_deliberate_re_export_later_or_after_cancel_makes_a_new_one(client) -> None:  # type: ignore[no-untyped-def]
     _, settings, _ = client
-    selection = services.parse_selection(folders=["/"], modalities=["ios"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["ios"])
     request = ExportRequest(selection, name="again")
     first = services.create_export(settings, ME, "demo", request)
     assert services.create_export(settings, ME, "demo", request).id == first.id
@@ -342,7 +342,7 @@ def test_a_deliberate_re_export_later_or_after_cancel_makes_a_new_one(client) ->
 def test_the_database_refuses_a_second_export_with_the_same_request_key(client) -> None:  # type: ignore[no-untyped-def]
     """The guarantee does not rest on the lock: two rows cannot carry one key."""
     _, settings, _ = client
-    selection = services.parse_selection(folders=["/"], modalities=["ios"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["ios"])
     view = services.create_export(settings, ME, "demo", ExportRequest(selection))
     with db.session_scope(settings) as session:
         row = session.get(DatasetExport, view.id)

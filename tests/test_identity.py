@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from exporter import api, db, services
+from exporter import api, db, schemas, services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.errors import ConfigError
 from exporter.exports import ExportRequest
@@ -107,7 +107,7 @@ def test_a_cross_origin_post_neither_creates_nor_cancels(production: Settings) -
     assert created.status_code == 403
     assert "https://evil.example may not change exports" in created.json()["error"]["message"]
     assert exports(production) == 0
-    selection = services.parse_selection(folders=["/"], modalities=["ios"])
+    selection = schemas.parse_selection(folders=["/"], modalities=["ios"])
     view = services.create_export(production, ME, "demo", ExportRequest(selection=selection))
     cancel = f"/api/demo/exports/{view.id}/cancel/"
     assert http.post(cancel, headers=evil).status_code == 403

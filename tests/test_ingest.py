@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from exporter import db, services
+from exporter import db, schemas, services
 from exporter.config import Settings
 from exporter.errors import IngestError
 from exporter.models import FileKind, FileRegistry, Patient, PatientFolder, PatientTag, Tag
@@ -185,7 +185,7 @@ def estimate_files(
     settings: Settings, modality: str = "ios", folders: tuple[str, ...] = ("",)
 ) -> int:
     services.add_user(settings, "rita@lab.example", "proj", "researcher")
-    sel = services.parse_selection(folders=list(folders) or ["/"], modalities=[modality])
+    sel = schemas.parse_selection(folders=list(folders) or ["/"], modalities=[modality])
     return services.estimate(settings, "rita@lab.example", "proj", sel).file_count
 
 

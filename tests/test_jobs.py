@@ -16,7 +16,7 @@ from redis import Redis
 from rq import SimpleWorker
 from sqlalchemy import select
 
-from exporter import db, jobs, services
+from exporter import db, jobs, schemas, services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.errors import InvalidSelection, InvalidState, LimitExceeded, NotEnoughSpace, NotFound
 from exporter.exports import ExportRequest
@@ -38,7 +38,7 @@ def text_of(message: Message) -> str:
 
 
 def request(**kw: object) -> ExportRequest:
-    sel = services.parse_selection(
+    sel = schemas.parse_selection(
         folders=kw.pop("folders", ["/"]),  # type: ignore[arg-type]
         modalities=kw.pop("modalities", ["cbct", "ios", "intraoral-photo"]),  # type: ignore[arg-type]
         patients=kw.pop("patients", None),  # type: ignore[arg-type]
@@ -505,13 +505,13 @@ def test_completed_exports_tag_patients_and_not_yet_exported_selects_the_rest(
             .where(Tag.name == "EXPORTED")
         ).all()
     assert len(links) == 2 and all(e == first.id and system for e, _, system in links)
-    rest = services.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
+    rest = schemas.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
     estimate = services.estimate(portal, ME, "demo", rest)
     assert estimate.patients_selected == 2  # P0003 and P0004
     second = services.create_export(portal, ME, "demo", ExportRequest(selection=rest, name="rest"))
     work(portal)
     assert services.get_export(portal, ME, second.id).patient_count == 2
-    everyone_done = services.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
+    everyone_done = schemas.parse_selection(folders=["/"], modalities=["ios"], not_exported=True)
     with pytest.raises(InvalidSelection, match="has no files"):
         services.create_export(portal, ME, "demo", ExportRequest(selection=everyone_done, name="x"))
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter import db, services
+from exporter import db, schemas, services
 from exporter.accounts import principal_for
 from exporter.config import Settings
 from exporter.errors import InvalidSelection, NotFound
-from exporter.registry import Selection, select_files
+from exporter.registry import select_files
+from exporter.schemas import Selection
 from tests.builders import small_tree
 
 ME = "rita@lab.example"
@@ -32,7 +33,7 @@ def registered(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def est(settings: Settings, user: str = ME, **sel: object) -> services.Estimate:
-    return services.estimate(settings, user, "proj", services.parse_selection(**sel))  # type: ignore[arg-type]
+    return services.estimate(settings, user, "proj", schemas.parse_selection(**sel))  # type: ignore[arg-type]
 
 
 def test_folder_selection_includes_subfolders(registered: Settings) -> None:
@@ -73,7 +74,7 @@ def test_tags_any_and_all(registered: Settings) -> None:
 
 
 def test_select_files_lists_exactly_the_estimated_files(registered: Settings) -> None:
-    sel = services.parse_selection(folders=["site-a/study-1"], modalities=["cbct", "ios"])
+    sel = schemas.parse_selection(folders=["site-a/study-1"], modalities=["cbct", "ios"])
     with db.session_scope(registered) as session:
         user = principal_for(session, ME)
         files = select_files(session, user, "proj", sel)

@@ -16,12 +16,12 @@ import pydicom
 import pytest
 
 from exporter import sourceio
-from exporter.archive import ExportInfo, ExportOptions, build_export, export_transform
-from exporter.curation import CurationRules
+from exporter.archive import ExportInfo, build_export, export_transform
+from exporter.curation_rules import CurationRules
 from exporter.dicom_rewrite import HeaderRewriter
 from exporter.errors import NotEnoughSpace, SourceFileError
 from exporter.layout import PlannedFile
-from exporter.registry import FileEntry
+from exporter.schemas import ExportOptions, FileEntry
 from exporter.sourceio import STAGE, ArchiveWriter, BufferPool, load, open_source
 from tests.builders import write_dicom
 

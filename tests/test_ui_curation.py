@@ -8,7 +8,7 @@ from redis import Redis
 from rq import SimpleWorker
 from streamlit.testing.v1 import AppTest
 
-from exporter import services
+from exporter import schemas, services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.curation import Target
 from exporter.exports import ExportRequest
@@ -193,7 +193,7 @@ def test_new_export_chooses_a_privacy_level_and_previews_it(portal: Settings) ->
 
 
 def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> None:
-    sel = services.parse_selection(patients=["P0001"], modalities=["cbct"])
+    sel = schemas.parse_selection(patients=["P0001"], modalities=["cbct"])
     request = ExportRequest(selection=sel, name="deid", privacy="deidentified")
     view = services.create_export(portal, RESEARCHER, "demo", request)
     connection = Redis.from_url(portal.redis_url)
@@ -247,7 +247,7 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
 
 
 def test_export_again_repeats_the_privacy_choices(portal: Settings) -> None:
-    sel = services.parse_selection(patients=["P0001"], modalities=["cbct"])
+    sel = schemas.parse_selection(patients=["P0001"], modalities=["cbct"])
     request = ExportRequest(
         selection=sel, name="again", privacy="deidentified", shift_dates=False,
         fresh_pseudonyms=True,

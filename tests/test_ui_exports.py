@@ -8,7 +8,7 @@ from redis import Redis
 from rq import SimpleWorker
 from streamlit.testing.v1 import AppTest
 
-from exporter import services
+from exporter import schemas, services
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.exports import ExportRequest
 from exporter.queue import export_queue
@@ -73,7 +73,7 @@ def test_refusal_disables_submit_and_says_why(
 
 
 def test_exports_page_lists_progress_download_and_cancel(portal: Settings) -> None:
-    sel = services.parse_selection(folders=["/"], modalities=["ios"])
+    sel = schemas.parse_selection(folders=["/"], modalities=["ios"])
     done = services.create_export(portal, ME, "demo", ExportRequest(selection=sel, name="done"))
     connection = Redis.from_url(portal.redis_url)
     SimpleWorker([export_queue(portal, connection)], connection=connection).work(burst=True)

@@ -6,12 +6,11 @@ import streamlit as st
 
 from exporter import dicom_values, services
 from exporter.accounts import ProjectAccess
-from exporter.curation import CuratedValue, HeaderField, SeriesInfo
 from exporter.dicom_values import FieldSpec
 from exporter.errors import PermissionDenied, PortalError
 from exporter.models import Role
-from exporter.privacy import PolicyView
 from exporter.registry import ProjectOverview, ProjectTree
+from exporter.schemas import CuratedValue, HeaderField, PolicyView, SeriesInfo
 from exporter.services import ChangeLog, KeyRow
 from exporter.ui.session import settings
 

@@ -1,0 +1,407 @@
+"""Value types every layer shares: what a user asks for (Selection, ExportOptions), what the
+registry answers (Estimate, FileEntry), privacy levels and a project's policy, curation views.
+
+Plain frozen dataclasses and enums: no database, no files, no DICOM. Pages, the API, the CLI,
+the jobs and the archive builder pass these between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from exporter.errors import InvalidSelection
+
+TAG_MODES = ("any", "all")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a researcher asked for. ``folders=("",)`` selects the whole project."""
+
+    folders: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tag_mode: str = "any"
+    modalities: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ("raw", "processed")
+    not_exported: bool = False  # only patients no completed export has carried yet
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folders": list(self.folders),
+            "patients": list(self.patients),
+            "tags": list(self.tags),
+            "tag_mode": self.tag_mode,
+            "modalities": list(self.modalities),
+            "kinds": list(self.kinds),
+            "not_exported": self.not_exported,
+        }
+
+
+@dataclass(frozen=True)
+class ModalityEstimate:
+    key: str
+    label: str
+    selected: bool
+    patients: int
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Counts for a selection; totals cover the selected modalities and kinds only."""
+
+    project: str
+    patients_selected: int
+    patient_count: int
+    file_count: int
+    total_bytes: int
+    by_modality: list[ModalityEstimate] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.file_count == 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file to export, as plain data."""
+
+    id: int
+    patient_id: int
+    patient_label: str
+    modality: str
+    kind: str
+    subtype: str | None
+    path: str
+    size: int
+    sha256: str
+    media_type: str
+    series_label: str | None
+    mtime_ns: int
+
+
+def parse_selection(
+    folders: list[str] | None = None,
+    patients: list[str] | None = None,
+    tags: list[str] | None = None,
+    tag_mode: str = "any",
+    modalities: list[str] | None = None,
+    kinds: list[str] | None = None,
+    not_exported: bool = False,
+) -> Selection:
+    """A Selection from transport-level lists, with duplicates and blanks removed."""
+
+    def clean(values: list[str] | None) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.strip() for v in values or [] if v.strip()))
+
+    if folders and any(f.strip() in ("", "/") for f in folders):
+        folder_t: tuple[str, ...] = ("",)
+    else:
+        folder_t = clean(folders)
+    if tag_mode not in TAG_MODES:
+        raise InvalidSelection(f"Tag mode {tag_mode!r} is not known: use 'any' or 'all'")
+    return Selection(
+        folders=folder_t,
+        patients=clean(patients),
+        tags=clean(tags),
+        tag_mode=tag_mode,
+        modalities=clean(modalities),
+        kinds=clean(kinds) or ("raw", "processed"),
+        not_exported=not_exported,
+    )
+
+
+@dataclass(frozen=True, order=True)
+class PrivateTag:
+    """One private attribute a data manager reviewed and keeps: its group, the private
+    creator that reserves its block, and its element within the block (``0x10`` in
+    ``(0009,xx10)``). Written ``0009,DEMO VENDOR,10``."""
+
+    group: int
+    creator: str
+    element: int
+
+    def __post_init__(self) -> None:
+        if not (self.group & 1 and 0x0009 <= self.group <= 0xFFFF):
+            raise ValueError(f"group {self.group:04X} is not a private (odd) group")
+        if not self.creator.strip() or len(self.creator) > 64:
+            raise ValueError("the private creator must be 1 to 64 characters")
+        if not 0 <= self.element <= 0xFF:
+            raise ValueError("the element must be 00 to FF (the last two hex digits)")
+
+    def text(self) -> str:
+        return f"{self.group:04X},{self.creator},{self.element:02X}"
+
+    @classmethod
+    def parse(cls, text: str) -> PrivateTag:
+        """``"0009,DEMO VENDOR,10"`` (group and element in hex); ValueError says what fits."""
+        group, _, rest = text.strip().partition(",")
+        creator, _, element = rest.rpartition(",")
+        try:
+            return cls(int(group, 16), creator.strip(), int(element, 16))
+        except ValueError as exc:
+            raise ValueError(
+                f"{text!r} is not a private tag: write GROUP,CREATOR,ELEMENT in hex, e.g. "
+                f"0009,DEMO VENDOR,10 ({exc})"
+            ) from None
+
+
+class PrivacyLevel(StrEnum):
+    PSEUDONYMISED = "pseudonymised"
+    DEIDENTIFIED = "deidentified"
+    IDENTIFIED = "identified"
+
+
+LEVELS = tuple(level.value for level in PrivacyLevel)
+
+
+# What each level means, in the words pages, CLI help and e-mails use.
+TITLES = {
+    PrivacyLevel.PSEUDONYMISED: "Pseudonymised (default)",
+    PrivacyLevel.DEIDENTIFIED: "De-identified",
+    PrivacyLevel.IDENTIFIED: "Identified (carries names, IDs and dates)",
+}
+
+
+SUMMARIES = {
+    PrivacyLevel.PSEUDONYMISED: (
+        "Each patient appears under a stable pseudonym (the same in every export of this "
+        "project). Names, IDs, addresses, phone numbers, staff, institutions and every other "
+        "direct identifier are removed from DICOM headers (PS3.15 Basic profile), and "
+        "photos, scans and volumes lose their metadata. Dates, UIDs and device details are "
+        "kept only where the project's data managers allow it."
+    ),
+    PrivacyLevel.DEIDENTIFIED: (
+        "As pseudonymised, and dates are shifted by a per-patient number of days (stable per "
+        "project, so intervals survive), UIDs are replaced (stable per project), device "
+        "details and private tags are removed."
+    ),
+    PrivacyLevel.IDENTIFIED: (
+        "The stored headers with the curated values, real patient labels in folder names, "
+        "source file times: everything that names the patient stays. For data managers, or "
+        "researchers of a project whose data manager allowed it; every such export is audited."
+    ),
+}
+
+
+NOT_CHECKED = (
+    "text burned into the pixels of images (no OCR)",
+    "faces and other recognisable features in photos, scans and volumes",
+    "identifiers the portal does not know (values absent from the registry's headers, the "
+    "labels and the stored names)",
+    "values shorter than 4 characters, numbers shorter than 6 digits and common words",
+    "a value whose separators were partly removed (850312-123 written as 85.03.12-123 is "
+    "found; 850312123 written as 8503-12123 is not)",
+)
+
+
+@dataclass(frozen=True)
+class ProjectPolicy:
+    """What a project's data managers allow; stored on the project, frozen into each export.
+
+    The retain options apply to pseudonymised exports only; a de-identified export keeps
+    none of them. ``kept_private`` is the reviewed list of private attributes kept in
+    pseudonymised exports (every other private attribute is removed).
+    """
+
+    retain_full_dates: bool = False
+    retain_uids: bool = False
+    retain_device_identity: bool = False
+    retain_patient_characteristics: bool = False
+    kept_private: tuple[PrivateTag, ...] = ()
+    identified_for_researchers: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "retain_full_dates": self.retain_full_dates,
+            "retain_uids": self.retain_uids,
+            "retain_device_identity": self.retain_device_identity,
+            "retain_patient_characteristics": self.retain_patient_characteristics,
+            "kept_private": [k.text() for k in self.kept_private],
+            "identified_for_researchers": self.identified_for_researchers,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> ProjectPolicy:
+        data = data or {}
+        return cls(
+            retain_full_dates=bool(data.get("retain_full_dates")),
+            retain_uids=bool(data.get("retain_uids")),
+            retain_device_identity=bool(data.get("retain_device_identity")),
+            retain_patient_characteristics=bool(data.get("retain_patient_characteristics")),
+            kept_private=tuple(sorted(PrivateTag.parse(t) for t in data.get("kept_private", []))),
+            identified_for_researchers=bool(data.get("identified_for_researchers")),
+        )
+
+    def retained(self) -> list[str]:
+        """What a pseudonymised export of the project keeps, in words (for pages and docs)."""
+        words = [
+            ("full dates", self.retain_full_dates),
+            ("UIDs", self.retain_uids),
+            ("device identity", self.retain_device_identity),
+            ("patient characteristics (age, sex, size, weight)",
+             self.retain_patient_characteristics),
+        ]  # fmt: skip
+        kept = [w for w, on in words if on]
+        if self.kept_private:
+            kept.append(f"{len(self.kept_private)} reviewed private tag(s)")
+        return kept
+
+
+POLICY_FLAGS = tuple(
+    name for name in ProjectPolicy.__dataclass_fields__ if name not in ("kept_private",)
+)
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """A project's policy as pages, API and CLI show it."""
+
+    project: str
+    policy: ProjectPolicy
+    may_change: bool
+    data_managers: list[str] = field(default_factory=list)
+
+
+COMPRESSION_LEVELS = {"store": None, "fast": 1, "small": 6}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to build: privacy level, compression, missing sources, part size, and what the
+    project's policy let a pseudonymised export keep (frozen when the export is created)."""
+
+    compression: str = "fast"
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    fresh_pseudonyms: bool = False  # unlinkable to earlier exports: new pseudonyms and keys
+    skip_missing: bool = False
+    max_part_bytes: int | None = None
+    shift_dates: bool = False  # de-identified: dates shifted per patient (else removed)
+    clean_descriptors: bool = False  # descriptions kept, cleaned of identifiers
+    # The project's policy, for pseudonymised exports only.
+    retain_full_dates: bool = False
+    retain_uids: bool = False
+    retain_device_identity: bool = False
+    retain_patient_characteristics: bool = False
+    kept_private: tuple[str, ...] = ()  # PrivateTag texts: "0009,DEMO VENDOR,10"
+
+    @property
+    def level(self) -> PrivacyLevel:
+        return PrivacyLevel(self.privacy)
+
+    @property
+    def pseudonyms(self) -> bool:
+        """Pseudonyms in headers and entry names (every level but identified)."""
+        return self.level is not PrivacyLevel.IDENTIFIED
+
+    @property
+    def deidentify(self) -> bool:
+        """The Basic profile, scrubbed files, generic names, export-time entry times."""
+        return self.level is not PrivacyLevel.IDENTIFIED
+
+    def __post_init__(self) -> None:
+        if self.privacy not in LEVELS:
+            raise InvalidSelection(
+                f"Privacy level {self.privacy!r} is not known: use {', '.join(LEVELS)}"
+            )
+        level = self.level
+        kept = (self.retain_full_dates or self.retain_uids or self.retain_device_identity
+                or self.retain_patient_characteristics or self.kept_private)  # fmt: skip
+        if kept and level is not PrivacyLevel.PSEUDONYMISED:
+            raise InvalidSelection(
+                "Retained dates, UIDs, device identity, patient characteristics and private "
+                "tags come from the project's policy and apply to pseudonymised exports only"
+            )
+        if self.shift_dates and level is not PrivacyLevel.DEIDENTIFIED:
+            raise InvalidSelection("Shifted dates apply to de-identified exports only")
+        if level is PrivacyLevel.IDENTIFIED and (self.fresh_pseudonyms or self.clean_descriptors):
+            raise InvalidSelection(
+                "An identified export has no pseudonyms and keeps descriptions as stored: "
+                "fresh pseudonyms and cleaned descriptions apply to the other levels"
+            )
+        if self.compression not in COMPRESSION_LEVELS:
+            raise InvalidSelection(
+                f"Compression {self.compression!r} is not known: use store, fast or small"
+            )
+        if self.max_part_bytes is not None and self.max_part_bytes < 1024 * 1024:
+            raise InvalidSelection("Part size must be at least 1 MiB")
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as the export row and ``metadata.json`` store them."""
+        data = asdict(self)
+        data["kept_private"] = list(self.kept_private)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExportOptions:
+        """Options stored on an export row. A row made before privacy levels (it has
+        ``pseudonyms``/``deidentify`` and no ``privacy``) maps to the nearest level."""
+        if "privacy" not in data:
+            return cls(
+                compression=data.get("compression", "fast"),
+                privacy=legacy_level(data),
+                skip_missing=bool(data.get("skip_missing")),
+                max_part_bytes=data.get("max_part_bytes"),
+                shift_dates=bool(data.get("deidentify") and data.get("retain_dates")),
+                clean_descriptors=bool(data.get("deidentify") and data.get("clean_descriptors")),
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["kept_private"] = tuple(values.get("kept_private") or ())
+        return cls(**values)
+
+
+def legacy_level(options: dict[str, Any]) -> str:
+    """The privacy level nearest to options stored before privacy levels existed."""
+    if "privacy" in options:
+        return str(options["privacy"])
+    if not options.get("pseudonyms", True):
+        return PrivacyLevel.IDENTIFIED.value
+    if options.get("deidentify"):
+        return PrivacyLevel.DEIDENTIFIED.value
+    return PrivacyLevel.PSEUDONYMISED.value
+
+
+@dataclass(frozen=True)
+class CuratedValue:
+    """One curation edit as pages, API and CLI show it."""
+
+    id: int
+    patient: str
+    scope: str
+    series_label: str | None
+    file_path: str | None
+    tag: str
+    keyword: str
+    old_value: str | None
+    value: str | None  # None: the curation was cleared
+    by: str
+    at: datetime
+    in_force: bool
+
+
+@dataclass(frozen=True)
+class HeaderField:
+    """One top-level element of a file's header, with the curated value in force."""
+
+    tag: str
+    keyword: str
+    name: str
+    vr: str
+    vm: str
+    value: str  # as stored in the file
+    curated: str | None  # the value an export writes, when a curation applies
+    curated_scope: str | None
+    editable: bool
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    label: str
+    files: int
+    first_path: str
