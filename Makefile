@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-dev run test lint format typecheck check bench bench-export bench-ui clean
+.PHONY: install install-dev run test lint format typecheck check docs bench bench-export bench-ui clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -31,18 +31,24 @@ test: install-dev
 	bash scripts/test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## lint: ruff, the formatter, and the layer rule (docs/architecture.md) with import-linter
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: install-dev
-	$(VENV)/bin/mypy exporter
+	$(VENV)/bin/mypy exporter app.py worker.py pages bench scripts
 
 check: lint typecheck test
+
+## docs: regenerate the generated tables in docs/ (settings, the PS3.15 profile)
+docs: install-dev
+	$(PY) scripts/gen_docs.py
 
 ## bench: registry (register vs sha256sum, estimates); bench-export and bench-ui take longer
 bench: install-dev

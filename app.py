@@ -1,7 +1,7 @@
 """Entry point: ``streamlit run app.py`` serves the pages and the /api routes.
 
 One process for the UI and HTTP downloads (Starlette underneath Streamlit 1.67). Every request
-and websocket passes ``exporter.guard`` first: who may reach the portal, and from where the
+and websocket passes ``exporter.api.guard`` first: who may reach the portal, and from where the
 identity header counts. The pages are in pages/, their navigation in exporter/ui/navigation.py.
 """
 
@@ -9,7 +9,8 @@ import sys
 
 import streamlit as st
 
-from exporter import api, guard
+from exporter.api import guard
+from exporter.api import routes as api
 from exporter.errors import ConfigError
 
 try:

@@ -1,8 +1,8 @@
-"""Start an RQ worker on the exports queue with the portal's settings (see exporter/worker.py)."""
+"""Start an RQ worker on the exports queue with the portal's settings (exporter/jobs/worker.py)."""
 
 import sys
 
-from exporter.worker import main
+from exporter.jobs.worker import main
 
 if __name__ == "__main__":
     sys.exit(main())

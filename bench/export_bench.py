@@ -67,16 +67,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter import db, registry, schemas, services  # noqa: E402
-from exporter.accounts import principal_for  # noqa: E402
-from exporter.archive import ExportInfo, build_export, export_transform, part_paths  # noqa: E402
+from exporter import schemas, services  # noqa: E402
+from exporter.access.accounts import principal_for  # noqa: E402
+from exporter.archive.build import ExportInfo, build_export, export_transform, part_paths  # noqa: E402
+from exporter.archive.layout import PlannedFile, PlannedPart, plan_files, pseudonyms  # noqa: E402
+from exporter.archive.residual import Needles, PatientFacts, part_needles  # noqa: E402
+from exporter.archive.transform import Change, HeaderRewriter  # noqa: E402
 from exporter.config import Settings  # noqa: E402
-from exporter.curation_rules import CurationRules  # noqa: E402
-from exporter.dicom_rewrite import HeaderRewriter  # noqa: E402
-from exporter.layout import PlannedFile, PlannedPart, plan_files, pseudonyms  # noqa: E402
-from exporter.registry import select_files  # noqa: E402
-from exporter.residual import Needles, PatientFacts, part_needles  # noqa: E402
+from exporter.dicom.rules import CurationRules  # noqa: E402
+from exporter.registry import query as registry  # noqa: E402
+from exporter.registry.query import select_files  # noqa: E402
 from exporter.schemas import ExportOptions, FileEntry  # noqa: E402
+from exporter.store import db  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -94,7 +96,7 @@ def settings_for(base: Path) -> Settings:
 
 def prepare(base: Path, patients: int) -> int:
     """Write and register the dataset; returns its size in bytes."""
-    from exporter import demo_data  # numpy and Pillow stay out of the export's process
+    from exporter.dev import demo_data  # numpy and Pillow stay out of the export's process
 
     settings = settings_for(base)
     manifest = demo_data.write_demo_tree(
@@ -146,12 +148,15 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
 
     info = ExportInfo("bench", "export_bench", "bench", USER, datetime.now(UTC))
     options = ExportOptions(compression=compression, privacy=LEVEL.get(mode, "pseudonymised"))
-    counted = {"rows": 0, "changes": 0, "dicom": sum(f.media_type == "application/dicom"
-                                                       for f in files)}  # fmt: skip
+    counted = {
+        "rows": 0,
+        "changes": 0,
+        "dicom": sum(f.media_type == "application/dicom" for f in files),
+    }
 
-    def sink(rows: list[object]) -> None:
+    def sink(rows: list[Change]) -> None:
         counted["rows"] += len(rows)
-        counted["changes"] += sum(r.files for r in rows)  # type: ignore[attr-defined]
+        counted["changes"] += sum(r.files for r in rows)
 
     transform: HeaderRewriter | None = None
     if mode == "none":
@@ -165,10 +170,17 @@ def child(base: Path, compression: str, out: Path, mode: str = "default") -> Non
     before_kib = peak_rss_kib()
     start = time.perf_counter()
     result = build_export(
-        files, out, info, options, settings.data_root, transform=transform, names=names,
-        identifiers=identifiers, check_identifiers=mode != "nocheck",
+        files,
+        out,
+        info,
+        options,
+        settings.data_root,
+        transform=transform,
+        names=names,
+        identifiers=identifiers,
+        check_identifiers=mode != "nocheck",
         changes_sink=sink if mode == "changelog" else None,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     rss_kib = peak_rss_kib()
     report = result.parts[0].privacy_report
@@ -389,9 +401,10 @@ def bench_rewrite(base: Path, rounds: int) -> None:
                     members = [f for f in files if f"{f.patient_label}/{f.series_label}" == key]
                     paths = [str(copies / f.path.split("/", 1)[1]) for f in members]
                     subprocess.run(
-                        ["dcmodify", "-nb", "-q", *ops, *paths], check=True,
+                        ["dcmodify", "-nb", "-q", *ops, *paths],
+                        check=True,
                         stdout=subprocess.DEVNULL,
-                    )  # fmt: skip
+                    )
                 subprocess.run(["sync"], check=True)
                 results.setdefault(case, []).append(time.perf_counter() - start)
             else:
@@ -466,7 +479,7 @@ def bench_writes(directory: Path, size: int, rounds: int) -> None:
     """The archive writer's two ways to the disk, on the same bytes: buffered (through the
     page cache, as the export wrote until it took O_DIRECT) and O_DIRECT. Each writes
     ``size`` bytes from a reused buffer, hashes them and fsyncs; CPU is this process's."""
-    from exporter.sourceio import ArchiveWriter
+    from exporter.archive.sourceio import ArchiveWriter
 
     piece = os.urandom(1024 * 1024)
     results: dict[str, list[tuple[float, float]]] = {"buffered": [], "direct": []}

@@ -22,18 +22,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, func, insert, select, text
 
-from exporter import db, schemas, services
+from exporter import schemas, services
 from exporter.config import Settings
-from exporter.models import FileRegistry, Modality, Patient, PatientFolder
-from exporter.registry import refresh_summaries
+from exporter.registry.query import refresh_summaries
+from exporter.store import db
+from exporter.store.models import Base, FileRegistry, Modality, Patient, PatientFolder
 
 PG_ADMIN = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -58,7 +60,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def bench_register(patients: int, scale: str, rounds: int) -> None:
-    from exporter import demo_data
+    from exporter.dev import demo_data
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-register-"))
     try:
@@ -107,9 +109,14 @@ def bench_register(patients: int, scale: str, rounds: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-MODALITY_MIX = (("cbct", "raw", 80, 524_800), ("cbct", "processed", 1, 40_000_000),
-                ("ios", "raw", 2, 9_000_000), ("intraoral-photo", "raw", 10, 2_500_000),
-                ("panoramic", "raw", 7, 6_000_000))  # fmt: skip
+# Each patient's files: (modality, kind, files, bytes per file).
+MODALITY_MIX = (
+    ("cbct", "raw", 80, 524_800),
+    ("cbct", "processed", 1, 40_000_000),
+    ("ios", "raw", 2, 9_000_000),
+    ("intraoral-photo", "raw", 10, 2_500_000),
+    ("panoramic", "raw", 7, 6_000_000),
+)
 
 
 def populate(url: str, n_patients: int = 10_000, per_folder: int = 500) -> None:
@@ -118,7 +125,7 @@ def populate(url: str, n_patients: int = 10_000, per_folder: int = 500) -> None:
     services.migrate(settings)
     engine = db.engine_for(url)
     with db.session_scope(settings) as session:
-        from exporter.accounts import ensure_project
+        from exporter.access.accounts import ensure_project
 
         project = ensure_project(session, "big")
         mods = {m.key: m.id for m in session.scalars(select(Modality))}
@@ -149,38 +156,63 @@ def populate(url: str, n_patients: int = 10_000, per_folder: int = 500) -> None:
                 select(Patient.id).where(Patient.project_id == project.id).order_by(Patient.id)
             )
         )
-    cols = ["patient_id", "modality_id", "kind", "file_type", "path", "size_bytes", "sha256",
-            "mtime_ns", "media_type", "extra_metadata", "created_at", "updated_at"]  # fmt: skip
+    cols = [
+        "patient_id",
+        "modality_id",
+        "kind",
+        "file_type",
+        "path",
+        "size_bytes",
+        "sha256",
+        "mtime_ns",
+        "media_type",
+        "extra_metadata",
+        "created_at",
+        "updated_at",
+    ]
     now = datetime(2026, 1, 1, tzinfo=UTC)
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[tuple[object, ...]]:
         for pid in pids:
             for key, kind, count, size in MODALITY_MIX:
                 for k in range(count):
-                    yield (pid, mods[key], kind, f"{key}_{kind}", f"big/P{pid}/{key}/{kind}/{k}",
-                           size, "0" * 64, 0, "application/octet-stream", {}, now, now)  # fmt: skip
+                    yield (
+                        pid,
+                        mods[key],
+                        kind,
+                        f"{key}_{kind}",
+                        f"big/P{pid}/{key}/{kind}/{k}",
+                        size,
+                        "0" * 64,
+                        0,
+                        "application/octet-stream",
+                        {},
+                        now,
+                        now,
+                    )
 
     start = time.perf_counter()
     if engine.dialect.name == "postgresql":
         raw = engine.raw_connection()
         try:
             cur = raw.cursor()
-            with cur.copy(f"COPY file_registry ({', '.join(cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            with cur.copy(f"COPY file_registry ({', '.join(cols)}) FROM STDIN") as copy:
                 for row in rows():
                     copy.write_row((*row[:9], "{}", now, now))
             raw.commit()
         finally:
             raw.close()
     else:
+        table = Base.metadata.tables[FileRegistry.__tablename__]
         with engine.begin() as conn:
             batch: list[dict[str, object]] = []
             for row in rows():
                 batch.append(dict(zip(cols, row, strict=True)))
                 if len(batch) == 100_000:
-                    conn.execute(insert(FileRegistry.__table__), batch)
+                    conn.execute(insert(table), batch)
                     batch = []
             if batch:
-                conn.execute(insert(FileRegistry.__table__), batch)
+                conn.execute(insert(table), batch)
     with db.session_scope(settings) as session:
         refresh_summaries(session, pids)
     with engine.begin() as conn:
@@ -217,21 +249,25 @@ def bench_estimate(url: str, label: str, rounds: int = 15) -> None:
         with engine.connect() as conn:
             conn.execute(q).one()
 
-    for name, sel, peer_folder in (("whole project (10,000 patients)", whole, None),
-                                   ("folder of 500 patients", folder, "site/c07")):  # fmt: skip
+    for name, sel, peer_folder in (
+        ("whole project (10,000 patients)", whole, None),
+        ("folder of 500 patients", folder, "site/c07"),
+    ):
         services.estimate(settings, "bench@example.org", "big", sel)  # warm
         ours = [
-            timed(lambda s=sel: services.estimate(settings, "bench@example.org", "big", s))
+            timed(partial(services.estimate, settings, "bench@example.org", "big", sel))
             for _ in range(rounds)
         ]
-        peers = [timed(lambda f=peer_folder: scan(f)) for _ in range(3)]
+        peers = [timed(partial(scan, peer_folder)) for _ in range(3)]
         est = services.estimate(settings, "bench@example.org", "big", sel)
         med = statistics.median(ours) * 1000
         peer = statistics.median(peers) * 1000
         verdict = "OK" if med < 150 else "OVER TARGET"
-        print(f"  {name:<34} estimate median {med:7.1f} ms (max {max(ours) * 1000:6.1f})  "
-              f"file-row scan {peer:8.1f} ms  ratio {med / peer:5.2f}  [{est.patient_count} patients, "
-              f"{est.file_count:,} files]  target < 150 ms: {verdict}")  # fmt: skip
+        print(
+            f"  {name:<34} estimate median {med:7.1f} ms (max {max(ours) * 1000:6.1f})  "
+            f"file-row scan {peer:8.1f} ms  ratio {med / peer:5.2f}  [{est.patient_count} patients, "
+            f"{est.file_count:,} files]  target < 150 ms: {verdict}"
+        )
     engine.dispose()
 
 

@@ -30,11 +30,17 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from registry_bench import populate, settings_for  # noqa: E402
 
 from exporter import services  # noqa: E402
-from exporter.redis_server import free_port  # noqa: E402
+from exporter.dev.redis_server import free_port  # noqa: E402
 
 USER = "bench@example.org"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def main() -> None:
@@ -51,14 +57,22 @@ def main() -> None:
         settings = settings_for(tmp, url)
         services.add_user(settings, USER, "big", "researcher")
         port = free_port()
-        env = {**os.environ, "PORTAL_ENV": "production", "TRUSTED_PROXIES": "127.0.0.1",
-               "DATABASE_URL": url,
-               "DATA_ROOT": str(tmp / "data"), "EXPORT_ROOT": str(tmp / "exports"),
-               "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
+        env = {
+            **os.environ,
+            "PORTAL_ENV": "production",
+            "TRUSTED_PROXIES": "127.0.0.1",
+            "DATABASE_URL": url,
+            "DATA_ROOT": str(tmp / "data"),
+            "EXPORT_ROOT": str(tmp / "exports"),
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        }
         proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "run", "--no-demo", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):
             try:

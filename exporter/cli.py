@@ -9,17 +9,26 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from humanize import naturalsize
 
-from exporter import curation, schemas, services
+from exporter import schemas, services
+from exporter.archive.verify import verify
 from exporter.config import Settings, parse_size
+from exporter.dev.launcher import run
 from exporter.errors import PortalError
-from exporter.exports import ExportRequest, ExportView, describe_privacy
-from exporter.launcher import run
-from exporter.preview import Preview
-from exporter.schemas import LEVELS, POLICY_FLAGS, PolicyView, PrivacyLevel, Selection
-from exporter.verify import verify
+from exporter.records.exports import describe_privacy
+from exporter.records.preview import Preview
+from exporter.schemas import (
+    LEVELS,
+    POLICY_FLAGS,
+    ExportRequest,
+    ExportView,
+    PolicyView,
+    PrivacyLevel,
+    Selection,
+)
 
 
 def _size(n: int) -> str:
@@ -60,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in POLICY_FLAGS:
         p.add_argument(f"--{flag.replace('_', '-')}", choices=["on", "off"], dest=flag)
     p.add_argument(
-        "--keep-private", action="append", default=[], metavar="TAG",
+        "--keep-private",
+        action="append",
+        default=[],
+        metavar="TAG",
         help="keep this reviewed private tag in pseudonymised exports: GROUP,CREATOR,ELEMENT "
         "in hex, e.g. '0009,DEMO VENDOR,10' (repeat for more)",
-    )  # fmt: skip
+    )
     p.add_argument("--drop-private", action="append", default=[], metavar="TAG")
 
     p = sub.add_parser("register", help="register an imaging directory tree into a project")
@@ -77,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune", action="store_true", help="delete rows of registered files no longer on disk"
     )
     p.add_argument(
-        "--reread", action="store_true",
+        "--reread",
+        action="store_true",
         help="read every file again, unchanged ones too (hashes and DICOM header subsets)",
-    )  # fmt: skip
+    )
 
     p = sub.add_parser("demo", help="write synthetic demo data under the data root and register it")
     p.add_argument("--patients", type=int, default=12)
@@ -107,24 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="fast", choices=["store", "fast", "small"])
     p.add_argument("--part-size", metavar="SIZE", help="e.g. 4GiB: whole patients per part")
     p.add_argument(
-        "--privacy", default=PrivacyLevel.PSEUDONYMISED.value, choices=LEVELS,
+        "--privacy",
+        default=PrivacyLevel.PSEUDONYMISED.value,
+        choices=LEVELS,
         help="pseudonymised (default): stable pseudonyms, identifiers removed (PS3.15 Basic "
         "profile with what the project allows); deidentified: dates shifted, UIDs replaced; "
         "identified: stored headers and labels (data managers, or researchers they allow)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--fresh-pseudonyms", action="store_true",
+        "--fresh-pseudonyms",
+        action="store_true",
         help="pseudonyms, date shifts and UIDs unlinkable to earlier exports",
-    )  # fmt: skip
+    )
     p.add_argument("--skip-missing", action="store_true", help="skip (and list) missing files")
     p.add_argument(
         "--remove-dates", action="store_true", help="deidentified: dates removed, not shifted"
     )
     p.add_argument("--clean-descriptors", action="store_true", help="descriptions kept, cleaned")
     p.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="show the DICOM header changes for one file per series; create nothing",
-    )  # fmt: skip
+    )
     p.add_argument("--wait", action="store_true", help="wait, with progress; exit 1 unless done")
     p.add_argument("--json", action="store_true")
     for action, helptext in (
@@ -200,9 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _selection_from(args: argparse.Namespace) -> Selection:
     """The Selection named by the options that _selection_args added."""
     return schemas.parse_selection(
-        args.folder, args.patient, args.tag, args.tag_mode, args.modality, args.kind,
+        args.folder,
+        args.patient,
+        args.tag,
+        args.tag_mode,
+        args.modality,
+        args.kind,
         args.not_exported,
-    )  # fmt: skip
+    )
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
@@ -269,9 +291,13 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
             print(f"{project.slug}\t{project.patients} patients\t{project.name}")
     elif command == "register":
         report = services.register(
-            settings, args.project, args.directory, args.tags_csv, prune=args.prune,
+            settings,
+            args.project,
+            args.directory,
+            args.tags_csv,
+            prune=args.prune,
             reread=args.reread,
-        )  # fmt: skip
+        )
         if not args.quiet:
             for path in report.files_updated:
                 print(f"updated: {path} (content changed)")
@@ -344,13 +370,15 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
             mark = "*" if h.in_force else " "
             value = "(cleared)" if h.value is None else repr(h.value)
             where = h.file_path or h.series_label or "patient"
-            print(f"{h.id:>6} {mark} {h.at:%Y-%m-%d %H:%M} {h.by:<28} {h.keyword:<28} "
-                  f"{h.scope:<7} {where}: {h.old_value!r} -> {value}")  # fmt: skip
+            print(
+                f"{h.id:>6} {mark} {h.at:%Y-%m-%d %H:%M} {h.by:<28} {h.keyword:<28} "
+                f"{h.scope:<7} {where}: {h.old_value!r} -> {value}"
+            )
         return
     if action == "restore":
         done = [services.restore_curation(settings, args.user, args.project, args.value_id)]
     else:
-        targets = curation.targets(args.patient, args.series, args.file_id)
+        targets = schemas.targets(args.patient, args.series, args.file_id)
         new = args.value if action == "set" else None
         done = services.curate(settings, args.user, args.project, targets, args.field, new)
     for d in done:
@@ -382,9 +410,9 @@ def _print_preview(preview: Preview, as_json: bool) -> None:
     )
     current = None
     for row in preview.rows:
-        if row.file != current:
-            current = row.file
-            print(f"\n{row.patient} {row.series}  ->  {row.file}")
+        if row.path != current:
+            current = row.path
+            print(f"\n{row.patient} {row.series}  ->  {row.path}")
         old = "(absent)" if row.old_value is None else row.old_value
         new = "(removed)" if row.new_value is None else row.new_value
         print(f"  {row.tag:<13} {row.keyword:<34} {old[:40]!r} -> {new[:40]!r}  [{row.reason}]")
@@ -399,15 +427,19 @@ def _shown(env: str, value: object) -> object:
     """A setting as ``settings`` prints it: secrets and URL passwords hidden."""
     if env in SECRET_SETTINGS:
         return "***" if value else ""
-    if env == "DATABASE_URL":
+    if env in ("DATABASE_URL", "REDIS_URL"):
         return _redact(str(value))
     return value
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    """``url`` with its password (if any) shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def _export_command(settings: Settings, args: argparse.Namespace) -> int:

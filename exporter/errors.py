@@ -20,8 +20,20 @@ class PermissionDenied(PortalError):
     """The user may see the thing but not do this to it."""
 
 
-class InvalidSelection(PortalError):
+class InvalidInput(PortalError):
+    """Something a user gave does not fit; the message names it and what fits (HTTP 422)."""
+
+
+class InvalidSelection(InvalidInput):
     """A selection names folders, patients, tags, modalities or kinds that do not fit."""
+
+
+class InvalidOption(InvalidInput):
+    """An export's option does not fit: name, notes, privacy level, compression, part size."""
+
+
+class InvalidValue(InvalidInput):
+    """A curated DICOM field or value that DICOM (or curation) does not allow."""
 
 
 class IngestError(PortalError):

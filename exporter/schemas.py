@@ -12,7 +12,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from exporter.errors import InvalidSelection
+from exporter.errors import (
+    InvalidOption,
+    InvalidSelection,
+    LimitExceeded,
+    NotEnoughSpace,
+    PortalError,
+)
+
+# What a ZIP entry's data arrives as: bytes, or views into the export's read buffers.
+Chunk = bytes | memoryview
 
 TAG_MODES = ("any", "all")
 
@@ -244,9 +253,11 @@ class ProjectPolicy:
             ("full dates", self.retain_full_dates),
             ("UIDs", self.retain_uids),
             ("device identity", self.retain_device_identity),
-            ("patient characteristics (age, sex, size, weight)",
-             self.retain_patient_characteristics),
-        ]  # fmt: skip
+            (
+                "patient characteristics (age, sex, size, weight)",
+                self.retain_patient_characteristics,
+            ),
+        ]
         kept = [w for w, on in words if on]
         if self.kept_private:
             kept.append(f"{len(self.kept_private)} reviewed private tag(s)")
@@ -306,30 +317,35 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.privacy not in LEVELS:
-            raise InvalidSelection(
+            raise InvalidOption(
                 f"Privacy level {self.privacy!r} is not known: use {', '.join(LEVELS)}"
             )
         level = self.level
-        kept = (self.retain_full_dates or self.retain_uids or self.retain_device_identity
-                or self.retain_patient_characteristics or self.kept_private)  # fmt: skip
+        kept = (
+            self.retain_full_dates
+            or self.retain_uids
+            or self.retain_device_identity
+            or self.retain_patient_characteristics
+            or self.kept_private
+        )
         if kept and level is not PrivacyLevel.PSEUDONYMISED:
-            raise InvalidSelection(
+            raise InvalidOption(
                 "Retained dates, UIDs, device identity, patient characteristics and private "
                 "tags come from the project's policy and apply to pseudonymised exports only"
             )
         if self.shift_dates and level is not PrivacyLevel.DEIDENTIFIED:
-            raise InvalidSelection("Shifted dates apply to de-identified exports only")
+            raise InvalidOption("Shifted dates apply to de-identified exports only")
         if level is PrivacyLevel.IDENTIFIED and (self.fresh_pseudonyms or self.clean_descriptors):
-            raise InvalidSelection(
+            raise InvalidOption(
                 "An identified export has no pseudonyms and keeps descriptions as stored: "
                 "fresh pseudonyms and cleaned descriptions apply to the other levels"
             )
         if self.compression not in COMPRESSION_LEVELS:
-            raise InvalidSelection(
+            raise InvalidOption(
                 f"Compression {self.compression!r} is not known: use store, fast or small"
             )
         if self.max_part_bytes is not None and self.max_part_bytes < 1024 * 1024:
-            raise InvalidSelection("Part size must be at least 1 MiB")
+            raise InvalidOption("Part size must be at least 1 MiB")
 
     def to_json(self) -> dict[str, Any]:
         """The options as the export row and ``metadata.json`` store them."""
@@ -405,3 +421,167 @@ class SeriesInfo:
     label: str
     files: int
     first_path: str
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What a researcher asks for (input model: UI, API and CLI build one)."""
+
+    selection: Selection
+    name: str = ""
+    notes: str = ""
+    compression: str = "fast"
+    part_size: int | None = None
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    fresh_pseudonyms: bool = False
+    skip_missing: bool = False
+    shift_dates: bool = True  # de-identified: dates shifted per patient (else removed)
+    clean_descriptors: bool = False
+
+    def options(self, policy: ProjectPolicy | None = None) -> ExportOptions:
+        """The build options, with what the project's policy lets a pseudonymised export
+        keep (none of it without a policy: the most protective choice)."""
+        level = self.privacy
+        kept = policy if policy is not None and level == PrivacyLevel.PSEUDONYMISED else None
+        return ExportOptions(
+            compression=self.compression,
+            privacy=level,
+            fresh_pseudonyms=self.fresh_pseudonyms,
+            skip_missing=self.skip_missing,
+            max_part_bytes=self.part_size,
+            shift_dates=self.shift_dates and level == PrivacyLevel.DEIDENTIFIED,
+            clean_descriptors=self.clean_descriptors,
+            retain_full_dates=bool(kept and kept.retain_full_dates),
+            retain_uids=bool(kept and kept.retain_uids),
+            retain_device_identity=bool(kept and kept.retain_device_identity),
+            retain_patient_characteristics=bool(kept and kept.retain_patient_characteristics),
+            kept_private=tuple(k.text() for k in kept.kept_private) if kept else (),
+        )
+
+    def choices(self) -> dict[str, Any]:
+        """The request's own options (not the selection), as the transports name them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "selection"}
+
+
+@dataclass(frozen=True)
+class PartView:
+    number: int
+    status: str
+    file: str | None
+    size: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class ExportView:
+    """An export as pages, API and CLI show it (output model: no ORM object leaves)."""
+
+    id: str
+    project: str
+    name: str
+    notes: str
+    status: str
+    creator: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    expires_at: datetime | None
+    patient_count: int
+    file_count: int
+    estimated_bytes: int
+    archive_bytes: int | None
+    archive_sha256: str | None
+    files_done: int
+    bytes_done: int
+    current_item: str | None
+    eta_seconds: float | None
+    error_message: str | None
+    criteria: dict[str, Any]
+    options: dict[str, Any]
+    parts: list[PartView] = field(default_factory=list)
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    privacy_check: str | None = None  # passed | failed | identifiers present | None (not yet)
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.bytes_done / self.estimated_bytes) if self.estimated_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an edit applies to: a file, a series (by label), or a whole patient."""
+
+    patient: str
+    series_label: str | None = None
+    file_id: int | None = None
+
+    @property
+    def scope(self) -> str:
+        if self.file_id is not None:
+            return "file"
+        return "series" if self.series_label is not None else "patient"
+
+
+def targets(
+    patients: list[str], series: str | None = None, file_id: int | None = None
+) -> list[Target]:
+    """The targets of one edit: one file (of the one patient), or a series (by key) or the
+    whole of each patient."""
+    if file_id is not None:
+        if len(patients) != 1:
+            raise InvalidSelection(
+                "A single file belongs to one patient: for several patients choose their "
+                "series or the whole patient"
+            )
+        return [Target(patients[0], file_id=file_id)]
+    return [Target(p, series) for p in patients]
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One changed header field as pages, API and CLI show it: in an export's change log (per
+    file, or per series when ``files`` is more than one) or in a preview (per sample file)."""
+
+    patient: str  # the patient's label (the researcher chose it; data managers may see it)
+    path: str  # the entry name, or the series folder when ``files`` is more than one
+    tag: str
+    keyword: str
+    old_value: str | None  # None once removed with the export's files (or when absent)
+    new_value: str | None
+    reason: str
+    action: str
+    series: str = ""  # a preview's series label
+    part: int = 0  # an export's part (0 in a preview)
+    files: int = 1
+
+
+class RefusalReason(StrEnum):
+    """Why a request cannot be carried out now. The reason, never the message's wording,
+    picks the error a transport answers with (and so the HTTP status)."""
+
+    NO_MODALITY = "no_modality"
+    EMPTY = "empty"
+    SIZE_LIMIT = "size_limit"
+    QUOTA = "quota"
+    DISK = "disk"
+
+
+_REFUSAL_ERRORS: dict[RefusalReason, type[PortalError]] = {
+    RefusalReason.NO_MODALITY: InvalidSelection,  # 422
+    RefusalReason.EMPTY: InvalidSelection,  # 422
+    RefusalReason.SIZE_LIMIT: LimitExceeded,  # 413
+    RefusalReason.QUOTA: LimitExceeded,  # 413
+    RefusalReason.DISK: NotEnoughSpace,  # 507
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the portal would refuse: the reason, and the message that says what to do."""
+
+    reason: RefusalReason
+    message: str
+
+    def error(self) -> PortalError:
+        """The error to raise for this refusal."""
+        return _REFUSAL_ERRORS[self.reason](self.message)

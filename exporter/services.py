@@ -12,7 +12,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -22,25 +22,51 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from exporter import (
-    accounts,
-    curation,
-    db,
-    exports,
-    ingest,
-    jobs,
-    preview,
-    registry,
-    schemas,
-    tokens,
-)
-from exporter.archive import remove_outputs
-from exporter.audit import record
+from exporter import schemas
+from exporter.access import accounts, tokens
+from exporter.access.audit import record
+from exporter.archive.build import remove_outputs
 from exporter.config import Settings
-from exporter.errors import Gone, InvalidSelection, InvalidState, NotEnoughSpace, NotFound
-from exporter.exports import ExportRequest, ExportView, Preflight
-from exporter.modalities import seed_modalities
-from exporter.models import (
+
+# What screens show that is computed below the services, offered here so that pages import
+# only exporter.services, exporter.schemas and exporter.ui (the layer rule).
+from exporter.dicom.values import CURATABLE_HINT as CURATABLE_HINT
+from exporter.errors import (
+    Gone,
+    InvalidInput,
+    InvalidOption,
+    InvalidSelection,
+    InvalidState,
+    NotFound,
+)
+from exporter.jobs import tasks as jobs
+from exporter.jobs import upkeep
+from exporter.jobs.queue import connect
+from exporter.records import curation, exports, preview
+from exporter.records.exports import Preflight
+from exporter.records.exports import archive_bytes_estimate as archive_bytes_estimate
+from exporter.records.exports import default_name as default_name
+from exporter.records.exports import describe_privacy as describe_privacy
+from exporter.records.preview import Preview
+from exporter.registry import ingest
+from exporter.registry import query as registry
+from exporter.registry.query import ProjectOverview
+from exporter.schemas import (
+    POLICY_FLAGS,
+    ChangeRow,
+    Estimate,
+    ExportRequest,
+    ExportView,
+    PolicyView,
+    PrivateTag,
+    ProjectPolicy,
+    Refusal,
+    RefusalReason,
+    Selection,
+)
+from exporter.store import db
+from exporter.store.modalities import seed_modalities
+from exporter.store.models import (
     AuditEvent,
     DatasetExport,
     ExportDicomChange,
@@ -50,17 +76,6 @@ from exporter.models import (
     Project,
     Role,
     User,
-)
-from exporter.preview import Preview
-from exporter.queue import connect
-from exporter.registry import ProjectOverview
-from exporter.schemas import (
-    POLICY_FLAGS,
-    Estimate,
-    PolicyView,
-    PrivateTag,
-    ProjectPolicy,
-    Selection,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +188,7 @@ def load_demo(
     ``make run`` uses, so demo data is loaded once). A demo directory that already holds files
     is registered as it is, never overwritten.
     """
-    from exporter import demo_data
+    from exporter.dev import demo_data
 
     with db.session_scope(settings) as session:
         count = session.scalar(
@@ -220,6 +235,13 @@ def estimate(
         return registry.estimate(session, user, project_slug, selection)
 
 
+def modality_keys(settings: Settings, user_email: str, project_slug: str) -> list[str]:
+    """The modalities enabled in a project (for the New export page's ticks)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return registry.modality_keys(session, user, project_slug)
+
+
 def overview(settings: Settings, user_email: str) -> list[ProjectOverview]:
     """The registry per project and modality, for the projects the user belongs to."""
     with db.session_scope(settings) as session:
@@ -239,59 +261,83 @@ def check_request(settings: Settings, request: ExportRequest) -> None:
     )
     if problems:
         field, why = next(iter(problems.items()))
-        raise InvalidSelection(f"{field!r} {why}")
+        raise InvalidInput(f"{field!r} {why}")
+
+
+def _room(settings: Settings) -> exports.Room:
+    """Whether the export root has room for an export of so many bytes, and the reserve."""
+
+    def room(needed: int) -> Refusal | None:
+        settings.export_root.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(settings.export_root).free >= needed + settings.disk_reserve_bytes:
+            return None
+        return Refusal(
+            RefusalReason.DISK,
+            "Not enough free space at the export root for this export: "
+            "choose fewer patients or modalities, or ask an administrator",
+        )
+
+    return room
 
 
 def preflight_export(
-    settings: Settings, user_email: str, project_slug: str, request: ExportRequest
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    request: ExportRequest,
+    known: Estimate | None = None,
 ) -> Preflight:
-    """Whether ``request`` would be accepted now, with the estimate and quota behind it."""
-    check_request(settings, request)
-    with db.session_scope(settings) as session:
-        user = accounts.principal_for(session, user_email)
-        check = exports.preflight(
-            session, user, project_slug, request, settings.max_export_bytes,
-            settings.user_quota_bytes,
-        )  # fmt: skip
-        if check.refusal is None:
-            needed = check.estimate.total_bytes + settings.disk_reserve_bytes
-            settings.export_root.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(settings.export_root).free < needed:
-                check = dataclasses.replace(
-                    check,
-                    refusal="Not enough free space at the export root for this export: "
-                    "choose fewer patients or modalities, or ask an administrator",
-                )
-        return check
+    """Whether ``request`` would be accepted now, with the estimate and quota behind it.
 
-
-def create_export(
-    settings: Settings, user_email: str, project_slug: str, request: ExportRequest
-) -> ExportView:
-    """Validate and save an export, enqueue its job, and return at once.
-
-    The same request again within ``exports.DOUBLE_SUBMIT_SECONDS`` returns the first
-    export, pending, processing, completed or failed: however many arrive at once, one is
-    saved (the database's unique request key holds it).
+    ``known``: an estimate of the request's selection the caller already made (the New
+    export page's, for its modality list), so that one click computes the estimate once.
     """
     check_request(settings, request)
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
-        twin = exports.find_twin(session, user, project_slug, request)
-        twin_id = twin.id if twin is not None else None
-    if twin_id is not None:  # before the space check: the twin may be what filled the disk
-        return get_export(settings, user_email, twin_id)
-    check = preflight_export(settings, user_email, project_slug, request)
-    if check.refusal and "space" in check.refusal:
-        raise NotEnoughSpace(check.refusal)
+        return exports.preflight(
+            session,
+            user,
+            project_slug,
+            request,
+            settings.max_export_bytes,
+            settings.user_quota_bytes,
+            _room(settings),
+            known,
+        )
+
+
+def create_export(
+    settings: Settings,
+    user_email: str,
+    project_slug: str,
+    request: ExportRequest,
+    checked: Preflight | None = None,
+) -> ExportView:
+    """Validate and save an export, enqueue its job, and return at once.
+
+    ``checked``: the preflight the caller just showed for this very request; its estimate is
+    used instead of a new one (the quota and the twin are checked again in the transaction).
+    The same request again within ``exports.DOUBLE_SUBMIT_SECONDS`` returns the first
+    export, pending, processing, completed or failed: however many arrive at once, one is
+    saved (the database's unique request key holds it). A refusal raises the error its
+    reason names: InvalidSelection, LimitExceeded or NotEnoughSpace.
+    """
+    check_request(settings, request)
     for attempt in (1, 2):
         try:
             with db.session_scope(settings) as session:
                 user = accounts.principal_for(session, user_email)
                 row, created = exports.create(
-                    session, user, project_slug, request, settings.max_export_bytes,
+                    session,
+                    user,
+                    project_slug,
+                    request,
+                    settings.max_export_bytes,
                     settings.user_quota_bytes,
-                )  # fmt: skip
+                    _room(settings),
+                    checked,
+                )
                 export_id = row.id
             break
         except IntegrityError:
@@ -347,7 +393,7 @@ def cancel_export(settings: Settings, user_email: str, export_id: str) -> Export
             job = Job.fetch(job_id, connection=connect(settings))
             if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
                 job.cancel()
-    jobs.cancel_running(settings, export_id)
+    upkeep.cancel_running(settings, export_id)
     return get_export(settings, user_email, export_id)
 
 
@@ -359,20 +405,17 @@ def delete_export(settings: Settings, user_email: str, export_id: str) -> Export
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         row = exports.get_row(session, user, export_id)
-        if row.status is ExportStatus.DELETED:
-            raise InvalidState(f"Export {row.name!r} is already deleted")
-        remove_outputs(settings.export_root / row.id)
-        row.status = ExportStatus.DELETED
-        row.deleted_at = datetime.now(UTC)
-        jobs.forget_old_values(session, [row.id])
-        record(session, "delete", user.id, row.project_id, row.id, {})
+        exports.mark_deleted(
+            session, user, row, lambda: remove_outputs(settings.export_root / row.id)
+        )
+        exports.forget_old_values(session, [row.id])
     return get_export(settings, user_email, export_id)
 
 
 def housekeeping(settings: Settings) -> dict[str, int]:
     """Fail exports whose worker died, re-enqueue lost ones, expire old files."""
-    counts = jobs.reconcile(settings)
-    counts["expired"] = jobs.expire(settings)
+    counts = upkeep.reconcile(settings)
+    counts["expired"] = upkeep.expire(settings)
     return counts
 
 
@@ -396,7 +439,7 @@ def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportV
                 "cannot be built the same way; create a new export instead"
             )
         record(session, "retry", user.id, row.project_id, row.id, {})
-    if jobs.retry_parts(settings, export_id) == 0:
+    if upkeep.retry_parts(settings, export_id) == 0:
         raise InvalidState("Nothing to retry: the finished parts of this export are gone")
     return get_export(settings, user_email, export_id)
 
@@ -406,6 +449,7 @@ class DownloadTarget:
     path: Path
     filename: str
     size: int
+    part: int = 1
 
 
 def download_target(
@@ -437,8 +481,10 @@ def download_target(
                 f"Export {row.name!r} has {len(paths)} parts: download them one by one"
             )
         if not 1 <= number <= len(paths):
-            raise NotFound(f"Export {row.name!r} has no part {number}: parts are numbered "
-                           f"from 1 to {len(paths)}")  # fmt: skip
+            raise NotFound(
+                f"Export {row.name!r} has no part {number}: parts are numbered "
+                f"from 1 to {len(paths)}"
+            )
         path = paths[number - 1]
         export_dir = (settings.export_root / row.id).resolve()
         if path.parent.resolve() != export_dir or not path.is_file():
@@ -447,9 +493,27 @@ def download_target(
                 "export again"
             )
         if audit:
-            record(session, "download", user.id, row.project_id, row.id,
-                   {"part": number, **range_summary(range_header)})  # fmt: skip
-        return DownloadTarget(path, path.name, path.stat().st_size)
+            record(
+                session,
+                "download",
+                user.id,
+                row.project_id,
+                row.id,
+                {"part": number, **range_summary(range_header)},
+            )
+        return DownloadTarget(path, path.name, path.stat().st_size, number)
+
+
+def record_download(
+    settings: Settings, user_email: str, export_id: str, part: int, range_header: str | None
+) -> None:
+    """Record a download that is being served (the caller found the file with
+    :func:`download_target` and ``audit=False``, and is answering 200 or 206)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = exports.get_row(session, user, export_id)
+        details = {"part": part, **range_summary(range_header)}
+        record(session, "download", user.id, row.project_id, row.id, details)
 
 
 # bytes=START-END, either may be missing ("1000-", "-500"); digits bounded (2**64 has 20).
@@ -578,14 +642,14 @@ def set_project_privacy(
         policy = exports.policy_of(session, access.project_id)
         unknown = set(flags or {}) - set(POLICY_FLAGS)
         if unknown:
-            raise InvalidSelection(
+            raise InvalidOption(
                 f"Policy setting {sorted(unknown)[0]!r} is not known: use {', '.join(POLICY_FLAGS)}"
             )
         try:
             kept = set(policy.kept_private) | {PrivateTag.parse(t) for t in keep_private or []}
             kept -= {PrivateTag.parse(t) for t in drop_private or []}
         except ValueError as exc:
-            raise InvalidSelection(str(exc)) from None
+            raise InvalidOption(str(exc)) from None
         new = dataclasses.replace(policy, **(flags or {}), kept_private=tuple(sorted(kept)))
         project = session.get(Project, access.project_id)
         assert project is not None
@@ -627,7 +691,7 @@ def export_key(settings: Settings, user_email: str, export_id: str) -> list[KeyR
             select(ExportPatient.pseudonym, Patient.label, ExportPatient.date_shift_days)
             .join(Patient, Patient.id == ExportPatient.patient_id)
             .where(ExportPatient.export_id == row.id)
-        ).all()  # fmt: skip
+        ).all()
         record(session, "read-key", user.id, row.project_id, row.id, {"patients": len(found)})
         fresh = bool(row.options.get("fresh_pseudonyms"))
         rows = [KeyRow(p, label, shift, not fresh) for p, label, shift in found]
@@ -685,7 +749,7 @@ def curate(
     settings: Settings,
     user_email: str,
     project_slug: str,
-    targets: list[curation.Target],
+    targets: list[schemas.Target],
     field_name: str,
     value: str | None,
 ) -> list[schemas.CuratedValue]:
@@ -697,9 +761,13 @@ def curate(
         )
         project_id = accounts.require_project(session, user, project_slug).project_id
         record(
-            session, "curate", user.id, project_id, None,
+            session,
+            "curate",
+            user.id,
+            project_id,
+            None,
             {"field": field_name, "targets": len(done), "cleared": value is None},
-        )  # fmt: skip
+        )
         return done
 
 
@@ -739,27 +807,19 @@ def preview_export(
         policy = exports.require_level(session, access, request.privacy)
         manager = access.role is Role.DATA_MANAGER
         found = preview.preview(
-            session, user, project_slug, request.selection, request.options(policy),
-            settings.data_root, access.project_id, linked=manager,
-        )  # fmt: skip
+            session,
+            user,
+            project_slug,
+            request.selection,
+            request.options(policy),
+            settings.data_root,
+            access.project_id,
+            linked=manager,
+        )
         if access.role is not Role.DATA_MANAGER:
             rows = [dataclasses.replace(r, old_value=None) for r in found.rows]
             found = dataclasses.replace(found, rows=rows)
         return found
-
-
-@dataclass(frozen=True)
-class ChangeRow:
-    patient: str  # the patient's label (data managers may see it)
-    part: int
-    path: str  # the file, or the series folder when ``files`` is more than one
-    tag: str
-    keyword: str
-    old_value: str | None  # None once removed with the export's files (or when absent)
-    new_value: str | None
-    reason: str
-    action: str
-    files: int = 1
 
 
 @dataclass(frozen=True)
@@ -813,8 +873,18 @@ def export_changes(
         )
         labels = {pseudonym: label for pseudonym, label in keys}  # noqa: C416 (rows, not pairs)
         rows = [
-            ChangeRow(labels.get(c.path.split("/")[0], ""), c.part, c.path, c.tag, c.keyword,
-                      c.old_value, c.new_value, c.reason, c.action, c.file_count)
+            ChangeRow(
+                patient=labels.get(c.path.split("/")[0], ""),
+                path=c.path,
+                tag=c.tag,
+                keyword=c.keyword,
+                old_value=c.old_value,
+                new_value=c.new_value,
+                reason=c.reason,
+                action=c.action,
+                part=c.part,
+                files=c.file_count,
+            )
             for c in found
-        ]  # fmt: skip
+        ]
         return ChangeLog(rows, total)

@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from exporter import curation, services
-from exporter.dicom_values import CURATABLE_HINT
+from exporter import schemas, services
 from exporter.errors import PortalError
 from exporter.schemas import CuratedValue
 from exporter.ui import data
@@ -171,10 +170,13 @@ table, edit = st.columns([5, 2], gap="medium")
 with table:
     title, search = st.columns([1, 1], vertical_alignment="bottom")
     title.subheader("Header")
-    needle = search.text_input(
-        "Filter fields", placeholder="Filter by keyword, tag or value", key=KEY + "filter",
+    typed = search.text_input(
+        "Filter fields",
+        placeholder="Filter by keyword, tag or value",
+        key=KEY + "filter",
         label_visibility="collapsed",
-    ).strip().lower()  # fmt: skip
+    )
+    needle = typed.strip().lower()
     first = files[0][1] if files else "?"
     st.caption(
         f"File {paths[file_id]}" if file_id is not None else f"First file of the series: {first}"
@@ -183,9 +185,11 @@ with table:
         f
         for f in fields
         if not needle
-        or any(needle in (text or "").lower() for text in (f.tag, f.keyword, f.name, f.value,
-                                                             f.curated))
-    ]  # fmt: skip
+        or any(
+            needle in (text or "").lower()
+            for text in (f.tag, f.keyword, f.name, f.value, f.curated)
+        )
+    ]
     st.dataframe(
         [
             {
@@ -224,13 +228,13 @@ with edit, st.container(border=True):
         list(by_keyword),
         format_func=lambda k: f"{k} {by_keyword[k].tag}",
         key=f"{KEY}field-{slug}-{patient}-{series}-{file_id}",
-        help=CURATABLE_HINT,
+        help=services.CURATABLE_HINT,
     )
     other = st.text_input(
         "Other keyword (a field this file does not have)",
         placeholder="e.g. PatientComments or 0010,4000",
         key=KEY + "other",
-        help=CURATABLE_HINT,
+        help=services.CURATABLE_HINT,
     ).strip()
     field_name = other or keyword or ""
     vr, vm = "", "1"
@@ -274,7 +278,7 @@ with edit, st.container(border=True):
             st.error("Choose a field, or type the keyword of another one.")
         else:
             try:
-                targets = curation.targets(
+                targets = schemas.targets(
                     [patient, *others],
                     series if scope == "series" else None,
                     file_id if scope == "file" else None,

@@ -1,11 +1,13 @@
 """Exports: status and live progress, download, cancel, delete, export again, details."""
 
+from typing import Any
+
 import streamlit as st
 from humanize import naturaldelta, naturalsize
 
 from exporter import services
 from exporter.errors import PortalError
-from exporter.exports import ExportView, describe_privacy
+from exporter.schemas import ExportView
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 
@@ -26,6 +28,17 @@ st.title("Exports")
 
 def size(n: int | None) -> str:
     return naturalsize(n or 0, binary=True)
+
+
+def json_object(value: object) -> dict[str, Any]:
+    """A JSON object of a stored report or manifest (the services hand them over as plain
+    JSON), or {} when there is none."""
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def json_list(value: object) -> list[Any]:
+    """A JSON array of a stored report, or [] when there is none."""
+    return list(value) if isinstance(value, list) else []
 
 
 @st.fragment(run_every=2)
@@ -78,15 +91,16 @@ def privacy_details(view: ExportView) -> None:
     export's project (loaded when the expanders are opened)."""
     if view.status in ("pending", "processing") or not view.privacy_check:
         return
-    box = st.expander("Privacy check report", icon=":material/shield:", key=f"report-{view.id}",
-                      on_change="rerun")  # fmt: skip
+    box = st.expander(
+        "Privacy check report", icon=":material/shield:", key=f"report-{view.id}", on_change="rerun"
+    )
     if box.open:
         report = data.privacy_report(who.email, view.id)
         with box:
             if report is None:
                 st.caption("Only the project's data managers see the report.")
             else:
-                checked = dict(report.get("checked") or {})  # type: ignore[call-overload]
+                checked = json_object(report.get("checked"))
                 st.caption(
                     f"Result: **{report.get('result')}**, {report.get('finding_count', 0):,} "
                     f"finding(s); {checked.get('bytes_searched', 0):,} bytes searched, "
@@ -95,10 +109,12 @@ def privacy_details(view: ExportView) -> None:
                 left, right = st.columns(2)
                 left.dataframe(
                     [{"Searched for": k, "Values": v} for k, v in checked["values"].items()]
-                    + [{"Searched for": f"left out: {k}", "Values": v}
-                       for k, v in checked["left_out"].items()],
+                    + [
+                        {"Searched for": f"left out: {k}", "Values": v}
+                        for k, v in checked["left_out"].items()
+                    ],
                     hide_index=True,
-                )  # fmt: skip
+                )
                 right.dataframe(
                     [{"Searched in": k, "Places": v} for k, v in checked["places"].items()],
                     hide_index=True,
@@ -106,11 +122,15 @@ def privacy_details(view: ExportView) -> None:
                 findings = report.get("findings") or []
                 if findings:
                     st.dataframe(findings, hide_index=True)
-                st.caption("Not checked: " + "; ".join(report.get("not_checked", [])))
+                st.caption("Not checked: " + "; ".join(json_list(report.get("not_checked"))))
     if view.privacy == "identified":
         return
-    box = st.expander("Who is who (re-identification key)", icon=":material/key:",
-                      key=f"key-{view.id}", on_change="rerun")  # fmt: skip
+    box = st.expander(
+        "Who is who (re-identification key)",
+        icon=":material/key:",
+        key=f"key-{view.id}",
+        on_change="rerun",
+    )
     if box.open:
         with box:
             rows = data.export_key(who.email, view.id)
@@ -119,11 +139,17 @@ def privacy_details(view: ExportView) -> None:
             else:
                 st.caption("Reading the key is recorded in the audit log.")
                 st.dataframe(
-                    [{"Folder": r.pseudonym, "Patient": r.label,
-                      "Date shift (days)": r.date_shift_days,
-                      "Pseudonym": "stable" if r.stable else "fresh"} for r in rows],
+                    [
+                        {
+                            "Folder": r.pseudonym,
+                            "Patient": r.label,
+                            "Date shift (days)": r.date_shift_days,
+                            "Pseudonym": "stable" if r.stable else "fresh",
+                        }
+                        for r in rows
+                    ],
                     hide_index=True,
-                )  # fmt: skip
+                )
 
 
 def dicom_changes(view: ExportView, total: int) -> None:
@@ -132,9 +158,11 @@ def dicom_changes(view: ExportView, total: int) -> None:
     if view.status in ("pending", "processing") or not total:
         return  # running, nothing changed, or not a data manager of its project
     box = st.expander(
-        f"DICOM changes ({total:,})", icon=":material/difference:",
-        key=f"changes-{view.id}", on_change="rerun",
-    )  # fmt: skip
+        f"DICOM changes ({total:,})",
+        icon=":material/difference:",
+        key=f"changes-{view.id}",
+        on_change="rerun",
+    )
     if not box.open:
         return
     log = data.export_changes(who.email, view.id, CHANGE_ROWS)
@@ -189,12 +217,12 @@ for view in views:
         actions(view)
         privacy_details(view)
         with st.expander("Details"):
-            st.caption(describe_privacy(view))
+            st.caption(services.describe_privacy(view))
             facts = {"id": view.id, "criteria": view.criteria, "options": view.options}
             st.json({**facts, "notes": view.notes, "sha256": view.archive_sha256}, expanded=False)
             manifest = services.export_manifest(settings(), who.email, view.id)
             if manifest:
-                totals = dict(manifest["totals"])
+                totals = json_object(manifest["totals"])
                 st.caption(
                     f"Archive: {totals.get('parts')} part(s), {totals.get('files', 0):,} files, "
                     f"{size(totals.get('bytes'))} of data in {size(totals.get('archive_bytes'))}"

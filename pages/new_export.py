@@ -5,8 +5,7 @@ from humanize import naturalsize
 
 from exporter import schemas, services
 from exporter.errors import PortalError
-from exporter.exports import ExportRequest, archive_bytes_estimate, default_name, legacy_level
-from exporter.schemas import LEVELS, SUMMARIES, TITLES, PrivacyLevel
+from exporter.schemas import LEVELS, SUMMARIES, TITLES, ExportRequest, PrivacyLevel, legacy_level
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
@@ -18,17 +17,28 @@ NOT_IN_PIXELS = (
     "(privacy_report.json)."
 )
 PREVIEW = "new-export-preview"
+COMPRESSIONS = {"fast": "Fast (default)", "small": "Smaller, slower", "store": "None"}
 
 
 def size(n: int) -> str:
     return naturalsize(n, binary=True)
 
 
+def compression_label(compression: str) -> str:
+    return COMPRESSIONS[compression]
+
+
 def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
     """The header changes for one file per series, computed only on the button and shown
     only while the selection and options it was made for stay the same."""
-    wanted = (slug, request.selection, request.privacy, request.fresh_pseudonyms,
-              request.shift_dates, request.clean_descriptors)  # fmt: skip
+    wanted = (
+        slug,
+        request.selection,
+        request.privacy,
+        request.fresh_pseudonyms,
+        request.shift_dates,
+        request.clean_descriptors,
+    )
     with st.expander("Preview DICOM header changes", icon=":material/preview:"):
         if st.button("Show preview", disabled=disabled, key="new-export-preview-button"):
             try:
@@ -61,7 +71,7 @@ def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
             st.info("No DICOM header would change.")
             return
         changes.show(
-            (({"Patient": r.patient, "File": r.file}, r) for r in preview.rows),
+            (({"Patient": r.patient, "File": r.path}, r) for r in preview.rows),
             with_old=any(r.old_value is not None for r in preview.rows),
         )
 
@@ -122,8 +132,13 @@ with right:
         for kind, col in zip(("raw", "processed"), kind_cols, strict=True)
         if col.toggle(f"{kind.capitalize()} files", value=kind in wanted_kinds)
     ]
+    # One estimate serves the modality list and the totals: it is made for the modalities
+    # ticked (as the checkboxes below stand), and the preflight reuses it.
+    project_keys = data.modality_keys(who.email, slug)
+    wanted = criteria.get("modalities", project_keys)
+    ticked = [k for k in project_keys if st.session_state.get(f"mod-{slug}-{k}", k in wanted)]
     base = schemas.parse_selection(
-        folders, patients, tags, tag_mode, None, kinds or ["raw"], not_exported
+        folders, patients, tags, tag_mode, ticked, kinds or ["raw"], not_exported
     )
     try:
         overview = services.estimate(settings(), who.email, slug, base) if checked or tags else None
@@ -142,18 +157,21 @@ with right:
                 chosen.append(m.key)
 
     st.subheader("Options")
-    name = st.text_input("Name", value=criteria.get("name") or default_name())
+    name = st.text_input("Name", value=criteria.get("name") or services.default_name())
     notes = st.text_area("Notes", height=80)
+    compressions = list(COMPRESSIONS)
     compression = st.selectbox(
         "Compression",
-        ["fast", "small", "store"],
-        index=["fast", "small", "store"].index(earlier.get("compression", "fast")),
-        format_func={"fast": "Fast (default)", "small": "Smaller, slower", "store": "None"}.get,
+        compressions,
+        index=compressions.index(earlier.get("compression", "fast")),
+        format_func=compression_label,
     )
     part_gib = st.number_input(
-        "Split into parts of at most (GiB, 0 = one file)", 0, 10_000,
+        "Split into parts of at most (GiB, 0 = one file)",
+        0,
+        10_000,
         (earlier.get("max_part_bytes") or 0) // GIB,
-    )  # fmt: skip
+    )
 
 # Below both columns: each level's explanation needs the width.
 st.subheader("Privacy")
@@ -163,16 +181,22 @@ except PortalError as exc:
     st.error(str(exc))
     st.stop()
 manager = policy.may_change
+
+
+def level_title(value: str) -> str:
+    """The level's title, saying so when only the project's data managers may choose it."""
+    for_anyone = value != "identified" or manager or policy.policy.identified_for_researchers
+    return TITLES[PrivacyLevel(value)] + ("" if for_anyone else " — data managers only")
+
+
 level = st.radio(
     "Who may receive what",
     LEVELS,
     index=LEVELS.index(legacy_level(earlier)) if earlier else 0,
-    format_func=lambda v: TITLES[PrivacyLevel(v)]
-    + ("" if v != "identified" or manager or policy.policy.identified_for_researchers
-       else " — data managers only"),
+    format_func=level_title,
     captions=[SUMMARIES[PrivacyLevel(v)] for v in LEVELS],
     key=f"new-export-privacy-{slug}",
-)  # fmt: skip
+)
 st.caption(NOT_IN_PIXELS)
 fresh = shift_dates = clean = False
 if level == PrivacyLevel.IDENTIFIED:
@@ -195,24 +219,27 @@ else:
     with st.container(horizontal=True, gap="medium"):  # one row, wrapping on narrow screens
         if level == PrivacyLevel.DEIDENTIFIED:
             shift_dates = st.checkbox(
-                "Shift dates per patient", bool(earlier.get("shift_dates", True)),
+                "Shift dates per patient",
+                bool(earlier.get("shift_dates", True)),
                 key="new-export-shift-dates",
                 help="Dates move back by a number of days fixed per patient in this project "
                 "(the same in every export), so intervals survive; off removes them.",
-            )  # fmt: skip
+            )
         fresh = st.checkbox(
-            "Fresh pseudonyms", bool(earlier.get("fresh_pseudonyms")),
+            "Fresh pseudonyms",
+            bool(earlier.get("fresh_pseudonyms")),
             key="new-export-fresh",
             help="New pseudonyms, date shifts and UIDs that cannot be linked to this "
             "project's other exports (by default a patient is the same patient_NNN in every "
             "export of the project).",
-        )  # fmt: skip
+        )
         clean = st.checkbox(
-            "Keep descriptions, cleaned of identifiers", bool(earlier.get("clean_descriptors")),
+            "Keep descriptions, cleaned of identifiers",
+            bool(earlier.get("clean_descriptors")),
             key="new-export-clean",
             help="Study and series descriptions and comments are kept with the patients' "
             "known identifiers cleaned out, instead of being removed.",
-        )  # fmt: skip
+        )
 
 request = ExportRequest(
     selection=schemas.parse_selection(
@@ -230,7 +257,10 @@ request = ExportRequest(
 check = None
 if (checked or tags) and kinds:
     try:
-        check = services.preflight_export(settings(), who.email, slug, request)
+        # Modalities ticked but without files in this selection change no figure.
+        listed = {m.key for m in overview.by_modality} if overview else set()
+        known = overview if overview and set(chosen) == set(ticked) & listed else None
+        check = services.preflight_export(settings(), who.email, slug, request, known)
     except PortalError as exc:
         st.error(str(exc))
 
@@ -240,20 +270,26 @@ est = check.estimate if check else None
 cols[0].metric("Patients", f"{est.patient_count if est else 0:,}")
 cols[1].metric("Files", f"{est.file_count if est else 0:,}")
 cols[2].metric("Size", size(est.total_bytes if est else 0))
-cols[3].metric("Archive (about)", size(archive_bytes_estimate(est, compression) if est else 0))
+cols[3].metric(
+    "Archive (about)", size(services.archive_bytes_estimate(est, compression) if est else 0)
+)
 if check:
     st.caption(f"Quota left: {size(max(check.quota_left, 0))}")
-reason = (
-    "Tick patients or choose tags" if not (checked or tags)
-    else "Choose raw and/or processed files" if not kinds
-    else check.refusal if check else "The selection cannot be exported"
-)  # fmt: skip
+reason: str | None
+if not (checked or tags):
+    reason = "Tick patients or choose tags"
+elif not kinds:
+    reason = "Choose raw and/or processed files"
+elif check is None:
+    reason = "The selection cannot be exported"
+else:
+    reason = check.refusal.message if check.refusal else None
 if reason:
     st.warning(reason)
 preview_panel(slug, request, disabled=not ((checked or tags) and kinds and chosen))
 if st.button("Create export", type="primary", disabled=bool(reason)):
     try:
-        view = services.create_export(settings(), who.email, slug, request)
+        view = services.create_export(settings(), who.email, slug, request, check)
     except PortalError as exc:
         st.error(str(exc))
     else:

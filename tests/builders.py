@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import pydicom
 from PIL import Image, PngImagePlugin
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from exporter.config import PROJECT_ROOT
 
 
 def write_dicom(path: Path, patient: str = "DOE^JANE", number: int = 1, rows: int = 8) -> Path:
@@ -211,8 +215,9 @@ def _planted_photos(folder: Path, p: Planted) -> None:
     exif[0x010E] = f"Intraoral photo {p.names[-1]} {p.ids[0]}"  # ImageDescription
     exif[0x013B] = p.names[0]  # Artist
     exif[0x0132] = f"{p.dates[1][:4]}:{p.dates[1][4:6]}:{p.dates[1][6:]} 10:15:30"
-    xmp = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:creator>{p.names[-1]}</dc:creator>'
-           f"</x:xmpmeta>").encode()  # fmt: skip
+    xmp = (
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:creator>{p.names[-1]}</dc:creator></x:xmpmeta>'
+    ).encode()
     image.save(folder / "photo_1.jpg", "JPEG", exif=exif, comment=p.names[-1].encode(), xmp=xmp)
     info = PngImagePlugin.PngInfo()
     info.add_text("Author", p.names[0])
@@ -227,8 +232,9 @@ def planted_tree(root: Path, private_sequence: bool = False) -> Path:
     for p in PLANTED:
         base = root / p.folder / p.label
         for i in (1, 2):
-            _planted_dicom(base / "cbct" / "raw" / "series_001" / f"{i:04d}.dcm", p, i,
-                           private_sequence)  # fmt: skip
+            _planted_dicom(
+                base / "cbct" / "raw" / "series_001" / f"{i:04d}.dcm", p, i, private_sequence
+            )
         _planted_nifti(base / "cbct" / "processed" / f"{p.label}_{p.names[1]}_seg.nii.gz", p)
         header = f"{p.names[-1]} {p.ids[0]} upper".encode()[:80].ljust(80, b" ")
         write_file(base / "ios" / "upper.stl", header + struct.pack("<I", 0))
@@ -244,3 +250,12 @@ def planted_tree(root: Path, private_sequence: bool = False) -> Path:
             if path.is_file():
                 os.utime(path, (p.mtime, p.mtime))
     return root
+
+
+def gen_docs() -> ModuleType:
+    """scripts/gen_docs.py (a script, not a module of the package), loaded for its tests."""
+    spec = importlib.util.spec_from_file_location("gen_docs", PROJECT_ROOT / "scripts/gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -21,10 +21,11 @@ from redis import Redis
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from exporter import db, services
+from exporter import services
 from exporter.config import Settings
-from exporter.models import Base
-from exporter.redis_server import PrivateRedis, free_port
+from exporter.dev.redis_server import PrivateRedis, free_port
+from exporter.store import db
+from exporter.store.models import Base
 
 PG_ADMIN_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -147,7 +148,7 @@ def portal_env(
 ) -> Iterator[Callable[..., Settings]]:
     """Make the process environment a test portal's (jobs and the API read it), with a
     flushed Redis; call it with extra settings, e.g. ``portal_env(PORTAL_ENV="production")``."""
-    from exporter import api
+    from exporter.api import routes as api
 
     def make(**extra: str) -> Settings:
         Redis.from_url(redis_server.url).flushall()
@@ -175,7 +176,7 @@ SIGN_IN_PROXY = ("192.0.2.10", 50000)  # the sign-in proxy API tests stand in fo
 def api_portal(portal_env) -> Callable[..., tuple[TestClient, Settings]]:  # type: ignore[no-untyped-def]
     """A production portal on three demo patients, reached through the whole API stack (the
     identity guard included) from the trusted sign-in proxy; call it with extra settings."""
-    from exporter import api
+    from exporter.api import routes as api
 
     def make(**extra: str) -> tuple[TestClient, Settings]:
         settings = portal_env(PORTAL_ENV="production", TRUSTED_PROXIES=SIGN_IN_PROXY[0], **extra)
@@ -243,10 +244,13 @@ def ui_portal(
 
     Redis.from_url(redis_server.url).flushall()
     for key, value in {
-        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "PORTAL_DEV_USER": "researcher@demo.example",
-    }.items():  # fmt: skip
+        "DATABASE_URL": database_url,
+        "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"),
+        "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB",
+        "PORTAL_DEV_USER": "researcher@demo.example",
+    }.items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
     st.cache_data.clear()

@@ -6,7 +6,7 @@ it does not have: it waits for ever, long after the parent let go.
     python -m tests.fork_probe fork|spawn
 
 ``fork`` works the queue with RQ's forking ``Worker`` (what the portal ran before), ``spawn``
-with ``exporter.worker.PortalWorker``. Burst mode: exits when the queue is empty.
+with ``exporter.jobs.worker.PortalWorker``. Burst mode: exits when the queue is empty.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from rq import Worker
 from sqlalchemy.orm.mapper import _CONFIGURE_MUTEX
 
 from exporter.config import Settings
-from exporter.queue import export_queue
-from exporter.worker import PortalWorker
+from exporter.jobs.queue import export_queue
+from exporter.jobs.worker import PortalWorker
 
 HOLD_SECONDS = 8
 

@@ -7,9 +7,10 @@ from redis import Redis
 from rq import SimpleWorker
 from starlette.testclient import TestClient
 
-from exporter import api, services
+from exporter import services
+from exporter.api import routes as api
 from exporter.config import Settings
-from exporter.queue import export_queue
+from exporter.jobs.queue import export_queue
 
 ME = "researcher@demo.example"
 BODY = {"folders": ["/"], "modalities": ["ios", "cbct"], "name": "api export"}

@@ -20,9 +20,10 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from exporter import api, services
+from exporter import services
+from exporter.api import routes as api
 from exporter.config import Settings
-from exporter.redis_server import PrivateRedis
+from exporter.dev.redis_server import PrivateRedis
 
 ME = "researcher@demo.example"
 # What the API promises: never a 500, and every answer (status, type, body) as documented.
@@ -41,11 +42,15 @@ def app_env(
 ) -> Iterator[tuple[Starlette, dict[str, str]]]:
     Redis.from_url(redis_server.url).flushall()
     for key, value in {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}", "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "PORTAL_ENV": "production", "MAX_EXPORT_SIZE": "5MiB",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}",
+        "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"),
+        "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB",
+        "PORTAL_ENV": "production",
+        "MAX_EXPORT_SIZE": "5MiB",
         "TRUSTED_PROXIES": "192.0.2.10",
-    }.items():  # fmt: skip
+    }.items():
         monkeypatch.setenv(key, value)
     api.settings.cache_clear()
     config = Settings.load(env_file=tmp_path / "none.env")
@@ -62,12 +67,15 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
     doc = http.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
-        "/api/{project}/exports/create/", "/api/{project}/estimate/", "/api/{project}/preview/",
+        "/api/{project}/exports/create/",
+        "/api/{project}/estimate/",
+        "/api/{project}/preview/",
         "/api/{project}/exports/",
-        "/api/{project}/exports/{export_id}/", "/api/{project}/exports/{export_id}/cancel/",
+        "/api/{project}/exports/{export_id}/",
+        "/api/{project}/exports/{export_id}/cancel/",
         "/api/{project}/exports/{export_id}/download/",
         "/api/{project}/exports/{export_id}/download/{part}",
-    }  # fmt: skip
+    }
     page = http.get("/api/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
     assert http.get("/api/docs/static/swagger-ui-bundle.js").status_code == 200
@@ -85,8 +93,9 @@ def test_no_server_errors_and_answers_match_the_schema(
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def check(case: schemathesis.Case) -> None:
             if case.path_parameters and "project" in case.path_parameters:
                 case.path_parameters["project"] = "demo"  # the member's project: past the 404
@@ -102,11 +111,24 @@ _OVERSIZED = json.dumps({**_BASE, "notes": "x" * (4 * 1024**2)}).encode()
 _BAD_CHAR = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.sampled_from(
     ["\x00", "\x1b", "\x7f", "\x85"]
 )
-_BAD_TEXT = st.builds(lambda a, bad, b: a + bad + b, st.text(max_size=5), _BAD_CHAR,
-                      st.text(max_size=5))  # fmt: skip
-_TEXT_FIELDS = ("folders", "patients", "tags", "modalities", "kinds", "name", "notes",
-                "tag_mode", "options.compression", "options.privacy", "options.part_size",
-                "a field name", "an option name")  # fmt: skip
+_BAD_TEXT = st.builds(
+    lambda a, bad, b: a + bad + b, st.text(max_size=5), _BAD_CHAR, st.text(max_size=5)
+)
+_TEXT_FIELDS = (
+    "folders",
+    "patients",
+    "tags",
+    "modalities",
+    "kinds",
+    "name",
+    "notes",
+    "tag_mode",
+    "options.compression",
+    "options.privacy",
+    "options.part_size",
+    "a field name",
+    "an option name",
+)
 
 
 def _with_bad_text(field: str, text: str) -> dict[str, object]:
@@ -159,16 +181,19 @@ def test_hostile_bodies_find_no_server_error_and_answers_match_the_schema(
         if op.ok().method.upper() == "POST" and op.ok().body
     ]
     assert {op.path for op in posts} == {
-        "/api/{project}/exports/create/", "/api/{project}/estimate/", "/api/{project}/preview/"
-    }  # fmt: skip
+        "/api/{project}/exports/create/",
+        "/api/{project}/estimate/",
+        "/api/{project}/preview/",
+    }
     for operation in posts:
         _hostile_run(operation, auth)
 
 
 def _hostile_run(operation: schemathesis.APIOperation, auth: dict[str, str]) -> None:
     @given(body=HOSTILE_BODIES)
-    @settings(max_examples=40, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def check(body: object) -> None:
         case = operation.Case(
             body=body, media_type="application/json", path_parameters={"project": "demo"}

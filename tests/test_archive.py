@@ -17,15 +17,23 @@ from typing import BinaryIO
 
 import pytest
 
-from exporter import archive, db, schemas, services
-from exporter.accounts import principal_for
-from exporter.archive import ExportInfo, build_export, plan_export
+from exporter import schemas, services
+from exporter.access.accounts import principal_for
+from exporter.archive import build as archive
+from exporter.archive.build import ExportInfo, build_export, plan_export
+from exporter.archive.layout import (
+    PlannedFile,
+    plan_files,
+    pseudonyms,
+    sanitize_component,
+    unsafe_reason,
+)
+from exporter.archive.verify import verify
 from exporter.config import Settings
 from exporter.errors import ExportCancelled, NotEnoughSpace, SourceFileError
-from exporter.layout import PlannedFile, plan_files, pseudonyms, sanitize_component, unsafe_reason
-from exporter.registry import select_files
+from exporter.registry.query import select_files
 from exporter.schemas import ExportOptions, FileEntry
-from exporter.verify import verify
+from exporter.store import db
 from tests.conftest import make_settings
 
 CREATED = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
@@ -126,9 +134,20 @@ def test_labels_instead_of_pseudonyms_are_sanitised(demo_env: Settings, tmp_path
 
 
 def fake_entry(label: str, path: str, **kw: object) -> FileEntry:
-    base = {"id": 1, "patient_id": 1, "patient_label": label, "modality": "cbct", "kind": "raw",
-            "subtype": None, "path": path, "size": 1, "sha256": "0" * 64,
-            "media_type": "application/dicom", "series_label": None, "mtime_ns": 0}  # fmt: skip
+    base = {
+        "id": 1,
+        "patient_id": 1,
+        "patient_label": label,
+        "modality": "cbct",
+        "kind": "raw",
+        "subtype": None,
+        "path": path,
+        "size": 1,
+        "sha256": "0" * 64,
+        "media_type": "application/dicom",
+        "series_label": None,
+        "mtime_ns": 0,
+    }
     base.update(kw)
     return FileEntry(**base)  # type: ignore[arg-type]
 
@@ -217,8 +236,9 @@ def test_source_paths_that_leave_the_data_root_are_refused(
     linked_dir.symlink_to("/etc", target_is_directory=True)
     try:
         with pytest.raises(SourceFileError, match=r"demo/link\.dcm: is a symbolic link; refused"):
-            build(demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")],
-                  privacy="identified")  # fmt: skip
+            build(
+                demo_env, tmp_path, [replace(files[0], path="demo/link.dcm")], privacy="identified"
+            )
         with pytest.raises(SourceFileError, match="leads outside the data root"):
             build(demo_env, tmp_path, [replace(files[0], path="demo/linked/hostname")])
     finally:
@@ -301,9 +321,15 @@ def test_cancel_stops_within_a_second_and_removes_the_partial(
 
     with pytest.raises(ExportCancelled):
         build_export(
-            files, tmp_path / "e1", info(), ExportOptions(), demo_env.data_root,
-            transform=slow_transform, progress=progress, cancel=lambda: bool(stopped_at),
-        )  # fmt: skip
+            files,
+            tmp_path / "e1",
+            info(),
+            ExportOptions(),
+            demo_env.data_root,
+            transform=slow_transform,
+            progress=progress,
+            cancel=lambda: bool(stopped_at),
+        )
     assert stopped_at and time.monotonic() - stopped_at[0] < 1.0
     assert not (tmp_path / "e1").exists()
 
@@ -343,17 +369,24 @@ def test_disk_guard_refuses_and_stops(
     monkeypatch.setattr(archive, "check_free_space", lambda *a: None)  # let it start
     with pytest.raises(NotEnoughSpace, match=r"fell to .* below the reserve"):
         build_export(
-            files, small_disk / "e1", info(), ExportOptions(compression="store"),
-            demo_env.data_root, disk_reserve=2 * 1024 * 1024,
-        )  # fmt: skip
+            files,
+            small_disk / "e1",
+            info(),
+            ExportOptions(compression="store"),
+            demo_env.data_root,
+            disk_reserve=2 * 1024 * 1024,
+        )
     assert os.listdir(small_disk) == []
     # Unguarded: the disk fills up under the writer, and that too is said plainly.
     monkeypatch.setattr(archive, "DISK_CHECK_EVERY", 2**40)
     with pytest.raises(NotEnoughSpace, match=r"The export root is full"):
         build_export(
-            files, small_disk / "e1", info(), ExportOptions(compression="store"),
+            files,
+            small_disk / "e1",
+            info(),
+            ExportOptions(compression="store"),
             demo_env.data_root,
-        )  # fmt: skip
+        )
     assert os.listdir(small_disk) == []
 
 
@@ -417,8 +450,10 @@ def test_dicom_headers_carry_the_pseudonym_pixels_unchanged_originals_untouched(
     assert "OtherPatientIDsSequence" not in new and not any(e.tag.is_private for e in new)
     dump = subprocess.run(
         ["dcmdump", str(tmp_path / "x" / folder / "patient_001/cbct/series_001/0001.dcm")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "(0010,0010) PN [patient_001]" in dump.stdout
     assert (
         hashlib.sha256((demo_env.data_root / source.path).read_bytes()).hexdigest() == source.sha256
@@ -462,9 +497,11 @@ def test_a_patient_name_written_twice_leaves_the_archive_in_neither_copy(
     odd = demo_env.data_root / "demo" / "twice.dcm"
     odd.write_bytes(raw[:at] + element + raw[at:])
     entry = replace(
-        good, path="demo/twice.dcm", size=odd.stat().st_size,
+        good,
+        path="demo/twice.dcm",
+        size=odd.stat().st_size,
         sha256=hashlib.sha256(odd.read_bytes()).hexdigest(),
-    )  # fmt: skip
+    )
     try:
         result = build(demo_env, tmp_path, [entry], privacy=privacy)
     finally:
@@ -492,9 +529,11 @@ def test_a_dicom_that_cannot_be_rewritten_fails_the_export_naming_it(
     bad = demo_env.data_root / "demo" / "broken.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
     entry = replace(
-        next(f for f in files if f.path.endswith(".dcm")), path="demo/broken.dcm",
-        size=bad.stat().st_size, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(),
-    )  # fmt: skip
+        next(f for f in files if f.path.endswith(".dcm")),
+        path="demo/broken.dcm",
+        size=bad.stat().st_size,
+        sha256=hashlib.sha256(bad.read_bytes()).hexdigest(),
+    )
     try:
         with pytest.raises(SourceFileError, match=r"^patient_001/\S+\.dcm: DICOM header cannot be"):
             build(demo_env, tmp_path, [entry])
@@ -508,7 +547,7 @@ def test_the_change_log_is_streamed_not_held_for_the_whole_part(
 ) -> None:
     """A de-identified part hands its change log out in batches while it is being written,
     and dicom_changes.csv holds one row per changed field of every file."""
-    from exporter import dicom_rewrite
+    from exporter.archive import transform as dicom_rewrite
 
     monkeypatch.setattr(dicom_rewrite, "CHANGE_BATCH", 20)
     files = demo_files(demo_env, modalities=["cbct"])
@@ -522,9 +561,14 @@ def test_the_change_log_is_streamed_not_held_for_the_whole_part(
         done[0] = p.files_done  # type: ignore[attr-defined]
 
     result = build_export(
-        files, tmp_path / "e1", info(), ExportOptions(privacy="deidentified"), demo_env.data_root,
-        changes_sink=sink, progress=progress,
-    )  # fmt: skip
+        files,
+        tmp_path / "e1",
+        info(),
+        ExportOptions(privacy="deidentified"),
+        demo_env.data_root,
+        changes_sink=sink,
+        progress=progress,
+    )
     total = sum(n for n, _ in batches)
     assert len(batches) > 1 and batches[0][1] < len(files), "batches come while writing"
     with zipfile.ZipFile(result.parts[0].path) as zf:

@@ -21,14 +21,20 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from exporter import schemas, services
+from exporter.archive.verify import verify
 from exporter.config import PROJECT_ROOT, Settings
-from exporter.exports import ExportRequest
-from exporter.redis_server import free_port
-from exporter.verify import verify
+from exporter.dev.redis_server import free_port
+from exporter.schemas import ExportRequest
 
 SHOTS = PROJECT_ROOT / "test-output" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RESEARCHER = "researcher@demo.example"
 OUTSIDER = "outsider@other.example"
 
@@ -64,8 +70,11 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
     log = open(tmp / "portal.log", "wb")  # noqa: SIM115 (closed at teardown)
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "run", "--port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while not _up(base + "/_stcore/health"):
@@ -194,9 +203,11 @@ def test_cancel_a_running_export_from_the_exports_page(
     base, settings = portal
     selection = schemas.parse_selection(folders=["/"], modalities=["cbct", "ios"])
     view = services.create_export(
-        settings, RESEARCHER, "demo",
+        settings,
+        RESEARCHER,
+        "demo",
         ExportRequest(selection=selection, name="to-cancel", compression="small"),
-    )  # fmt: skip
+    )
     page = page_as(browser, RESEARCHER)
     page.goto(base + "/exports")
     cancel = page.locator(f".st-key-cancel-{view.id} button")  # the button's widget key

@@ -57,9 +57,17 @@ def test_register_user_and_estimate(cli_env: Settings, capsys: pytest.CaptureFix
     )
     assert (code, out.strip()) == (0, "Added rita@lab.example: researcher of proj")
     code, out, _ = run(
-        capsys, "estimate", "proj", "--user", "rita@lab.example", "--folder", "site-a",
-        "--modality", "ios", "--json",
-    )  # fmt: skip
+        capsys,
+        "estimate",
+        "proj",
+        "--user",
+        "rita@lab.example",
+        "--folder",
+        "site-a",
+        "--modality",
+        "ios",
+        "--json",
+    )
     assert code == 0
     data = json.loads(out)
     assert (data["patient_count"], data["file_count"], data["total_bytes"]) == (2, 4, 4 * 884)
@@ -128,21 +136,54 @@ def test_curate_then_dry_run_shows_the_change_and_creates_nothing(
     services.load_demo(cli_env, patients=2, seed=5)
     manager, researcher = "manager@demo.example", "researcher@demo.example"
     code, out, _ = run(
-        capsys, "curate", "set", "demo", "--user", manager, "--patient", "P0001",
-        "--patient", "P0002", "--field", "InstitutionName", "--value", "Research Site",
-    )  # fmt: skip
+        capsys,
+        "curate",
+        "set",
+        "demo",
+        "--user",
+        manager,
+        "--patient",
+        "P0001",
+        "--patient",
+        "P0002",
+        "--field",
+        "InstitutionName",
+        "--value",
+        "Research Site",
+    )
     assert code == 0 and out.count("-> 'Research Site'") == 2
     code, _, err = run(
-        capsys, "curate", "set", "demo", "--user", researcher, "--patient", "P0001",
-        "--field", "InstitutionName", "--value", "x",
-    )  # fmt: skip
+        capsys,
+        "curate",
+        "set",
+        "demo",
+        "--user",
+        researcher,
+        "--patient",
+        "P0001",
+        "--field",
+        "InstitutionName",
+        "--value",
+        "x",
+    )
     assert code != 0 and "Only data managers" in err
     code, out, _ = run(capsys, "curate", "history", "demo", "--user", manager, "--patient", "P0001")
     assert code == 0 and "InstitutionName" in out and "'Research Site'" in out
     code, out, _ = run(
-        capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
-        "--modality", "cbct", "--privacy", "deidentified", "--dry-run",
-    )  # fmt: skip
+        capsys,
+        "export",
+        "create",
+        "demo",
+        "--user",
+        researcher,
+        "--folder",
+        "/",
+        "--modality",
+        "cbct",
+        "--privacy",
+        "deidentified",
+        "--dry-run",
+    )
     assert code == 0, out
     assert "InstitutionName" in out and "Nothing was created" in out
     assert "[curated]" in out and "[deidentified]" in out
@@ -160,22 +201,71 @@ def test_project_privacy_and_the_re_identification_key(
     code, out, _ = run(capsys, "project", "privacy", "demo", "--user", researcher)
     assert code == 0 and "retain-full-dates                on" in out
     assert "Only data managers change this (manager@demo.example)" in out
-    code, _, err = run(capsys, "project", "privacy", "demo", "--user", researcher,
-                       "--retain-uids", "on")  # fmt: skip
+    code, _, err = run(
+        capsys, "project", "privacy", "demo", "--user", researcher, "--retain-uids", "on"
+    )
     assert code == 1 and "Only data managers" in err
-    code, out, _ = run(capsys, "project", "privacy", "demo", "--user", manager,
-                       "--retain-uids", "on", "--keep-private", "0009,DEMO VENDOR,10")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "project",
+        "privacy",
+        "demo",
+        "--user",
+        manager,
+        "--retain-uids",
+        "on",
+        "--keep-private",
+        "0009,DEMO VENDOR,10",
+    )
     assert code == 0 and "retain-uids                      on" in out
     assert "0009,DEMO VENDOR,10" in out
-    code, _, err = run(capsys, "project", "privacy", "demo", "--user", manager,
-                       "--keep-private", "nonsense")  # fmt: skip
+    code, _, err = run(
+        capsys, "project", "privacy", "demo", "--user", manager, "--keep-private", "nonsense"
+    )
     assert code == 1 and "GROUP,CREATOR,ELEMENT" in err
-    code, out, _ = run(capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
-                       "--modality", "ios", "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "export",
+        "create",
+        "demo",
+        "--user",
+        researcher,
+        "--folder",
+        "/",
+        "--modality",
+        "ios",
+        "--json",
+    )
     export_id = json.loads(out)["id"]
     assert json.loads(out)["privacy"] == "pseudonymised"
     code, _, err = run(capsys, "export", "key", export_id, "--user", researcher)
     assert code == 1 and "Only data managers" in err
-    code, _, err = run(capsys, "export", "create", "demo", "--user", researcher, "--folder", "/",
-                       "--modality", "ios", "--privacy", "identified")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "export",
+        "create",
+        "demo",
+        "--user",
+        researcher,
+        "--folder",
+        "/",
+        "--modality",
+        "ios",
+        "--privacy",
+        "identified",
+    )
     assert code == 1 and "for its data managers" in err
+
+
+def test_settings_hides_every_password(
+    cli_env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:redis-secret@127.0.0.1:6379/0")
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://portal:db-secret@127.0.0.1/portal")
+    code, out, _ = run(capsys, "settings")
+    assert code == 0
+    assert "secret" not in out, "a password was printed"
+    assert "REDIS_URL=redis://:***@127.0.0.1:6379/0" in out
+    assert "DATABASE_URL=postgresql+psycopg://portal:***@127.0.0.1/portal" in out
+    assert "SMTP_PASSWORD=***" in out

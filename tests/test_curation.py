@@ -10,11 +10,13 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
-from exporter import curation, db, schemas, services
+from exporter import schemas, services
 from exporter.config import Settings
-from exporter.curation import Target
-from exporter.errors import InvalidSelection, NotFound, PermissionDenied
-from exporter.models import Patient
+from exporter.errors import InvalidSelection, InvalidValue, NotFound, PermissionDenied
+from exporter.records import curation
+from exporter.schemas import Target
+from exporter.store import db
+from exporter.store.models import Patient
 
 MANAGER = "manager@demo.example"
 RESEARCHER = "researcher@demo.example"
@@ -69,18 +71,22 @@ def test_only_data_managers_of_the_project_may_curate(demo: Settings) -> None:
 def test_values_are_checked_by_vr_and_vm_and_nothing_is_saved_on_error(demo: Settings) -> None:
     series = first_series(demo)
     targets = [Target("P0001", series.label), Target("P0002", series.label)]
-    with pytest.raises(InvalidSelection, match="YYYYMMDD"):
+    with pytest.raises(InvalidValue, match="YYYYMMDD"):
         services.curate(demo, MANAGER, "demo", targets, "StudyDate", "31/01/2024")
-    with pytest.raises(InvalidSelection, match="UID"):
+    with pytest.raises(InvalidValue, match="UID"):
         services.curate(demo, MANAGER, "demo", targets, "StudyInstanceUID", "1.2.3")
-    with pytest.raises(InvalidSelection):
+    with pytest.raises(InvalidValue):
         services.curate(demo, MANAGER, "demo", targets, "PixelSpacing", "0.2")  # VM 2
     # One bad target fails the whole bulk edit: the first patient gets nothing either.
     with pytest.raises(NotFound):
         services.curate(
-            demo, MANAGER, "demo", [targets[0], Target("P0002", "no-such-series")],
-            "StudyDescription", "x",
-        )  # fmt: skip
+            demo,
+            MANAGER,
+            "demo",
+            [targets[0], Target("P0002", "no-such-series")],
+            "StudyDescription",
+            "x",
+        )
     assert services.curation_history(demo, MANAGER, "demo", "P0001") == []
     done = services.curate(demo, MANAGER, "demo", targets, "StudyDate", "2024-01-31")
     assert [d.value for d in done] == ["20240131", "20240131"], "ISO dates are normalised"
@@ -166,11 +172,11 @@ def test_series_are_told_apart_by_modality_and_files_outside_a_series_by_file(
 
 
 def test_one_edit_names_one_file_or_series_or_whole_patients() -> None:
-    assert curation.targets(["P1"], file_id=7) == [Target("P1", file_id=7)]
-    assert curation.targets(["P1", "P2"], "cbct/raw/s1") == [
+    assert schemas.targets(["P1"], file_id=7) == [Target("P1", file_id=7)]
+    assert schemas.targets(["P1", "P2"], "cbct/raw/s1") == [
         Target("P1", "cbct/raw/s1"),
         Target("P2", "cbct/raw/s1"),
     ]
-    assert [t.scope for t in curation.targets(["P1", "P2"])] == ["patient", "patient"]
+    assert [t.scope for t in schemas.targets(["P1", "P2"])] == ["patient", "patient"]
     with pytest.raises(InvalidSelection, match="A single file belongs to one patient"):
-        curation.targets(["P1", "P2"], file_id=7)
+        schemas.targets(["P1", "P2"], file_id=7)

@@ -12,12 +12,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from exporter import demo_data
-from exporter.archive import export_transform
-from exporter.curation_rules import CurationRules
-from exporter.deid_bytes import ByteDeidentifier
-from exporter.dicom_rewrite import HeaderRewriter
-from exporter.layout import PlannedFile
+from exporter.archive.build import export_transform
+from exporter.archive.layout import PlannedFile
+from exporter.archive.transform import HeaderRewriter
+from exporter.deid.header_bytes import ByteDeidentifier
+from exporter.dev import demo_data
+from exporter.dicom.rules import CurationRules
 from exporter.schemas import ExportOptions, FileEntry
 
 # ExportOptions for each privacy level and the options the project's policy may add.
@@ -25,11 +25,15 @@ OPTIONS = [
     {"privacy": "deidentified"},
     {"privacy": "deidentified", "shift_dates": True},
     {},  # pseudonymised, nothing retained
-    {"retain_full_dates": True, "retain_uids": True, "retain_device_identity": True,
-     "retain_patient_characteristics": True},
+    {
+        "retain_full_dates": True,
+        "retain_uids": True,
+        "retain_device_identity": True,
+        "retain_patient_characteristics": True,
+    },
     {"kept_private": ("0009,DEMO VENDOR,10",)},
     {"retain_full_dates": True, "kept_private": ("0009,DEMO VENDOR,10",)},
-]  # fmt: skip
+]
 IDS = ["deidentified", "shifted", "pseudonymised", "retained", "kept-private", "dates+private"]
 
 
@@ -44,9 +48,19 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 
 def planned(index: int, raw: bytes, patient: str) -> PlannedFile:
     entry = FileEntry(
-        index, 1, "P", "cbct", "raw", None, f"p/{index}.dcm", len(raw), "", "application/dicom",
-        "series_001", 0,
-    )  # fmt: skip
+        index,
+        1,
+        "P",
+        "cbct",
+        "raw",
+        None,
+        f"p/{index}.dcm",
+        len(raw),
+        "",
+        "application/dicom",
+        "series_001",
+        0,
+    )
     return PlannedFile(entry, f"{patient}/cbct/series_001/{index:04d}.dcm", patient)
 
 
@@ -75,10 +89,17 @@ def test_byte_level_equals_pydicom(sources: list[bytes], options: dict[str, obje
         assert got.preamble == bytes(128)
         assert got_changes == expected_changes
         reader = io.BytesIO(raw)
-        took_bytes += fast._bytes.rewrite(reader.read(1 << 20), "patient_001", {
-            0x00100010: ("PatientName", "patient_001", "pseudonym"),
-            0x00100020: ("PatientID", "patient_001", "pseudonym"),
-        }) is not None  # fmt: skip
+        took_bytes += (
+            fast._bytes.rewrite(
+                reader.read(1 << 20),
+                "patient_001",
+                {
+                    0x00100010: ("PatientName", "patient_001", "pseudonym"),
+                    0x00100020: ("PatientID", "patient_001", "pseudonym"),
+                },
+            )
+            is not None
+        )
     if not opts.kept_private:  # a reviewed private tag: pydicom knows its creator
         assert took_bytes == len(sources), "the demo's headers all take the byte-level path"
     else:
@@ -127,9 +148,12 @@ def with_extras(path: Path, encapsulated: bool = False, syntax: str = "") -> byt
         ds.file_meta.TransferSyntaxUID = syntax
         big = syntax == "1.2.840.10008.1.2.2"
         pydicom.dcmwrite(
-            path, ds, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=not big,
+            path,
+            ds,
+            implicit_vr=syntax == "1.2.840.10008.1.2",
+            little_endian=not big,
             force_encoding=True,
-        )  # fmt: skip
+        )
         return path.read_bytes()
     ds.save_as(path, enforce_file_format=True)
     return path.read_bytes()
@@ -174,11 +198,12 @@ def test_nothing_after_the_pixel_data_and_no_sender_in_the_file_meta(
 
 
 def test_the_archive_table_keeps_only_the_final_value_of_a_field() -> None:
-    from exporter.dicom_rewrite import Change, changes_csv
+    from exporter.archive.transform import Change, changes_csv
 
     curated = Change("p/1.dcm", "(0008,0080)", "InstitutionName", "St Mary's", "curated")
-    removed = Change("p/1.dcm", "(0008,0080)", "InstitutionName", None, "deidentified",
-                     "removed", "St Mary's")  # fmt: skip
+    removed = Change(
+        "p/1.dcm", "(0008,0080)", "InstitutionName", None, "deidentified", "removed", "St Mary's"
+    )
     table = changes_csv([curated, removed]).decode()
     assert "St Mary" not in table
     assert table.splitlines()[1] == 'p/1.dcm,"(0008,0080)",InstitutionName,,deidentified,removed'
@@ -187,7 +212,7 @@ def test_the_archive_table_keeps_only_the_final_value_of_a_field() -> None:
 def test_a_header_too_long_to_rewrite_fails_rather_than_leaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter import dicom_rewrite
+    from exporter.archive import transform as dicom_rewrite
     from exporter.errors import SourceFileError
     from tests.builders import write_dicom
 
@@ -206,8 +231,8 @@ def test_a_header_too_long_to_rewrite_fails_rather_than_leaks(
 
 
 def test_clean_removes_what_it_cannot_clean(sources: list[bytes]) -> None:
-    from exporter.deid import Deidentifier, DeidOptions
-    from exporter.deid_profile import BASIC_PROFILE
+    from exporter.deid.dataset import Deidentifier, DeidOptions
+    from exporter.deid.profile import BASIC_PROFILE
 
     rows = [r for r in BASIC_PROFILE.values() if r.clean_descriptors]
     binary = next(r for r in rows if pydicom.datadict.dictionary_VR(r.tag) in ("OB", "CS"))
@@ -230,10 +255,12 @@ def test_a_curated_value_the_character_set_lacks_switches_the_file_to_utf8(
     curated = CurationRules(by_patient={1: {0x00081030: ("StudyDescription", text)}})
     for deidentify in (False, True):
         rewriter = export_transform(
-            ExportOptions(privacy="deidentified" if deidentify else "identified",
-                          clean_descriptors=deidentify), ["patient_001"],
+            ExportOptions(
+                privacy="deidentified" if deidentify else "identified", clean_descriptors=deidentify
+            ),
+            ["patient_001"],
             curated,
-        )  # fmt: skip
+        )
         out = pydicom.dcmread(
             io.BytesIO(full_output(rewriter, planned(1, raw, "patient_001"), raw))
         )

@@ -23,13 +23,15 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from exporter import db, demo_data, services
+from exporter import services
+from exporter.archive.verify import verify
 from exporter.config import Settings
-from exporter.curation import Target
-from exporter.deid import Deidentifier, DeidOptions
-from exporter.errors import InvalidSelection, PermissionDenied
-from exporter.models import DatasetExport, ExportPatient, FileRegistry, Patient
-from exporter.verify import verify
+from exporter.deid.dataset import Deidentifier, DeidOptions
+from exporter.dev import demo_data
+from exporter.errors import InvalidOption, PermissionDenied
+from exporter.schemas import Target
+from exporter.store import db
+from exporter.store.models import DatasetExport, ExportPatient, FileRegistry, Patient
 from tests.test_jobs import MANAGER, ME, request, work
 
 IDENTITY_KEYS_KEPT_BY_RETAIN_UIDS = {"StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"}
@@ -104,14 +106,20 @@ def test_a_curated_value_reaches_the_archive_and_the_original_stays(
     """The issue's "done when": edit, export, dcmdump, dicom_changes.csv, original intact."""
     (series,) = services.patient_series(portal, MANAGER, "demo", "P0001")
     services.curate(
-        portal, MANAGER, "demo", [Target("P0001", series.label)], "StudyDescription",
+        portal,
+        MANAGER,
+        "demo",
+        [Target("P0001", series.label)],
+        "StudyDescription",
         "Curated cohort A",
-    )  # fmt: skip
+    )
     services.curate(portal, MANAGER, "demo", [Target("P0001")], "PatientSex", "O")
     view = services.create_export(
-        portal, ME, "demo",
+        portal,
+        ME,
+        "demo",
         request(folders=[], patients=["P0001"], modalities=["cbct"], clean_descriptors=True),
-    )  # fmt: skip
+    )
     work(portal)
     done = services.get_export(portal, ME, view.id)
     assert done.status == "completed", done.error_message
@@ -238,9 +246,11 @@ def test_uids_replaced_consistently_dates_shifted_per_patient_pixels_identical(
     portal: Settings, identities: dict[str, dict[str, str]]
 ) -> None:
     view = services.create_export(
-        portal, ME, "demo",
+        portal,
+        ME,
+        "demo",
         request(privacy="deidentified", modalities=["cbct"], part_size=1024 * 1024),
-    )  # fmt: skip
+    )
     work(portal)
     done = services.get_export(portal, ME, view.id)
     assert done.status == "completed", done.error_message
@@ -294,11 +304,11 @@ def test_uids_replaced_consistently_dates_shifted_per_patient_pixels_identical(
 
 
 def test_options_that_do_not_fit_the_privacy_level_are_refused(portal: Settings) -> None:
-    with pytest.raises(InvalidSelection, match="apply to the other levels"):
+    with pytest.raises(InvalidOption, match="apply to the other levels"):
         services.create_export(
             portal, MANAGER, "demo", request(privacy="identified", fresh_pseudonyms=True)
         )
-    with pytest.raises(InvalidSelection, match="Privacy level 'anonymous' is not known"):
+    with pytest.raises(InvalidOption, match="Privacy level 'anonymous' is not known"):
         services.create_export(portal, ME, "demo", request(privacy="anonymous"))
 
 
@@ -330,15 +340,21 @@ def test_preview_shows_one_file_per_series_with_old_and_new_values(portal: Setti
 def test_curated_values_are_frozen_when_the_export_starts_and_kept_out_of_the_csv_when_removed(
     portal: Settings,
 ) -> None:
-    from exporter import jobs
+    from exporter.jobs import tasks as jobs
 
     services.curate(portal, MANAGER, "demo", [Target("P0001")], "StudyDescription", "Before")
     services.curate(portal, MANAGER, "demo", [Target("P0001")], "InstitutionName", "Secret Site")
     view = services.create_export(
-        portal, ME, "demo",
-        request(modalities=["cbct"], privacy="deidentified", clean_descriptors=True,
-                part_size=1024 * 1024),
-    )  # fmt: skip
+        portal,
+        ME,
+        "demo",
+        request(
+            modalities=["cbct"],
+            privacy="deidentified",
+            clean_descriptors=True,
+            part_size=1024 * 1024,
+        ),
+    )
     assert jobs.run_export(view.id) == "parts enqueued"
     services.curate(portal, MANAGER, "demo", [Target("P0001")], "StudyDescription", "After")
     work(portal)

@@ -15,15 +15,33 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from exporter.archive import export_transform
-from exporter.deid_profile import BASIC_PROFILE
-from exporter.dicom_rewrite import HeaderRewriter
-from exporter.layout import PlannedFile
+from exporter.archive.build import export_transform
+from exporter.archive.layout import PlannedFile
+from exporter.archive.transform import HeaderRewriter
+from exporter.deid.profile import BASIC_PROFILE
 from exporter.schemas import ExportOptions, FileEntry
 
 SECRET = "ZZSECRETZZ"  # in every generated identifying text; must not survive
-VRS = ("LO", "SH", "PN", "CS", "DA", "TM", "DT", "UI", "DS", "IS", "US", "LT", "ST", "UT", "AE",
-       "AS", "SQ", "OB")  # fmt: skip
+VRS = (
+    "LO",
+    "SH",
+    "PN",
+    "CS",
+    "DA",
+    "TM",
+    "DT",
+    "UI",
+    "DS",
+    "IS",
+    "US",
+    "LT",
+    "ST",
+    "UT",
+    "AE",
+    "AS",
+    "SQ",
+    "OB",
+)
 ROWS = sorted(
     (r.tag, pydicom.datadict.dictionary_VR(r.tag))
     for r in BASIC_PROFILE.values()
@@ -31,9 +49,13 @@ ROWS = sorted(
     and pydicom.datadict.dictionary_VR(r.tag) in VRS
 )
 KEPT = [  # public elements the profile keeps
-    (0x00080008, "CS"), (0x00180050, "DS"), (0x00280030, "DS"), (0x00200013, "IS"),
-    (0x00180060, "DS"), (0x00082218, "SQ"),
-]  # fmt: skip
+    (0x00080008, "CS"),
+    (0x00180050, "DS"),
+    (0x00280030, "DS"),
+    (0x00200013, "IS"),
+    (0x00180060, "DS"),
+    (0x00082218, "SQ"),
+]
 # The reviewed private sequence kept (its public elements still get the profile); the
 # private text beside it goes.
 KEPT_PRIVATE = ("0011,FUZZ VENDOR,02",)
@@ -41,10 +63,14 @@ OPTION_SETS = [  # ExportOptions: each privacy level and what a project's policy
     {"privacy": "deidentified"},
     {"privacy": "deidentified", "shift_dates": True},
     {},
-    {"retain_full_dates": True, "retain_uids": True, "retain_device_identity": True,
-     "retain_patient_characteristics": True},
+    {
+        "retain_full_dates": True,
+        "retain_uids": True,
+        "retain_device_identity": True,
+        "retain_patient_characteristics": True,
+    },
     {"kept_private": KEPT_PRIVATE},
-]  # fmt: skip
+]
 
 
 def value_for(vr: str, rng: random.Random, secret: bool) -> Any:
@@ -120,8 +146,20 @@ def both(raw: bytes, options: dict[str, Any]) -> tuple[Any, Any, bytes]:
     opts = ExportOptions(**options)
     fast = export_transform(opts, ["patient_001"], None, "cd" * 32, {"patient_001": -77})
     slow = HeaderRewriter(fast.context, byte_level=False)
-    entry = FileEntry(1, 1, "P", "cbct", "raw", None, "p/1.dcm", len(raw), "", "application/dicom",
-                      "series_001", 0)  # fmt: skip
+    entry = FileEntry(
+        1,
+        1,
+        "P",
+        "cbct",
+        "raw",
+        None,
+        "p/1.dcm",
+        len(raw),
+        "",
+        "application/dicom",
+        "series_001",
+        0,
+    )
     item = PlannedFile(entry, "patient_001/cbct/series_001/0001.dcm", "patient_001")
     outputs = []
     for rewriter in (slow, fast):

@@ -1,5 +1,6 @@
 """PS3.15 Table E.1-1 as data: rows against pydicom's dictionary, known codes, option
-resolution, repeating groups, and the generated table in the README."""
+resolution, repeating groups, and the table scripts/gen_docs.py generates from it into
+docs/deidentification.md."""
 
 from __future__ import annotations
 
@@ -9,26 +10,24 @@ from pathlib import Path
 import pytest
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from exporter.deid_profile import (
+from exporter.config import PROJECT_ROOT
+from exporter.deid.profile import (
     BASIC_CODES,
     BASIC_PROFILE,
     DEID_METHOD,
-    DOC_PATH,
     OPTION_CODES,
-    REGENERATE_COMMAND,
     REPEATING_GROUPS,
     SUPPLEMENT,
-    TABLE_BEGIN,
-    TABLE_END,
     Action,
     ProfileRow,
     effective_action,
     is_private,
-    markdown_table,
     row_for,
-    update_doc,
-    with_table,
 )
+from tests import builders
+
+gen_docs = builders.gen_docs()
+DOC_PATH = PROJECT_ROOT / "docs" / "deidentification.md"
 
 OFF = {"retain_uids": False, "retain_dates": False, "clean_descriptors": False}
 
@@ -201,7 +200,7 @@ def test_method_constants() -> None:
 
 
 def test_markdown_table_rows() -> None:
-    lines = markdown_table().splitlines()
+    lines = gen_docs.markdown_table().splitlines()
     assert lines[0] == "| Attribute | Tag | Action | With options |"
     assert len(lines) == 2 + len(BASIC_PROFILE) + len(SUPPLEMENT) + len(REPEATING_GROUPS) + 1
     assert (
@@ -231,21 +230,24 @@ def test_markdown_table_rows() -> None:
 
 
 def test_the_doc_holds_the_generated_table() -> None:
+    begin, end, table = gen_docs.TABLE_BEGIN, gen_docs.TABLE_END, gen_docs.markdown_table()
     doc = DOC_PATH.read_text(encoding="utf-8")
-    assert f"{TABLE_BEGIN}\n\n{markdown_table()}\n{TABLE_END}" in doc, (
-        f"{DOC_PATH.name} is out of date: run {REGENERATE_COMMAND}"
+    assert f"{begin}\n\n{table}\n{end}" in doc, (
+        f"{DOC_PATH.name} is out of date: run {gen_docs.REGENERATE_COMMAND}"
     )
+    assert gen_docs.GENERATED["docs/deidentification.md"] is gen_docs.markdown_table
 
 
 def test_update_doc_regenerates_only_between_the_markers(tmp_path: Path) -> None:
+    begin, end, table = gen_docs.TABLE_BEGIN, gen_docs.TABLE_END, gen_docs.markdown_table()
     page = tmp_path / "page.md"
-    page.write_text(f"intro\n{TABLE_BEGIN}\nold\n{TABLE_END}\nend\n", encoding="utf-8")
-    assert update_doc(page)
+    page.write_text(f"intro\n{begin}\nold\n{end}\nend\n", encoding="utf-8")
+    assert gen_docs.update_doc(page, table)
     text = page.read_text(encoding="utf-8")
-    assert text == f"intro\n{TABLE_BEGIN}\n\n{markdown_table()}\n{TABLE_END}\nend\n"
-    assert not update_doc(page)
+    assert text == f"intro\n{begin}\n\n{table}\n{end}\nend\n"
+    assert not gen_docs.update_doc(page, table)
     with pytest.raises(ValueError, match="add the lines"):
-        with_table("no markers here")
+        gen_docs.with_table("no markers here", table)
 
 
 def test_the_options_a_project_policy_can_allow() -> None:
@@ -253,7 +255,7 @@ def test_the_options_a_project_policy_can_allow() -> None:
     the reviewed private tags keep what their columns say, nothing more."""
     from pydicom.dataset import Dataset
 
-    from exporter.deid import Deidentifier, DeidOptions
+    from exporter.deid.dataset import Deidentifier, DeidOptions
     from exporter.schemas import PrivateTag
 
     dated = [r for r in BASIC_PROFILE.values() if r.retain_dates is not None]
@@ -267,9 +269,10 @@ def test_the_options_a_project_policy_can_allow() -> None:
     assert effective_action(row("Allergies"), **chars) == Action.CLEAN
     assert effective_action(row("PatientName"), **chars) == Action.ZERO
     options = DeidOptions(
-        retain_full_dates=True, retain_device_identity=True,
+        retain_full_dates=True,
+        retain_device_identity=True,
         kept_private=(PrivateTag.parse("0009,ACME,10"),),
-    )  # fmt: skip
+    )
     assert [c for c, _ in options.codes()] == ["113100", "113106", "113109", "113111"]
     assert options.temporal() == "UNMODIFIED"
     ds = Dataset()

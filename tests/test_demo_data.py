@@ -18,22 +18,47 @@ import pydicom
 import pytest
 from PIL import Image
 
-from exporter.demo_data import SCALES, DemoManifest, write_demo_tree, write_tags_csv
+from exporter.dev.demo_data import SCALES, DemoManifest, write_demo_tree, write_tags_csv
 
 SMALL = SCALES["small"]
 PATIENTS = 9  # enough to fill all 2 x 2 x 2 folders
 # NIfTI-1 header fields in file order, with their struct codes.
 NIFTI_FIELDS = (
-    ("sizeof_hdr", "i"), ("data_type", "10s"), ("db_name", "18s"), ("extents", "i"),
-    ("session_error", "h"), ("regular", "c"), ("dim_info", "B"), ("dim", "8h"),
-    ("intent_p", "3f"), ("intent_code", "h"), ("datatype", "h"), ("bitpix", "h"),
-    ("slice_start", "h"), ("pixdim", "8f"), ("vox_offset", "f"), ("scl_slope", "f"),
-    ("scl_inter", "f"), ("slice_end", "h"), ("slice_code", "B"), ("xyzt_units", "B"),
-    ("cal_max", "f"), ("cal_min", "f"), ("slice_duration", "f"), ("toffset", "f"),
-    ("glmax", "i"), ("glmin", "i"), ("descrip", "80s"), ("aux_file", "24s"),
-    ("qform_code", "h"), ("sform_code", "h"), ("quatern", "6f"), ("srow", "12f"),
-    ("intent_name", "16s"), ("magic", "4s"),
-)  # fmt: skip
+    ("sizeof_hdr", "i"),
+    ("data_type", "10s"),
+    ("db_name", "18s"),
+    ("extents", "i"),
+    ("session_error", "h"),
+    ("regular", "c"),
+    ("dim_info", "B"),
+    ("dim", "8h"),
+    ("intent_p", "3f"),
+    ("intent_code", "h"),
+    ("datatype", "h"),
+    ("bitpix", "h"),
+    ("slice_start", "h"),
+    ("pixdim", "8f"),
+    ("vox_offset", "f"),
+    ("scl_slope", "f"),
+    ("scl_inter", "f"),
+    ("slice_end", "h"),
+    ("slice_code", "B"),
+    ("xyzt_units", "B"),
+    ("cal_max", "f"),
+    ("cal_min", "f"),
+    ("slice_duration", "f"),
+    ("toffset", "f"),
+    ("glmax", "i"),
+    ("glmin", "i"),
+    ("descrip", "80s"),
+    ("aux_file", "24s"),
+    ("qform_code", "h"),
+    ("sform_code", "h"),
+    ("quatern", "6f"),
+    ("srow", "12f"),
+    ("intent_name", "16s"),
+    ("magic", "4s"),
+)
 STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attr", "<u2")])
 
 

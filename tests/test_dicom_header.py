@@ -9,7 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from exporter import demo_data, dicom
+from exporter.dev import demo_data
+from exporter.dicom import header as dicom
 from tests.builders import write_dicom
 
 

@@ -13,7 +13,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pydicom.valuerep import validate_value as pydicom_validate
 
-from exporter.dicom_values import (
+from exporter.dicom.values import (
     CURATABLE_HINT,
     FieldSpec,
     curatable,
@@ -21,7 +21,7 @@ from exporter.dicom_values import (
     to_element_value,
     validate_value,
 )
-from exporter.errors import InvalidSelection
+from exporter.errors import InvalidValue
 
 NUMBERS = {"US", "SS", "UL", "SL", "FL", "FD"}
 
@@ -108,7 +108,7 @@ def test_field_spec_reads_the_dictionary() -> None:
     ],
 )
 def test_not_curatable_says_why(name: str, message: str) -> None:
-    with pytest.raises(InvalidSelection, match=message):
+    with pytest.raises(InvalidValue, match=message):
         field_spec(name)
     assert not curatable(name)
 
@@ -133,7 +133,7 @@ def test_every_curatable_field_has_a_supported_vr_and_takes_the_empty_value() ->
 
 def test_a_spec_made_by_hand_for_an_unsupported_vr_is_refused() -> None:
     spec = FieldSpec(0x00080018, "SOPInstanceUID", "SOP Instance UID", "UI", "1")
-    with pytest.raises(InvalidSelection, match="is a UID, and UIDs are never changed by curation"):
+    with pytest.raises(InvalidValue, match="is a UID, and UIDs are never changed by curation"):
         validate_value(spec, "1.2.3")
 
 
@@ -631,7 +631,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("keyword", "text", "message"), INVALID)
 def test_invalid_values_say_what_is_wrong(keyword: str, text: str, message: str) -> None:
-    with pytest.raises(InvalidSelection, match=message):
+    with pytest.raises(InvalidValue, match=message):
         check(keyword, text)
 
 
@@ -670,7 +670,7 @@ def test_multiplicity(vm: str) -> None:
         assert validate_value(spec, "\\".join(["7"] * count)) == "\\".join(["7"] * count)
     for count in does_not:
         message = "takes a single value" if vm == "1" else f"; got {count} in '7"
-        with pytest.raises(InvalidSelection, match=message):
+        with pytest.raises(InvalidValue, match=message):
             validate_value(spec, "\\".join(["7"] * count))
 
 
@@ -705,7 +705,7 @@ def test_to_element_value(keyword: str, text: str, expected: object) -> None:
 
 
 def test_to_element_value_refuses_what_validate_value_refuses() -> None:
-    with pytest.raises(InvalidSelection, match="StudyDate must be a date as YYYYMMDD"):
+    with pytest.raises(InvalidValue, match="StudyDate must be a date as YYYYMMDD"):
         to_element_value(field_spec("StudyDate"), "31/01/2024")
 
 

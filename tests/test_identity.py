@@ -21,12 +21,14 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from exporter import api, db, schemas, services
+from exporter import schemas, services
+from exporter.api import routes as api
 from exporter.config import PROJECT_ROOT, Settings
+from exporter.dev.redis_server import free_port
 from exporter.errors import ConfigError
-from exporter.exports import ExportRequest
-from exporter.models import DatasetExport
-from exporter.redis_server import free_port
+from exporter.schemas import ExportRequest
+from exporter.store import db
+from exporter.store.models import DatasetExport
 
 ME = "researcher@demo.example"
 PROXY = "10.0.0.2"
@@ -119,6 +121,33 @@ def test_a_cross_origin_post_neither_creates_nor_cancels(production: Settings) -
     assert services.get_export(production, ME, view.id).status == "pending"
 
 
+def test_a_cross_origin_post_is_refused_under_a_root_path_too(production: Settings) -> None:
+    """Served under a prefix (``uvicorn --root-path /portal``, a proxy's sub-path) the path the
+    server sees starts with the prefix: the checks still apply (an adversarial run found the
+    export made)."""
+    http = TestClient(
+        api.application(), base_url=PORTAL, client=(PROXY, 43210), root_path="/portal"
+    )
+    evil = {"X-Forwarded-User": ME, "Origin": "https://evil.example", "Content-Type": "text/plain"}
+    body = b'{"folders": ["/"], "modalities": ["ios"]}'
+    created = http.post("/portal" + CREATE, content=body, headers=evil)
+    assert created.status_code == 403, created.text[:200]
+    plain = http.post("/portal" + CREATE, content=body, headers={"X-Forwarded-User": ME})
+    assert plain.status_code == 415, plain.text[:200]
+    assert exports(production) == 0
+
+
+def test_an_identity_header_that_is_not_ascii_is_refused(production: Settings) -> None:
+    """Header bytes are read as Latin-1: a UTF-8 address would sign in as another string."""
+    http = client(PROXY)
+    answer = http.get(
+        "/api/demo/exports/", headers=[(b"X-Forwarded-User", "résearcher@demo.example".encode())]
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "InvalidIdentity"
+    assert "ASCII" in answer.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("site", ["cross-site", "same-site"])
 def test_a_browser_request_from_another_site_is_refused(production: Settings, site: str) -> None:
     response = client(PROXY).post(
@@ -188,6 +217,9 @@ def test_production_without_trusted_proxies_refuses_to_serve(
         ("proxy.internal", "'proxy.internal' is not an IP address or CIDR range"),
         ("10.0.0.2, 0.0.0.0/0", "'0.0.0.0/0' trusts every address"),
         ("::/0", "'::/0' trusts every address"),
+        ("0.0.0.0/1, 128.0.0.0/1", "trusts 4,294,967,296 IPv4 addresses, more than a /8"),
+        ("10.0.0.0/7", "more than a /8"),
+        ("2001:db8::/31", "more than a /32"),
     ],
 )
 def test_trusted_proxies_must_be_addresses_of_proxies(
@@ -207,7 +239,7 @@ def development(portal_env: Callable[..., Settings]) -> Settings:
 def test_development_answers_only_loopback_with_a_loopback_host(
     development: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="exporter.guard"):
+    with caplog.at_level(logging.WARNING, logger="exporter.api.guard"):
         rebound = client("127.0.0.1", "http://evil.example:8501")  # DNS rebinding: our address
     assert f"signed in as {ME}" in caplog.text and "real patient data" in caplog.text
     refused = rebound.get("/api/demo/exports/")
@@ -259,8 +291,11 @@ def streamlit(tmp: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
     with open(tmp / f"streamlit-{port}.log", "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-            cwd=PROJECT_ROOT, env=full, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_up(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:

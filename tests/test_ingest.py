@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from exporter import db, schemas, services
+from exporter import schemas, services
 from exporter.config import Settings
 from exporter.errors import IngestError
-from exporter.models import FileKind, FileRegistry, Patient, PatientFolder, PatientTag, Tag
+from exporter.store import db
+from exporter.store.models import FileKind, FileRegistry, Patient, PatientFolder, PatientTag, Tag
 from tests.builders import small_tree, write_dicom, write_file
 
 
@@ -297,7 +298,7 @@ def test_a_malformed_dicom_is_skipped_not_fatal(settings: Settings, tree: Path) 
 
 
 def test_modalities_not_enabled_in_the_project_are_skipped(settings: Settings, tree: Path) -> None:
-    from exporter.models import Modality, ProjectModality
+    from exporter.store.models import Modality, ProjectModality
 
     with db.session_scope(settings) as session:
         ios = session.scalar(select(Modality).where(Modality.key == "ios"))
@@ -314,7 +315,7 @@ def test_modalities_not_enabled_in_the_project_are_skipped(settings: Settings, t
 def test_reading_in_worker_processes_registers_the_same_rows(
     settings: Settings, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter import ingest
+    from exporter.registry import ingest
 
     services.register(settings, "proj", tree)
     inline = {p: (r.sha256, r.dicom_header, r.media_type) for p, r in rows(settings).items()}
@@ -371,8 +372,10 @@ def test_paths_an_export_could_not_read_back_are_refused_naming_the_file(
     write_file(photos / "odd\\name.jpg", b"\xff\xd8b")
     write_file(photos / "bell\x07.jpg", b"\xff\xd8c")
     os.makedirs(os.fsencode(photos) + b"/../../P\xff9", exist_ok=True)
-    write_file(Path(os.fsdecode(os.fsencode(tree / "site-a/study-1") + b"/P\xff9/ios/upper.stl")),
-               b"s" * 10)  # fmt: skip
+    write_file(
+        Path(os.fsdecode(os.fsencode(tree / "site-a/study-1") + b"/P\xff9/ios/upper.stl")),
+        b"s" * 10,
+    )
     report = services.register(settings, "proj", tree)
     reasons = {i.path.removeprefix("study/"): i.reason for i in report.refused}
     assert "a backslash" in reasons["site-a/study-1/P002/intraoral-photo/odd\\name.jpg"]
@@ -399,8 +402,11 @@ def test_cli_names_the_refused_file_and_exits_non_zero(
     from exporter import cli
 
     write_file(tree / "site-b/P003/ios/a\\b.stl", b"s" * 10)
-    for key, value in {"DATABASE_URL": settings.database_url, "DATA_ROOT": str(settings.data_root),
-                       "EXPORT_ROOT": str(settings.export_root)}.items():  # fmt: skip
+    for key, value in {
+        "DATABASE_URL": settings.database_url,
+        "DATA_ROOT": str(settings.data_root),
+        "EXPORT_ROOT": str(settings.export_root),
+    }.items():
         monkeypatch.setenv(key, value)
     code = cli.main(["register", "proj", str(tree)])
     err = capsys.readouterr().err
@@ -415,6 +421,11 @@ def test_cli_names_the_refused_file_and_exits_non_zero(
         (" P004", "begins or ends with a space"),
         ("P\u200b004", "invisible character"),
         ("P004\u202e", "invisible character"),
+        ("P\u2800004", "invisible character"),  # the Braille blank draws nothing
+        ("Pe\u0301004", "not in Unicode's composed form"),  # would look like "Pé004"
+        ("\u0301P004", "begins with a combining mark"),
+        ("P004\uff0fx", "looks like a slash"),
+        ("P004\u2215x", "looks like a slash"),
     ],
 )
 def test_labels_that_cannot_be_selected_as_written_are_refused(

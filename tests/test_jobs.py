@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,14 +17,23 @@ from redis import Redis
 from rq import SimpleWorker
 from sqlalchemy import select
 
-from exporter import db, jobs, schemas, services
+from exporter import schemas, services
+from exporter.archive.verify import verify
 from exporter.config import PROJECT_ROOT, Settings
-from exporter.errors import InvalidSelection, InvalidState, LimitExceeded, NotEnoughSpace, NotFound
-from exporter.exports import ExportRequest
-from exporter.models import AuditEvent, DatasetExport, ExportPatient
-from exporter.queue import export_queue
-from exporter.redis_server import PrivateRedis, free_port
-from exporter.verify import verify
+from exporter.dev.redis_server import PrivateRedis, free_port
+from exporter.errors import (
+    InvalidOption,
+    InvalidSelection,
+    InvalidState,
+    LimitExceeded,
+    NotEnoughSpace,
+    NotFound,
+)
+from exporter.jobs import upkeep
+from exporter.jobs.queue import export_queue
+from exporter.schemas import ExportRequest
+from exporter.store import db
+from exporter.store.models import AuditEvent, DatasetExport, ExportPatient
 from tests.conftest import Inbox, make_settings
 
 ME = "researcher@demo.example"
@@ -113,7 +123,7 @@ def test_refusals_say_what_to_change(portal: Settings, monkeypatch: pytest.Monke
     full = Settings.load(environ={**os.environ, "DISK_RESERVE": "100000TiB"})
     with pytest.raises(NotEnoughSpace, match="Not enough free space at the export root"):
         services.create_export(full, ME, "demo", request(name="c"))
-    with pytest.raises(InvalidSelection, match="has no usable characters"):
+    with pytest.raises(InvalidOption, match="has no usable characters"):
         services.create_export(portal, ME, "demo", request(name="///"))
     with db.session_scope(portal) as session:
         assert len(session.scalars(select(DatasetExport)).all()) == 1  # only the one accepted
@@ -128,14 +138,17 @@ def test_double_submit_gives_one_export(portal: Settings) -> None:
 
 
 def _while_another_is_saving(  # type: ignore[no-untyped-def]
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, first: ExportRequest,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    first: ExportRequest,
     second: ExportRequest,
-):  # fmt: skip
+):
     """Save ``first`` in a transaction held open while ``second`` is submitted (two tabs, or
     a retried API call, at the same moment); returns (first's id, second's outcome)."""
     import threading
 
-    from exporter import accounts, exports
+    from exporter.access import accounts
+    from exporter.records import exports
 
     outcome: dict[str, object] = {}
     arrived = threading.Event()
@@ -284,7 +297,7 @@ def test_redis_flushed_pending_export_runs_after_reconcile(
     Redis.from_url(portal.redis_url).flushall()
     work(portal)
     assert services.get_export(portal, ME, view.id).status == "pending"
-    monkeypatch.setattr(jobs, "PENDING_GRACE_SECONDS", 0)
+    monkeypatch.setattr(upkeep, "PENDING_GRACE_SECONDS", 0)
     assert services.housekeeping(portal)["requeued"] == 1
     work(portal)
     assert services.get_export(portal, ME, view.id).status == "completed"
@@ -294,8 +307,11 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, str(PROJECT_ROOT / "worker.py")],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -314,10 +330,13 @@ def slow_portal(
     """Enough data that a 'small' (level 6) export takes several seconds."""
     Redis.from_url(redis_server.url).flushall()
     for key, value in {
-        "DATABASE_URL": database_url, "DATA_ROOT": str(tmp_path / "data"),
-        "EXPORT_ROOT": str(tmp_path / "exports"), "REDIS_URL": redis_server.url,
-        "DISK_RESERVE": "1MiB", "STALE_AFTER": "10",
-    }.items():  # fmt: skip
+        "DATABASE_URL": database_url,
+        "DATA_ROOT": str(tmp_path / "data"),
+        "EXPORT_ROOT": str(tmp_path / "exports"),
+        "REDIS_URL": redis_server.url,
+        "DISK_RESERVE": "1MiB",
+        "STALE_AFTER": "10",
+    }.items():
         monkeypatch.setenv(key, value)
     settings = Settings.load(env_file=tmp_path / "none.env")
     services.load_demo(settings, patients=6, seed=4, scale="medium")
@@ -353,23 +372,26 @@ def test_real_workers_two_at_once_cancel_and_a_killed_worker(
         # kill b's worker outright: the export fails (not stuck in processing), no partial left
         wait_for(lambda: row_of(slow_portal, b.id).bytes_done > 0, 20, "b to make progress")
         b_worker = row_of(slow_portal, b.id).worker_id
-        for w in workers:  # the machine dies: work-horses (own process groups) and workers
+        for w in workers:  # the machine dies: workers, then their work-horses (own process
+            # groups), so that no worker is left to see its work-horse die and fail the export
             horses = subprocess.run(["pgrep", "-P", str(w.pid)], capture_output=True, text=True)
-            for pid in horses.stdout.split():
-                os.kill(int(pid), signal.SIGKILL)
             os.killpg(w.pid, signal.SIGKILL)
             w.wait()
+            for pid in horses.stdout.split():
+                with contextlib.suppress(ProcessLookupError):  # it may have just finished
+                    os.kill(int(pid), signal.SIGKILL)
         assert b_worker
         assert services.get_export(slow_portal, ME, b.id).status == "processing"
         time.sleep(11)  # STALE_AFTER
         replacement = start_worker(env, tmp_path / "w3.log")  # reconciles at start
         workers = [replacement]
         wait_for(
-            lambda: services.get_export(slow_portal, ME, b.id).status == "failed", 60,
+            lambda: services.get_export(slow_portal, ME, b.id).status == "failed",
+            60,
             "the killed worker's export to fail",
-        )  # fmt: skip
+        )
         failed = services.get_export(slow_portal, ME, b.id)
-        assert failed.error_message == jobs.WORKER_DIED
+        assert failed.error_message == upkeep.WORKER_DIED
         wait_for(lambda: not (slow_portal.export_root / b.id).exists(), 10, "b's files removed")
     finally:
         for w in workers:
@@ -389,8 +411,25 @@ def test_cli_create_list_show(portal: Settings, capsys: pytest.CaptureFixture[st
 
     from exporter.cli import main
 
-    assert main(["export", "create", "demo", "--user", ME, "--folder", "/", "--modality", "ios",
-                 "--name", "cli export", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "create",
+                "demo",
+                "--user",
+                ME,
+                "--folder",
+                "/",
+                "--modality",
+                "ios",
+                "--name",
+                "cli export",
+                "--json",
+            ]
+        )
+        == 0
+    )
     created = json.loads(capsys.readouterr().out)
     assert created["status"] == "pending" and created["name"] == "cli export"
     work(portal)
@@ -459,13 +498,41 @@ def test_cli_wait_shows_the_outcome_in_the_exit_status(
 
     worker = start_worker(dict(os.environ), tmp_path / "w.log")
     try:
-        code = main(["export", "create", "demo", "--user", ME, "--folder", "/",
-                     "--modality", "ios", "--wait", "--json"])  # fmt: skip
+        code = main(
+            [
+                "export",
+                "create",
+                "demo",
+                "--user",
+                ME,
+                "--folder",
+                "/",
+                "--modality",
+                "ios",
+                "--wait",
+                "--json",
+            ]
+        )
         assert code == 0
         assert json.loads(capsys.readouterr().out)["status"] == "completed"
         next((portal.data_root / "demo").rglob("lower.stl")).unlink()
-        code = main(["export", "create", "demo", "--user", ME, "--folder", "/",
-                     "--modality", "ios", "--name", "again", "--wait", "--json"])  # fmt: skip
+        code = main(
+            [
+                "export",
+                "create",
+                "demo",
+                "--user",
+                ME,
+                "--folder",
+                "/",
+                "--modality",
+                "ios",
+                "--name",
+                "again",
+                "--wait",
+                "--json",
+            ]
+        )
         assert code == 1
         assert json.loads(capsys.readouterr().out)["status"] == "failed"
     finally:
@@ -476,11 +543,25 @@ def test_cli_wait_shows_the_outcome_in_the_exit_status(
 def test_rq_worker_pool_with_the_portal_worker_class(portal: Settings) -> None:
     views = [services.create_export(portal, ME, "demo", request(name=n)) for n in ("p1", "p2")]
     pool = subprocess.run(
-        [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", "2", "-b",
-         "-w", "exporter.worker.PortalWorker", "-u", portal.redis_url, "-P", str(PROJECT_ROOT),
-         "exports"],
-        env=dict(os.environ), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "worker-pool",
+            "-n",
+            "2",
+            "-b",
+            "-w",
+            "exporter.jobs.worker.PortalWorker",
+            "-u",
+            portal.redis_url,
+            "-P",
+            str(PROJECT_ROOT),
+            "exports",
+        ],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0, pool.stderr[-2000:]
     done = [services.get_export(portal, ME, v.id) for v in views]
     assert [v.status for v in done] == ["completed"] * 2, (
@@ -496,7 +577,7 @@ def test_completed_exports_tag_patients_and_not_yet_exported_selects_the_rest(
         portal, ME, "demo", request(folders=[], patients=["P0001", "P0002"])
     )
     work(portal)
-    from exporter.models import PatientTag, Tag
+    from exporter.store.models import PatientTag, Tag
 
     with db.session_scope(portal) as session:
         links = session.execute(
@@ -521,8 +602,8 @@ def test_two_exports_tagging_the_same_patients_at_once_do_not_fail(portal: Setti
     patients; neither may fail (seen on PostgreSQL as a unique violation)."""
     import threading
 
-    from exporter.models import Patient, PatientTag, Tag
-    from exporter.registry import tag_exported
+    from exporter.registry.query import tag_exported
+    from exporter.store.models import Patient, PatientTag, Tag
 
     a = services.create_export(portal, ME, "demo", request(name="a", modalities=["ios"]))
     b = services.create_export(portal, ME, "demo", request(name="b", modalities=["cbct"]))

@@ -18,7 +18,7 @@ from redis import Redis
 from rq import Worker
 
 from exporter.config import PROJECT_ROOT
-from exporter.redis_server import free_port, redis_answers
+from exporter.dev.redis_server import free_port, redis_answers
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -43,8 +43,11 @@ def launch(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "exporter", "run", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.mark.slow
@@ -82,8 +85,9 @@ def test_run_starts_private_redis_worker_and_ui_and_stops_them(tmp_path: Path) -
         os.kill(worker.pid, signal.SIGKILL)
         wait_for(
             lambda: {w.pid for w in Worker.all(connection=connection)} - {worker.pid},
-            30, "a new worker after the first was killed",
-        )  # fmt: skip
+            30,
+            "a new worker after the first was killed",
+        )
         assert "The worker exited (status -9): starting it again" in log.read_text()
         assert http_ok(f"http://127.0.0.1:{port}/_stcore/health")
         worker = next(w for w in Worker.all(connection=connection) if w.pid != worker.pid)

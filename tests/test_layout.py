@@ -16,7 +16,7 @@ def test_exporter_imports_without_streamlit() -> None:
         for m in pkgutil.walk_packages(exporter.__path__, "exporter.")
         if not m.name.startswith(("exporter.ui", "exporter.migrations", "exporter.__main__"))
     ]
-    assert "exporter.registry" in modules and "exporter.services" in modules
+    assert "exporter.registry.query" in modules and "exporter.services" in modules
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

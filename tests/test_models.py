@@ -4,9 +4,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from exporter import db
 from exporter.config import Settings
-from exporter.models import Base
+from exporter.store import db
+from exporter.store.models import Base
 
 
 def test_migrations_match_the_models(settings: Settings) -> None:

@@ -18,17 +18,19 @@ import pydicom
 import pytest
 from sqlalchemy import select, update
 
-from exporter import db, jobs, services
+from exporter import services
+from exporter.archive.verify import verify
 from exporter.config import Settings
 from exporter.errors import PermissionDenied
-from exporter.models import (
+from exporter.jobs import upkeep
+from exporter.store import db
+from exporter.store.models import (
     AuditEvent,
     DatasetExport,
     ExportDicomChange,
     ExportPart,
     PatientPseudonym,
 )
-from exporter.verify import verify
 from tests.builders import PLANTED, planted_tree
 from tests.conftest import Inbox
 from tests.test_jobs import MANAGER, ME, request, text_of, work
@@ -93,8 +95,10 @@ def zip_fields(archive: Path) -> bytes:
     (the entry data left out, which :func:`entries` covers)."""
     raw = archive.read_bytes()
     with zipfile.ZipFile(archive) as zf:
-        spans = [(i.header_offset, i.header_offset + 30 + len(i.filename.encode()) + 40)
-                 for i in zf.infolist()]  # fmt: skip
+        spans = [
+            (i.header_offset, i.header_offset + 30 + len(i.filename.encode()) + 40)
+            for i in zf.infolist()
+        ]
         start = zf.start_dir
     return b"".join(raw[a:b] for a, b in spans) + raw[start:]
 
@@ -288,8 +292,7 @@ def test_pseudonyms_shifts_and_uids_are_stable_per_project_and_fresh_on_request(
         assert all(folder.startswith("subject_") for folder in fresh), "never a stable name"
     assert {u for _, u, _ in runs[2].values()}.isdisjoint({u for _, u, _ in runs[3].values()})
     with db.session_scope(portal) as session:
-        stable = dict(session.execute(select(PatientPseudonym.id,
-                                             PatientPseudonym.number)).all())  # fmt: skip
+        stable = dict(session.execute(select(PatientPseudonym.id, PatientPseudonym.number)).all())
     assert sorted(stable.values()) == [1, 1, 2, 3, 4], "fresh exports add no stable ones"
     assert all(folder.startswith("case_") for folder in runs[0]), "de-identified: its own series"
     with pytest.raises(PermissionDenied):
@@ -297,16 +300,17 @@ def test_pseudonyms_shifts_and_uids_are_stable_per_project_and_fresh_on_request(
 
 
 def test_pseudonym_numbers_do_not_follow_the_order_of_labels(portal: Settings) -> None:
-    from exporter import pseudonyms
-    from exporter.models import Patient, Project
+    from exporter.records import pseudonyms
+    from exporter.store.models import Patient, Project
 
     with db.session_scope(portal) as session:
         project = session.scalar(select(Project).where(Project.slug == "other"))
         assert project is not None
         session.add_all(Patient(project_id=project.id, label=f"L{i:03d}") for i in range(40))
         session.flush()
-        ids = dict(session.execute(select(Patient.id, Patient.label)
-                                   .where(Patient.label.like("L%"))).all())  # fmt: skip
+        ids = dict(
+            session.execute(select(Patient.id, Patient.label).where(Patient.label.like("L%"))).all()
+        )
         names = pseudonyms.assign(session, project.id, ids)
         again = pseudonyms.assign(session, project.id, ids)
     by_label = [names[i] for i in sorted(ids, key=lambda i: ids[i])]
@@ -337,9 +341,12 @@ def test_the_change_log_keeps_series_rows_and_forgets_old_values(portal: Setting
     kept = services.create_export(portal, ME, "demo", request(modalities=["cbct"], name="k"))
     work(portal)
     with db.session_scope(portal) as session:
-        session.execute(update(DatasetExport).where(DatasetExport.id == kept.id)
-                        .values(created_at=datetime.now(UTC) - timedelta(days=15)))  # fmt: skip
-    jobs.expire(portal)
+        session.execute(
+            update(DatasetExport)
+            .where(DatasetExport.id == kept.id)
+            .values(created_at=datetime.now(UTC) - timedelta(days=15))
+        )
+    upkeep.expire(portal)
     with db.session_scope(portal) as session:
         olds = session.scalars(
             select(ExportDicomChange.old_value).where(ExportDicomChange.export_id == kept.id)
@@ -412,18 +419,20 @@ def test_a_failed_part_logs_no_stored_path(
     assert failed.status == "failed" and "/ios/lower.stl" in (failed.error_message or "")
     assert "P0003" not in caplog.text and "lower.stl" in caplog.text
     with db.session_scope(portal) as session:
-        detail = session.scalar(select(DatasetExport.error_detail).where(
-            DatasetExport.id == view.id))  # fmt: skip
-        parts = session.scalars(select(ExportPart.error_detail).where(
-            ExportPart.export_id == view.id)).all()  # fmt: skip
+        detail = session.scalar(
+            select(DatasetExport.error_detail).where(DatasetExport.id == view.id)
+        )
+        parts = session.scalars(
+            select(ExportPart.error_detail).where(ExportPart.export_id == view.id)
+        ).all()
     assert detail and any("stored path: demo/" in (p or "") for p in parts), "for admins"
 
 
 def test_two_exports_at_once_number_new_patients_without_a_clash(portal: Settings) -> None:
     import threading
 
-    from exporter import pseudonyms
-    from exporter.models import Patient, Project
+    from exporter.records import pseudonyms
+    from exporter.store.models import Patient, Project
 
     with db.session_scope(portal) as session:
         project = session.scalar(select(Project).where(Project.slug == "other"))
@@ -431,8 +440,9 @@ def test_two_exports_at_once_number_new_patients_without_a_clash(portal: Setting
         project_id = project.id
         session.add_all(Patient(project_id=project_id, label=f"C{i:02d}") for i in range(30))
     with db.session_scope(portal) as session:
-        ids = dict(session.execute(select(Patient.id, Patient.label)
-                                   .where(Patient.label.like("C%"))).all())  # fmt: skip
+        ids = dict(
+            session.execute(select(Patient.id, Patient.label).where(Patient.label.like("C%"))).all()
+        )
     halves = [dict(list(ids.items())[:20]), dict(list(ids.items())[10:])]  # 10 in both
     results: list[dict[int, str]] = []
     errors: list[BaseException] = []
@@ -511,8 +521,9 @@ def test_a_header_the_rewrite_cannot_write_fails_without_quoting_it(plant: Setti
         assert value not in failed.error_message
     with db.session_scope(plant) as session:
         audit = json.dumps(list(session.scalars(select(AuditEvent.detail))))
-        detail = session.scalar(select(DatasetExport.error_detail).where(
-            DatasetExport.id == view.id))  # fmt: skip
+        detail = session.scalar(
+            select(DatasetExport.error_detail).where(DatasetExport.id == view.id)
+        )
     assert "Vandenbroucke" not in audit
     assert detail and "detail: " in detail, "administrators keep pydicom's words"
 
@@ -520,9 +531,11 @@ def test_a_header_the_rewrite_cannot_write_fails_without_quoting_it(plant: Setti
 def test_a_retry_needs_the_level_to_be_allowed_still(portal: Settings) -> None:
     services.set_project_privacy(portal, MANAGER, "demo", {"identified_for_researchers": True})
     view = services.create_export(
-        portal, ME, "demo",
+        portal,
+        ME,
+        "demo",
         request(privacy="identified", modalities=["cbct"], part_size=1024 * 1024),
-    )  # fmt: skip
+    )
     victim = next((portal.data_root / "demo").rglob("P0003/cbct/raw/**/0002.dcm"))
     victim.write_bytes(victim.read_bytes()[:-2] + b"xx")  # changed since it was registered
     work(portal)

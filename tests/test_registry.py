@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from exporter import db, schemas, services
-from exporter.accounts import principal_for
+from exporter import schemas, services
+from exporter.access.accounts import principal_for
 from exporter.config import Settings
 from exporter.errors import InvalidSelection, NotFound
-from exporter.registry import select_files
+from exporter.registry.query import select_files
 from exporter.schemas import Selection
+from exporter.store import db
 from tests.builders import small_tree
 
 ME = "rita@lab.example"

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from PIL import Image, PngImagePlugin
 
-from exporter.residual import (
+from exporter.archive.residual import (
     PARSERS,
     Kind,
     Needles,
@@ -70,23 +70,30 @@ def test_dates_in_every_form_in_their_own_patients_files_only() -> None:
 
 def test_short_common_and_pseudonym_like_values_are_left_out_and_counted() -> None:
     fact = PatientFacts(
-        "patient_001", "patient_001", None,
+        "patient_001",
+        "patient_001",
+        None,
         [{"PatientID": "12", "PatientName": "TEST^ANONYMIZED", "AccessionNumber": "00042"}],
-    )  # fmt: skip
+    )
     needles = known_identifiers([fact], search_study_dates=False, pseudonyms=["patient_001"])
     counts = needles.report_counts()
     assert counts["values"] == {}
     assert counts["left_out"] == {
-        "same as a pseudonym": 1, "too common": 3, "too short": 2,
-    }  # fmt: skip
+        "same as a pseudonym": 1,
+        "too common": 3,
+        "too short": 2,
+    }
     assert found(needles, "patient_001 TEST 12 00042") == set()
 
 
 def test_a_date_the_shift_moves_onto_another_date_is_left_out() -> None:
     fact = PatientFacts(
-        "patient_001", "Q1", None,
-        [{"StudyDate": "20210101"}, {"StudyDate": "20210111"}], date_shift=-10,
-    )  # fmt: skip
+        "patient_001",
+        "Q1",
+        None,
+        [{"StudyDate": "20210101"}, {"StudyDate": "20210111"}],
+        date_shift=-10,
+    )
     needles = known_identifiers([fact], search_study_dates=True)
     assert needles.left_out["ambiguous after the date shift"] == 1
     assert found(needles, "20210101") == set(), "20210111 shifted: it is in the archive"
@@ -95,10 +102,15 @@ def test_a_date_the_shift_moves_onto_another_date_is_left_out() -> None:
 
 def test_stored_names_below_the_patient_are_searched_but_not_structure() -> None:
     fact = PatientFacts(
-        "patient_001", "Q7731", "demo/site/Q7731", [],
-        paths=["demo/site/Q7731/cbct/raw/series_001/0001.dcm",
-               "demo/site/Q7731/cbct/processed/Q7731_Dupont^Jan_seg.nii.gz"],
-    )  # fmt: skip
+        "patient_001",
+        "Q7731",
+        "demo/site/Q7731",
+        [],
+        paths=[
+            "demo/site/Q7731/cbct/raw/series_001/0001.dcm",
+            "demo/site/Q7731/cbct/processed/Q7731_Dupont^Jan_seg.nii.gz",
+        ],
+    )
     needles = known_identifiers([fact], search_study_dates=False)
     assert found(needles, "q7731 dupont jan seg") == {Kind.LABEL, Kind.STORED_NAME}
     assert found(needles, "patient_001/cbct/series_001/0001.dcm") == set()

@@ -20,9 +20,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 from PIL.ExifTags import IFD
 
-from exporter.demo_data import DemoManifest, DemoPatient, write_demo_tree
-from exporter.errors import SourceFileError
-from exporter.scrub import (
+from exporter.deid.scrub import (
     BLANK_STL_HEADER,
     CHUNK,
     Scrubbed,
@@ -36,6 +34,8 @@ from exporter.scrub import (
     scrub_stl,
     scrubber_for,
 )
+from exporter.dev.demo_data import DemoManifest, DemoPatient, write_demo_tree
+from exporter.errors import SourceFileError
 
 PIECES = [7, CHUNK]  # bytes per read: straddles every boundary, then the real chunk size
 MAX_YIELD = 4 * 1024 * 1024
@@ -688,8 +688,9 @@ def test_obj_keeps_only_geometry_statements() -> None:
     out, found = scrub(scrub_obj, data, 5)
     assert out == b"v 0 0 0\nvt 0.5 0.5\n"
     assert found == [
-        Scrubbed("OBJ other statement", "removed"), Scrubbed("OBJ material name", "removed"),
-    ]  # fmt: skip
+        Scrubbed("OBJ other statement", "removed"),
+        Scrubbed("OBJ material name", "removed"),
+    ]
 
 
 def obj_pieces(blocks: int) -> Iterator[bytes]:

@@ -15,14 +15,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from exporter import sourceio
-from exporter.archive import ExportInfo, build_export, export_transform
-from exporter.curation_rules import CurationRules
-from exporter.dicom_rewrite import HeaderRewriter
+from exporter.archive import sourceio
+from exporter.archive.build import ExportInfo, build_export, export_transform
+from exporter.archive.layout import PlannedFile
+from exporter.archive.sourceio import STAGE, ArchiveWriter, BufferPool, load, open_source
+from exporter.archive.transform import HeaderRewriter
+from exporter.dicom.rules import CurationRules
 from exporter.errors import NotEnoughSpace, SourceFileError
-from exporter.layout import PlannedFile
 from exporter.schemas import ExportOptions, FileEntry
-from exporter.sourceio import STAGE, ArchiveWriter, BufferPool, load, open_source
 from tests.builders import write_dicom
 
 
@@ -178,10 +178,13 @@ def test_a_long_header_is_still_rewritten_at_byte_level(
     monkeypatch.setattr(HeaderRewriter, "_parse", staticmethod(no_pydicom))
     transform = export_transform(options, [folder], curated, "ab" * 32)
     result = build_export(
-        [item.source], tmp_path / "out",
-        ExportInfo("e1", "x", "demo", "r@x", datetime.now(UTC)), options, tmp_path / "data",
+        [item.source],
+        tmp_path / "out",
+        ExportInfo("e1", "x", "demo", "r@x", datetime.now(UTC)),
+        options,
+        tmp_path / "data",
         transform=transform,
-    )  # fmt: skip
+    )
     with zipfile.ZipFile(result.parts[0].path) as zf:
         exported = zf.read(f"x/{result.parts[0].files[0].path}")
     ours, theirs = pydicom.dcmread(io.BytesIO(exported)), pydicom.dcmread(io.BytesIO(reference_out))

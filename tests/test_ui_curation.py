@@ -10,9 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from exporter import schemas, services
 from exporter.config import PROJECT_ROOT, Settings
-from exporter.curation import Target
-from exporter.exports import ExportRequest
-from exporter.queue import export_queue
+from exporter.jobs.queue import export_queue
+from exporter.schemas import ExportRequest, Target
 
 APP = str(PROJECT_ROOT / "exporter" / "ui" / "navigation.py")
 MANAGER = "manager@demo.example"
@@ -82,10 +81,9 @@ def test_a_data_manager_curates_a_series_and_sees_it_in_table_and_history(
     assert row["Curated value"] == "Curated X (whole series)"
     assert row["Value in file"] == in_file["Value in file"], "the stored file is untouched"
     history = at.dataframe[1].value.to_dict("records")
-    assert [(h["Field"], h["Applies to"], h["New value"], h["Who"], h["In force"])
-            for h in history] == [
-        ("StudyDescription", f"series {series}", "Curated X", MANAGER, True)
-    ]  # fmt: skip
+    assert [
+        (h["Field"], h["Applies to"], h["New value"], h["Who"], h["In force"]) for h in history
+    ] == [("StudyDescription", f"series {series}", "Curated X", MANAGER, True)]
     fields = services.header_fields(portal, MANAGER, "demo", "P0001", series)
     assert next(f for f in fields if f.keyword == "StudyDescription").curated == "Curated X"
     assert next(t for t in at.text_input if t.label == "New value").value == "", "form reset"
@@ -136,8 +134,10 @@ def test_restore_puts_an_earlier_value_back(portal: Settings) -> None:
     assert header(at)["InstitutionName"]["Curated value"] == "Site A (whole series)"
     history = at.dataframe[1].value.to_dict("records")
     assert [(h["New value"], h["In force"]) for h in history] == [
-        ("Site A", True), ("Site B", False), ("Site A", False)
-    ]  # fmt: skip
+        ("Site A", True),
+        ("Site B", False),
+        ("Site A", False),
+    ]
 
 
 def test_a_researcher_is_told_to_ask_a_data_manager(portal: Settings) -> None:
@@ -153,9 +153,10 @@ def test_new_export_chooses_a_privacy_level_and_previews_it(portal: Settings) ->
     level = next(r for r in at.radio if r.label == "Who may receive what")
     assert level.value == "pseudonymised", "pseudonymised is the default"
     assert level.options == [
-        "Pseudonymised (default)", "De-identified",
+        "Pseudonymised (default)",
+        "De-identified",
         "Identified (carries names, IDs and dates) — data managers only",
-    ]  # fmt: skip
+    ]
     captions = " ".join(c.value for c in at.caption)
     assert "keep: full dates, patient characteristics" in captions, "the demo project's policy"
     labels = {c.label for c in at.checkbox}
@@ -218,9 +219,17 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     changes = at.dataframe[-1].value
     assert len(at.dataframe) == tables + 1
     assert list(changes.columns) == [
-        "Patient", "Part", "Path", "Field", "Tag", "Action", "Reason", "New value", "Files",
+        "Patient",
+        "Part",
+        "Path",
+        "Field",
+        "Tag",
+        "Action",
+        "Reason",
+        "New value",
+        "Files",
         "Old value",
-    ]  # fmt: skip
+    ]
     assert set(changes["Patient"]) == {"P0001"}, "the manager sees whose file it was"
     assert len(changes) == min(total, 1000)
     assert "deidentified" in set(changes["Reason"])
@@ -233,9 +242,13 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
     shift = key[0]["Date shift (days)"]
     assert shift < 0
     assert key == [
-        {"Folder": "case_001", "Patient": "P0001", "Date shift (days)": shift,
-         "Pseudonym": "stable"}
-    ]  # fmt: skip
+        {
+            "Folder": "case_001",
+            "Patient": "P0001",
+            "Date shift (days)": shift,
+            "Pseudonym": "stable",
+        }
+    ]
 
     at = open_page("exports.py", RESEARCHER)
     assert not at.exception
@@ -249,9 +262,12 @@ def test_only_data_managers_see_an_exports_dicom_changes(portal: Settings) -> No
 def test_export_again_repeats_the_privacy_choices(portal: Settings) -> None:
     sel = schemas.parse_selection(patients=["P0001"], modalities=["cbct"])
     request = ExportRequest(
-        selection=sel, name="again", privacy="deidentified", shift_dates=False,
+        selection=sel,
+        name="again",
+        privacy="deidentified",
+        shift_dates=False,
         fresh_pseudonyms=True,
-    )  # fmt: skip
+    )
     view = services.create_export(portal, RESEARCHER, "demo", request)
     at = open_page("exports.py", RESEARCHER)
     assert any("Privacy: De-identified · pseudonyms fresh" in c.value for c in at.caption)

@@ -10,8 +10,10 @@ from streamlit.testing.v1 import AppTest
 
 from exporter import schemas, services
 from exporter.config import PROJECT_ROOT, Settings
-from exporter.exports import ExportRequest
-from exporter.queue import export_queue
+from exporter.jobs.queue import export_queue
+from exporter.records import exports
+from exporter.registry import query
+from exporter.schemas import ExportRequest
 
 APP = str(PROJECT_ROOT / "exporter" / "ui" / "navigation.py")
 ME = "researcher@demo.example"
@@ -40,8 +42,9 @@ def test_ticking_a_folder_updates_count_and_modalities_then_submits(portal: Sett
     create = next(b for b in at.button if b.label == "Create export")
     assert create.disabled and "Tick patients or choose tags" in at.warning[-1].value
     at.session_state["tree-demo"] = {
-        "checked": ["p:P0001", "p:P0002", "p:P0003", "p:P0004"], "expanded": []
-    }  # fmt: skip
+        "checked": ["p:P0001", "p:P0002", "p:P0003", "p:P0004"],
+        "expanded": [],
+    }
     at.run()
     assert metric(at, "Patients") == "4"
     labels = [c.label for c in at.checkbox]
@@ -58,6 +61,31 @@ def test_ticking_a_folder_updates_count_and_modalities_then_submits(portal: Sett
     (view,) = services.list_exports(portal, ME)
     assert view.status == "pending" and view.patient_count == 4
     assert view.criteria["folders"] or view.criteria["patients"]
+
+
+def test_one_click_on_create_computes_the_estimate_once(
+    portal: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = query.estimate
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(query, "estimate", spy)  # the page's estimate, through services
+    monkeypatch.setattr(exports, "estimate", spy)  # the preflight's and create's
+    at = new_export_page()
+    at.session_state["tree-demo"] = {"checked": ["p:P0001", "p:P0002"], "expanded": []}
+    at.run()
+    ios = next(c for c in at.checkbox if c.label.startswith("IOS"))
+    ios.uncheck().run()  # a modality unticked: the page's one estimate is made for the others
+    calls.clear()
+    next(b for b in at.button if b.label == "Create export").click().run()
+    assert "is queued" in at.success[0].value
+    assert len(calls) == 1, "the click's rerun estimated once; preflight and create reused it"
+    (view,) = services.list_exports(portal, ME)
+    assert "ios" not in view.criteria["modalities"] and view.patient_count == 2
 
 
 def test_refusal_disables_submit_and_says_why(

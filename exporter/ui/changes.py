@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import streamlit as st
 
-
-class _Change(Protocol):
-    tag: str
-    keyword: str
-    old_value: str | None
-    new_value: str | None
-    reason: str
-    action: str
+from exporter.schemas import ChangeRow
 
 
-def show(rows: Iterable[tuple[dict[str, Any], _Change]], with_old: bool) -> None:
+def show(rows: Iterable[tuple[dict[str, Any], ChangeRow]], with_old: bool) -> None:
     """A table of changes: what identifies the row, then field, action, reason, new value and
     (for data managers) old value. A removed field shows "(removed)" as its new value."""
     table = []
     for lead, c in rows:
-        row = {**lead, "Field": c.keyword, "Tag": c.tag, "Action": c.action, "Reason": c.reason,
-               "New value": "(removed)" if c.new_value is None else c.new_value}  # fmt: skip
+        row = {
+            **lead,
+            "Field": c.keyword,
+            "Tag": c.tag,
+            "Action": c.action,
+            "Reason": c.reason,
+            "New value": "(removed)" if c.new_value is None else c.new_value,
+        }
         files = getattr(c, "files", None)
         if files is not None:
             row["Files"] = files

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from exporter import dicom_values, services
-from exporter.accounts import ProjectAccess
-from exporter.dicom_values import FieldSpec
+from exporter import services
+from exporter.access.accounts import ProjectAccess
+from exporter.dicom import values as dicom_values
+from exporter.dicom.values import FieldSpec
 from exporter.errors import PermissionDenied, PortalError
-from exporter.models import Role
-from exporter.registry import ProjectOverview, ProjectTree
+from exporter.registry.query import ProjectOverview, ProjectTree
 from exporter.schemas import CuratedValue, HeaderField, PolicyView, SeriesInfo
 from exporter.services import ChangeLog, KeyRow
+from exporter.store.models import Role
 from exporter.ui.session import settings
 
 
@@ -19,6 +20,12 @@ from exporter.ui.session import settings
 def overview(email: str) -> list[ProjectOverview]:
     """The registry overview for the home page, cached for 15 s."""
     return services.overview(settings(), email)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def modality_keys(email: str, project: str) -> list[str]:
+    """The modalities enabled in a project (cached: they change when an operator says so)."""
+    return services.modality_keys(settings(), email, project)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

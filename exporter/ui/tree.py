@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 from streamlit_tree_select import tree_select
 
-from exporter.registry import EXPORTED_TAG, ProjectTree, TreePatient
+from exporter.registry.query import EXPORTED_TAG, ProjectTree, TreePatient
 
 FOLDER = "f:"
 PATIENT = "p:"

@@ -1,0 +1,3 @@
+"""Who may do what: users, projects and roles (``accounts``), personal API tokens, the audit
+log.
+"""

@@ -1,0 +1,345 @@
+"""The OpenAPI 3.1 document of the portal's HTTP API (served at /api/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "X-Forwarded-User sent more than once (AmbiguousIdentity)",
+        401: "Not signed in",
+        403: "Not allowed: an identified export for a researcher the project's data "
+        "managers did not allow; X-Forwarded-User from an address that is not a trusted "
+        "proxy; a browser request from another origin; in development, a request that is "
+        "not from loopback with a loopback Host",
+        404: "Not found or not yours to see",
+        409: "Wrong state",
+        410: "File gone",
+        415: "A body that is not application/json on a POST or DELETE",
+        413: "Over a limit: the export over MAX_EXPORT_SIZE or the quota "
+        "(LimitExceeded), or the body over MAX_REQUEST_BODY (RequestTooLarge)",
+        422: "Body or parameters do not fit (InvalidRequest; 'fields' names each): not "
+        "JSON, nested deeper than MAX_NESTING, text that cannot be stored (a lone "
+        "surrogate, a control character), a list over MAX_LIST_ITEMS, notes over "
+        "MAX_NOTES_LENGTH, a name over MAX_NAME_LENGTH, an unknown folder or patient",
+        507: "Not enough free space at the export root for this export (NotEnoughSpace): "
+        "the server lacks room; choose less, or ask an administrator",
+    }
+    return {
+        str(code): {
+            "description": text[code],
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+        for code in codes
+    }
+
+
+_PREVIEW = {
+    "type": "object",
+    "required": ["rows", "series_total", "series_shown", "other_files"],
+    "properties": {
+        "series_total": {"type": "integer"},
+        "series_shown": {"type": "integer"},
+        "other_files": {"type": "integer", "description": "non-DICOM files to be scrubbed"},
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "patient": {"type": "string"},
+                    "series": {"type": "string"},
+                    "file": {"type": "string"},
+                    "tag": {"type": "string"},
+                    "keyword": {"type": "string"},
+                    "old_value": {"type": ["string", "null"]},
+                    "new_value": {"type": ["string", "null"]},
+                    "reason": {"type": "string", "enum": ["curated", "pseudonym", "deidentified"]},
+                    "action": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
+_EXPORT_ID = {"name": "export_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_EXPORT = {"$ref": "#/components/schemas/Export"}
+_PART = {
+    "name": "part",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_DOWNLOAD = {
+    "200": {"description": "The ZIP", "content": {"application/zip": {}}},
+    "206": {"description": "Part of the ZIP (Range)", "content": {"application/zip": {}}},
+    "416": {"description": "Range not satisfiable"},
+    **_errors(400, 401, 403, 404, 409, 410),
+}
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            }
+        },
+    },
+    "ExportRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "At most MAX_REQUEST_BODY (4 MiB) of UTF-8 JSON, nested at most "
+        "MAX_NESTING (16) deep; each list at most MAX_LIST_ITEMS (50,000) entries of at most "
+        "1,024 characters; no string may hold a lone surrogate or a control character (notes "
+        "may hold line breaks and tabs). The defaults are shown; the settings decide.",
+        "properties": {
+            "folders": {**_STR_LIST, "description": 'folder paths; "/" is the whole project'},
+            "patients": {**_STR_LIST, "description": "patient labels"},
+            "tags": _STR_LIST,
+            "tag_mode": {"type": "string", "enum": ["any", "all"]},
+            "modalities": {**_STR_LIST, "description": "modality keys, e.g. cbct, ios"},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": ["raw", "processed"]}},
+            "not_exported": {"type": "boolean"},
+            "name": {
+                "type": "string",
+                "description": "the archive's top folder (sanitised); at most MAX_NAME_LENGTH "
+                "(100) characters",
+            },
+            "notes": {
+                "type": "string",
+                "description": "at most MAX_NOTES_LENGTH (4,000) characters; line breaks kept",
+            },
+            "options": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "compression": {"type": "string", "enum": ["store", "fast", "small"]},
+                    "part_size": {
+                        "oneOf": [{"type": "integer", "minimum": 1048576}, {"type": "string"}],
+                        "description": "bytes, or like '4GiB'",
+                    },
+                    "privacy": {
+                        "type": "string",
+                        "enum": ["pseudonymised", "deidentified", "identified"],
+                        "default": "pseudonymised",
+                        "description": "pseudonymised: stable pseudonyms, direct identifiers "
+                        "removed (PS3.15 Basic profile with what the project allows), other files "
+                        "scrubbed; deidentified: also dates shifted per patient and UIDs "
+                        "replaced; identified: stored headers and labels, for data managers (or "
+                        "researchers they allow), audited",
+                    },
+                    "fresh_pseudonyms": {
+                        "type": "boolean",
+                        "description": "pseudonyms, date shifts and UIDs unlinkable to other "
+                        "exports (default: the project's stable ones)",
+                    },
+                    "skip_missing": {"type": "boolean"},
+                    "shift_dates": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "deidentified: dates shifted per patient (false: removed)",
+                    },
+                    "clean_descriptors": {
+                        "type": "boolean",
+                        "description": "descriptions kept, cleaned of identifiers",
+                    },
+                },
+            },
+        },
+    },
+    "Export": {
+        "type": "object",
+        "required": ["id", "project", "name", "status", "url"],
+        "properties": {
+            "id": {"type": "string"},
+            "project": {"type": "string"},
+            "name": {"type": "string"},
+            "notes": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "pending",
+                    "processing",
+                    "completed",
+                    "failed",
+                    "cancelled",
+                    "expired",
+                    "deleted",
+                ],
+            },
+            "creator": {"type": "string"},
+            "patient_count": {"type": "integer"},
+            "file_count": {"type": "integer"},
+            "estimated_bytes": {"type": "integer"},
+            "archive_bytes": {"type": ["integer", "null"]},
+            "files_done": {"type": "integer"},
+            "bytes_done": {"type": "integer"},
+            "progress": {"type": "number"},
+            "eta_seconds": {"type": ["number", "null"]},
+            "error_message": {"type": ["string", "null"]},
+            "privacy": {"type": "string", "enum": ["pseudonymised", "deidentified", "identified"]},
+            "privacy_check": {
+                "type": ["string", "null"],
+                "description": "the residual-identifier check: passed, failed, identifiers "
+                "present (identified exports), or null before it ran",
+            },
+            "url": {"type": "string"},
+            "downloads": _STR_LIST,
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The API description: paths, parameters, bodies, answers and the two ways to sign in."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Export Portal API", "version": "1"},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer"},
+                "proxy": {"type": "apiKey", "in": "header", "name": "X-Forwarded-User"},
+            },
+        },
+        "security": [{"token": []}, {"proxy": []}],
+        "paths": {
+            "/api/{project}/exports/create/": {
+                "post": {
+                    "summary": "Create an export (the work runs on the queue)",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {
+                        "202": _json(_EXPORT, "Accepted"),
+                        **_errors(400, 401, 403, 404, 415, 413, 422, 507),
+                    },
+                }
+            },
+            "/api/{project}/estimate/": {
+                "post": {
+                    "summary": "Counts, bytes, and whether create would be refused and why",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {
+                        "200": _json({"type": "object"}, "The estimate"),
+                        **_errors(400, 401, 403, 404, 415, 413, 422),
+                    },
+                }
+            },
+            "/api/{project}/preview/": {
+                "post": {
+                    "summary": "The DICOM header changes the export would make, one file per "
+                    "selected series (old values for data managers only)",
+                    "parameters": [_PROJECT],
+                    "requestBody": _BODY,
+                    "responses": {
+                        "200": _json(_PREVIEW, "The changes"),
+                        **_errors(400, 401, 403, 404, 415, 413, 422),
+                    },
+                }
+            },
+            "/api/{project}/exports/": {
+                "get": {
+                    "summary": "Exports you may see, newest first",
+                    "parameters": [
+                        _PROJECT,
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "one of the export statuses (else 422)",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "items": {"type": "array", "items": _EXPORT},
+                                    "limit": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "next_offset": {"type": ["integer", "null"]},
+                                },
+                            },
+                            "A page of exports",
+                        ),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                }
+            },
+            "/api/{project}/exports/{export_id}/": {
+                "get": {
+                    "summary": "Status, progress, error and parts of one export",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {
+                        "200": _json(_EXPORT, "The export"),
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete the export's files (its record stays)",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {
+                        "200": _json(_EXPORT, "Deleted"),
+                        **_errors(400, 401, 403, 404, 415, 409),
+                    },
+                },
+            },
+            "/api/{project}/exports/{export_id}/cancel/": {
+                "post": {
+                    "summary": "Cancel a pending or processing export",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": {
+                        "200": _json(_EXPORT, "Cancelled"),
+                        **_errors(400, 401, 403, 404, 415, 409),
+                    },
+                }
+            },
+            "/api/{project}/exports/{export_id}/download/": {
+                "get": {
+                    "summary": "The archive of a one-part export (Range, If-Range, ETag)",
+                    "parameters": [_PROJECT, _EXPORT_ID],
+                    "responses": _DOWNLOAD,
+                }
+            },
+            "/api/{project}/exports/{export_id}/download/{part}": {
+                "get": {
+                    "summary": "One part of a multi-part export, numbered from 1 (404 for "
+                    "0 or a part the export does not have)",
+                    "parameters": [_PROJECT, _EXPORT_ID, _PART],
+                    "responses": _DOWNLOAD,
+                }
+            },
+        },
+    }
