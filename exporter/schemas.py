@@ -7,7 +7,8 @@ the jobs and the archive builder pass these between them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -70,10 +71,28 @@ class Estimate:
     file_count: int
     total_bytes: int
     by_modality: list[ModalityEstimate] = field(default_factory=list)
+    # What was estimated, and when (time.monotonic()): the registry fills them in. Not part of
+    # the figures: two estimates of the same selection are equal.
+    selection: Selection | None = field(default=None, compare=False)
+    made_at: float = field(default=0.0, compare=False)
 
     @property
     def is_empty(self) -> bool:
         return self.file_count == 0
+
+    def stands_for(self, project: str, selection: Selection, max_age: float) -> bool:
+        """Whether these figures are those of ``selection`` in ``project``, made at most
+        ``max_age`` seconds ago: the same selection, but for modalities that have no files
+        in it (they change no figure)."""
+        mine = self.selection
+        if mine is None or self.project != project:
+            return False
+        if time.monotonic() - self.made_at > max_age:
+            return False
+        if replace(mine, modalities=()) != replace(selection, modalities=()):
+            return False
+        listed = {m.key for m in self.by_modality}
+        return set(selection.modalities) == set(mine.modalities) & listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +180,18 @@ class PrivateTag:
 
 
 class PrivacyLevel(StrEnum):
+    """Who may receive what, one level per export (and per release).
+
+    - *pseudonymised*, a researcher's default: the patient's stable pseudonym in PatientID,
+      PatientName and the entry names; the PS3.15 Basic profile on every other attribute,
+      with only the options the project's policy allows (full dates, UIDs, device identity,
+      patient characteristics, a reviewed list of private tags); other files scrubbed.
+    - *de-identified*: the Basic profile with dates shifted per patient (or removed) and UIDs
+      remapped, both stable per project; nothing of the project's policy is retained.
+    - *identified*: stored headers plus curated values and real labels; for the project's
+      data managers, or its researchers when a data manager allowed it.
+    """
+
     PSEUDONYMISED = "pseudonymised"
     DEIDENTIFIED = "deidentified"
     IDENTIFIED = "identified"

@@ -14,7 +14,7 @@ def test_exporter_imports_without_streamlit() -> None:
     modules = [
         m.name
         for m in pkgutil.walk_packages(exporter.__path__, "exporter.")
-        if not m.name.startswith(("exporter.ui", "exporter.migrations", "exporter.__main__"))
+        if not m.name.startswith(("exporter.ui", "exporter.store.migrations", "exporter.__main__"))
     ]
     assert "exporter.registry.query" in modules and "exporter.services" in modules
     code = (

@@ -94,3 +94,29 @@ def test_an_empty_selection_is_refused_as_invalid(portal: Settings) -> None:
     assert check.refusal is not None and check.refusal.reason is RefusalReason.NO_MODALITY
     with pytest.raises(InvalidSelection, match="Choose at least one modality"):
         services.create_export(portal, ME, "demo", empty)
+
+
+def test_a_preflight_is_reused_only_by_its_user_for_its_selection(
+    portal: Settings, counted: list[int]
+) -> None:
+    """An estimate stands only for the selection it was made of: one of a smaller selection,
+    another user's preflight, or one too old is not reused (found by a review)."""
+    small = services.estimate(portal, ME, "demo", request(modalities=["ios"]).selection)
+    tight = dataclasses.replace(portal, max_export_bytes=small.total_bytes)
+    big = request(name="big")  # cbct and ios: over the limit
+    check = services.preflight_export(tight, ME, "demo", big, known=small)
+    assert check.estimate != small and check.refusal is not None  # estimated again
+    assert check.refusal.reason is RefusalReason.SIZE_LIMIT
+    with pytest.raises(LimitExceeded):
+        services.create_export(tight, ME, "demo", big, check)
+    mine = services.preflight_export(portal, ME, "demo", request(name="mine"))
+    counted.clear()
+    other = "manager@demo.example"
+    services.create_export(portal, other, "demo", request(name="mine"), mine)
+    assert len(counted) == 1, "another user's preflight was not reused"
+    old = dataclasses.replace(
+        mine, estimate=dataclasses.replace(mine.estimate, made_at=mine.estimate.made_at - 60)
+    )
+    counted.clear()
+    services.create_export(portal, ME, "demo", request(name="mine"), old)
+    assert len(counted) == 1, "a minute-old estimate was not reused"

@@ -101,7 +101,7 @@ class RewriteContext:
 
 
 class HeaderRewriter:
-    """Transform for :class:`exporter.archive.PartBuilder`; thread-safe, collects changes."""
+    """Transform for :class:`exporter.archive.build.PartBuilder`; thread-safe, collects changes."""
 
     def __init__(self, context: RewriteContext | None = None, byte_level: bool = True) -> None:
         """``byte_level`` False makes every header go through pydicom (the reference path

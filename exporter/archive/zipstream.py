@@ -25,7 +25,7 @@ from exporter.schemas import Chunk
 
 
 class Sink(Protocol):
-    """Where the archive goes: a binary file, or :class:`exporter.sourceio.ArchiveWriter`."""
+    """Where the archive goes: a file, or :class:`exporter.archive.sourceio.ArchiveWriter`."""
 
     def write(self, data: Chunk, /) -> int: ...
 

@@ -4,7 +4,7 @@ A CBCT series is hundreds of files whose headers differ in a few elements. Parsi
 writing each header with pydicom costs ~4 ms a file (slower than DCMTK's ``dcmodify``);
 here the top-level elements of an explicit VR little endian header are walked in place and
 each is kept, dropped, blanked or given its new value as bytes, with the same actions and
-values as :class:`exporter.deid.Deidentifier` (the reference: a test compares the two on
+values as :class:`exporter.deid.dataset.Deidentifier` (the reference: a test compares the two on
 every demo file). Whatever this path does not handle itself (another transfer syntax or
 character set, a group length, a value to clean, a curated field the file lacks, a non-ASCII
 value) makes it return None, and the caller uses pydicom. Sequences other than removed ones
@@ -307,7 +307,7 @@ class ByteDeidentifier:
 def _split(buf: bytes) -> tuple[list[_Element], list[_Element], int, str]:
     """Top-level elements before the pixel data, file meta elements, the pixel data's offset,
     and the text encoding; _Fallback for anything this path leaves to pydicom (on top of
-    what :func:`exporter.dicom.walk` refuses: group lengths, UN values, other character
+    what :func:`exporter.dicom.header.walk` refuses: group lengths, UN values, other character
     sets)."""
     try:
         header = dicom.walk(buf)

@@ -1,19 +1,6 @@
-"""Who may receive what: an export's privacy level, and what a project's data managers allow.
-
-Three levels, one per export (and per release):
-
-- *pseudonymised*, a researcher's default: the patient's stable pseudonym in PatientID,
-  PatientName and the entry names; the PS3.15 Basic profile on every other attribute, with
-  only the options the project's policy allows (full dates, UIDs, device identity, patient
-  characteristics, a reviewed list of private tags); other files scrubbed.
-- *de-identified*: the Basic profile with dates shifted per patient (or removed) and UIDs
-  remapped, both stable per project; nothing of the project's policy is retained.
-- *identified*: stored headers plus curated values and real labels; for the project's data
-  managers, or its researchers when a data manager allowed it.
-
-The stable per-project values (date shifts, the UID key) are derived from the project's
-secret with HMAC, so follow-up exports line up without storing a table of shifts.
-"""
+"""A project's secret and what is derived from it with HMAC: each patient's stable date shift
+and the UID key of each privacy level, so that follow-up exports line up without a stored
+table of shifts (the levels themselves are ``exporter.schemas.PrivacyLevel``)."""
 
 from __future__ import annotations
 

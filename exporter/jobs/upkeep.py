@@ -1,7 +1,9 @@
-"""Upkeep of exports, run by every worker at start and every ``MAINTENANCE_SECONDS``, and by
+"""Upkeep of exports. Run by every worker at start and every ``MAINTENANCE_SECONDS``, and by
 ``python -m exporter cleanup``: ``reconcile`` fails exports whose worker died and re-enqueues
-pending exports whose queue entry vanished; ``expire`` removes files past their retention;
-``retry_parts`` re-runs the unfinished parts of a failed export.
+pending exports whose queue entry vanished; ``expire`` removes files past their retention.
+On demand: ``retry_parts`` (a user's retry) re-runs the unfinished parts of a failed export,
+``cancel_running`` removes what a cancelled job left, and ``horse_died`` (the worker, when a
+work-horse ends without finishing) fails its export or part at once.
 """
 
 from __future__ import annotations

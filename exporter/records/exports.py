@@ -281,6 +281,7 @@ class Preflight:
     """Whether a request would be accepted, and the figures behind the answer: computed once
     per click and passed along (the page shows it, and creating the export reuses it)."""
 
+    user_id: int
     project: str
     request: ExportRequest
     estimate: Estimate
@@ -288,9 +289,18 @@ class Preflight:
     quota_left: int
     refusal: Refusal | None
 
-    def fits(self, project: str, request: ExportRequest) -> bool:
-        """Whether this preflight was made for this very request."""
-        return self.project == project and self.request == request
+    def fits(self, user: Principal, project: str, request: ExportRequest) -> bool:
+        """Whether this preflight was made for this very request, by this user, moments ago."""
+        return (
+            self.user_id == user.id
+            and self.project == project
+            and self.request == request
+            and self.estimate.stands_for(project, request.selection, REUSE_SECONDS)
+        )
+
+
+REUSE_SECONDS = 10.0
+"""How old an estimate may be and still be reused (a click's page run takes well under)."""
 
 
 Room = Callable[[int], Refusal | None]
@@ -345,10 +355,13 @@ def preflight(
         )
     request.options()  # validates the level, its options and the part size
     require_level(session, require_project(session, user, project), request.privacy)
-    est = known if known is not None else estimate(session, user, project, request.selection)
+    if known is not None and known.stands_for(project, request.selection, REUSE_SECONDS):
+        est = known  # made for this user's selection by the registry (_resolve checked it)
+    else:
+        est = estimate(session, user, project, request.selection)
     left = quota - held_bytes(session, user.id)
     refusal = refusal_for(request, est, max_bytes, left) or room(est.total_bytes)
-    return Preflight(project, request, est, clean_name(request.name), left, refusal)
+    return Preflight(user.id, project, request, est, clean_name(request.name), left, refusal)
 
 
 def create(
@@ -382,7 +395,8 @@ def create(
     holder = session.scalar(select(DatasetExport).where(DatasetExport.request_key == key))
     if holder is not None and _absorbs(holder):
         return holder, False  # before the quota and space: the twin may have used them up
-    known = checked.estimate if checked is not None and checked.fits(project, request) else None
+    fits = checked is not None and checked.fits(user, project, request)
+    known = checked.estimate if checked is not None and fits else None
     check = preflight(session, user, project, request, max_bytes, quota, room or _roomy, known)
     if check.refusal:
         raise check.refusal.error()
@@ -583,7 +597,11 @@ def transition(
 #
 #   pending --start--> processing --complete--> completed --expire--> expired
 #      |                  |   \--fail--> failed --retry (parts)--> processing
+#      |--fail (a job that could not start, a lost queue entry) --> failed
 #      \--cancel--------->+--cancel--> cancelled          (any but deleted) --delete--> deleted
+#
+# The changes two actors can race for (start, claim, complete, fail, cancel, retry) are one
+# conditional UPDATE each (``transition``, or the part's own for a claim): one of them wins.
 #
 # Parts of a multi-part export: pending --claim--> processing --finish_part--> completed,
 # failed or cancelled; retry puts the unfinished ones back to pending.

@@ -8,6 +8,7 @@ the file rows, so that it stays fast at a million files.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -220,6 +221,8 @@ def estimate(session: Session, user: Principal, project: str, sel: Selection) ->
         file_count=sum(b.files for b in chosen),
         total_bytes=sum(b.bytes for b in chosen),
         by_modality=breakdown,
+        selection=sel,
+        made_at=time.monotonic(),
     )
 
 

@@ -3,7 +3,7 @@
 Names mirror the research platform's file registry (``FileRegistry``, ``Modality`` with slug,
 short label, extensions and subtypes, jobs with pending/processing/completed/failed) so the
 export reads as part of the same system. Schema changes go through Alembic
-(``exporter/migrations``); ``tests/test_models.py`` checks that the migrations match.
+(``exporter/store/migrations``); ``tests/test_models.py`` checks that the migrations match.
 """
 
 from __future__ import annotations
