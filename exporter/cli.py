@@ -17,7 +17,7 @@ from exporter import schemas, services
 from exporter.archive.verify import verify
 from exporter.config import Settings, parse_size
 from exporter.dev.launcher import run
-from exporter.errors import PortalError
+from exporter.errors import InvalidInput, PortalError
 from exporter.records.exports import describe_privacy
 from exporter.records.preview import Preview
 from exporter.schemas import (
@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--field", required=True, help="keyword or tag, e.g. StudyDescription")
         if action == "set":
             p.add_argument("--value", required=True)
+    p = cur.add_parser(
+        "import",
+        help="apply a CSV of patient,series,field,value (all or nothing; wrong lines named)",
+    )
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("csv_file", metavar="FILE.csv", help="'-' reads standard input")
+    p.add_argument("--user", required=True, metavar="EMAIL")
     p = cur.add_parser("history", help="every edit of a patient's fields, newest first")
     p.add_argument("project", metavar="PROJECT_SLUG")
     p.add_argument("--user", required=True, metavar="EMAIL")
@@ -375,6 +382,12 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
                 f"{h.scope:<7} {where}: {h.old_value!r} -> {value}"
             )
         return
+    if action == "import":
+        text = sys.stdin.read() if args.csv_file == "-" else _read_text(args.csv_file)
+        rows = schemas.parse_curation_csv(text)
+        done = services.import_curation(settings, args.user, args.project, rows)
+        print(f"{len(rows)} row(s) applied: {len(done)} curated value(s)")
+        return
     if action == "restore":
         done = [services.restore_curation(settings, args.user, args.project, args.value_id)]
     else:
@@ -384,6 +397,18 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
     for d in done:
         shown = "(cleared)" if d.value is None else repr(d.value)
         print(f"{d.patient} {d.scope} {d.keyword}: {d.old_value!r} -> {shown} (edit {d.id})")
+
+
+def _read_text(path: str) -> str:
+    """A UTF-8 text file the user named, or an error that says what to do."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"No file {path!r}: give the path of the CSV file") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise InvalidInput(
+            f"{path!r} cannot be read as UTF-8 text: {exc.__class__.__name__}"
+        ) from None
 
 
 def _print_policy(view: PolicyView) -> None:

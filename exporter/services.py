@@ -771,6 +771,32 @@ def curate(
         return done
 
 
+def import_curation(
+    settings: Settings, user_email: str, project_slug: str, rows: list[schemas.CurationRow]
+) -> list[schemas.CuratedValue]:
+    """Apply curation rows as one edit: every row is validated (patient, series, field and
+    value, as ``curate`` does) in one transaction, and if any row is wrong nothing is applied
+    and the error names each wrong line."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        access = accounts.require_project(session, user, project_slug, Role.DATA_MANAGER)
+        done: list[schemas.CuratedValue] = []
+        wrong: list[str] = []
+        for row in rows:
+            target = schemas.Target(row.patient, row.series or None)
+            try:  # a wrong row is refused before it writes; any refusal rolls all back
+                done += curation.curate(
+                    session, user, project_slug, settings.data_root, [target], row.field, row.value
+                )
+            except (InvalidInput, NotFound) as exc:  # a patient or series it does not have
+                wrong.append(f"line {row.line}: {exc}")
+        if wrong:
+            raise InvalidInput("Nothing was applied; fix these lines: " + "; ".join(wrong[:20]))
+        details = {"imported_rows": len(rows), "targets": len(done)}
+        record(session, "curate", user.id, access.project_id, None, details)
+        return done
+
+
 def restore_curation(
     settings: Settings, user_email: str, project_slug: str, value_id: int
 ) -> schemas.CuratedValue:

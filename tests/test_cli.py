@@ -269,3 +269,24 @@ def test_settings_hides_every_password(
     assert "REDIS_URL=redis://:***@127.0.0.1:6379/0" in out
     assert "DATABASE_URL=postgresql+psycopg://portal:***@127.0.0.1/portal" in out
     assert "SMTP_PASSWORD=***" in out
+
+
+def test_curate_import_applies_a_csv_or_names_its_wrong_lines(
+    cli_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter import services
+
+    services.load_demo(cli_env, patients=2, seed=5)
+    manager = "manager@demo.example"
+    good = tmp_path / "good.csv"
+    good.write_text("patient,series,field,value\nP0001,,InstitutionName,Research Site\n")
+    code, out, _ = run(capsys, "curate", "import", "demo", str(good), "--user", manager)
+    assert (code, out.strip()) == (0, "1 row(s) applied: 1 curated value(s)")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient,series,field,value\nP0002,,StudyDate,yesterday\n")
+    code, _, err = run(capsys, "curate", "import", "demo", str(bad), "--user", manager)
+    assert code != 0 and "Nothing was applied" in err and "line 2" in err
+    code, _, err = run(
+        capsys, "curate", "import", "demo", str(tmp_path / "no.csv"), "--user", manager
+    )
+    assert code != 0 and "No file" in err and "Traceback" not in err

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from exporter import schemas, services
 from exporter.config import Settings
-from exporter.errors import InvalidSelection, InvalidValue, NotFound, PermissionDenied
+from exporter.errors import InvalidInput, InvalidSelection, InvalidValue, NotFound, PermissionDenied
 from exporter.records import curation
 from exporter.schemas import Target
 from exporter.store import db
@@ -180,3 +180,48 @@ def test_one_edit_names_one_file_or_series_or_whole_patients() -> None:
     assert [t.scope for t in schemas.targets(["P1", "P2"])] == ["patient", "patient"]
     with pytest.raises(InvalidSelection, match="A single file belongs to one patient"):
         schemas.targets(["P1", "P2"], file_id=7)
+
+
+def test_a_curation_csv_is_applied_whole_or_not_at_all(demo: Settings) -> None:
+    series = first_series(demo)
+    good = (
+        "patient,series,field,value\n"
+        f"P0001,{series.label},StudyDescription,Implant planning\n"
+        "P0002,,InstitutionName,Research Site\n"
+    )
+    done = services.import_curation(demo, MANAGER, "demo", schemas.parse_curation_csv(good))
+    assert {(d.patient, d.keyword, d.value) for d in done} == {
+        ("P0001", "StudyDescription", "Implant planning"),
+        ("P0002", "InstitutionName", "Research Site"),
+    }
+    after = services.header_fields(demo, MANAGER, "demo", "P0001", series.label)
+    assert field(after, "StudyDescription").curated == "Implant planning"
+    history_before = len(services.curation_history(demo, MANAGER, "demo", "P0002"))
+    bad = (
+        "patient,series,field,value\n"
+        "P0002,,InstitutionName,Another Site\n"  # fine on its own
+        "P0002,,StudyDate,31/01/2024\n"  # line 3: not a date
+        "P9999,,StudyDescription,x\n"  # line 4: no such patient
+    )
+    with pytest.raises(InvalidInput, match="Nothing was applied") as refused:
+        services.import_curation(demo, MANAGER, "demo", schemas.parse_curation_csv(bad))
+    assert "line 3" in str(refused.value) and "YYYYMMDD" in str(refused.value)
+    assert "line 4" in str(refused.value)
+    assert len(services.curation_history(demo, MANAGER, "demo", "P0002")) == history_before
+    with pytest.raises(PermissionDenied):
+        services.import_curation(demo, RESEARCHER, "demo", schemas.parse_curation_csv(good))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("patient,field,value\nP0001,StudyDate,20240101\n", "The first line must be the header"),
+        ("patient,series,field,value\n", "no rows"),
+        ("patient,series,field,value\nP0001,,StudyDate\n", "line 2: 3 cells"),
+        ("patient,series,field,value\n,,StudyDate,20240101\n", "line 2: the patient"),
+        ("patient,series,field,value\nP0001,,Study\x07Date,x\n", "line 2: holds a control"),
+    ],
+)
+def test_a_curation_csv_that_does_not_fit_names_its_lines(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        schemas.parse_curation_csv(text)
