@@ -324,6 +324,12 @@ def create_export(
     reason names: InvalidSelection, LimitExceeded or NotEnoughSpace.
     """
     check_request(settings, request)
+    with db.session_scope(settings) as session:  # a twin is answered without the lock
+        user = accounts.principal_for(session, user_email)
+        twin = exports.find_twin(session, user, project_slug, request)
+        twin_id = twin.id if twin is not None else None
+    if twin_id is not None:
+        return get_export(settings, user_email, twin_id)
     for attempt in (1, 2):
         try:
             with db.session_scope(settings) as session:

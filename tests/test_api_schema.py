@@ -75,6 +75,10 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
         "/api/{project}/exports/{export_id}/cancel/",
         "/api/{project}/exports/{export_id}/download/",
         "/api/{project}/exports/{export_id}/download/{part}",
+        "/api/{project}/curation/",
+        "/api/{project}/curation/import/",
+        "/api/{project}/curation/restore/",
+        "/api/{project}/curation/history/",
     }
     page = http.get("/api/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
@@ -89,7 +93,7 @@ def test_no_server_errors_and_answers_match_the_schema(
     app, auth = app_env
     api_schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 13
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -184,6 +188,9 @@ def test_hostile_bodies_find_no_server_error_and_answers_match_the_schema(
         "/api/{project}/exports/create/",
         "/api/{project}/estimate/",
         "/api/{project}/preview/",
+        "/api/{project}/curation/",
+        "/api/{project}/curation/import/",
+        "/api/{project}/curation/restore/",
     }
     for operation in posts:
         _hostile_run(operation, auth)

@@ -211,6 +211,115 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+_EDITS = {
+    "type": "object",
+    "required": ["edits"],
+    "properties": {
+        "edits": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "patient": {"type": "string"},
+                    "scope": {"type": "string", "enum": ["file", "series", "patient"]},
+                    "series_label": {"type": ["string", "null"]},
+                    "file_path": {"type": ["string", "null"]},
+                    "tag": {"type": "string"},
+                    "keyword": {"type": "string"},
+                    "old_value": {"type": ["string", "null"]},
+                    "value": {"type": ["string", "null"], "description": "null: cleared"},
+                    "by": {"type": "string"},
+                    "at": {"type": "string"},
+                    "in_force": {"type": "boolean"},
+                },
+            },
+        }
+    },
+}
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+
+
+def _curation_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": properties,
+    }
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_CURATION_ERRORS = (400, 401, 403, 404, 413, 415, 422)
+_CURATION_PATHS: dict[str, Any] = {
+    "/api/{project}/curation/": {
+        "post": {
+            "summary": "Set (value null: clear) a curated DICOM field on patients, one series "
+            "of each, or one file (data managers)",
+            "parameters": [_PROJECT],
+            "requestBody": _curation_body(
+                {
+                    "patients": {**_STR_LIST, "minItems": 1},
+                    "series": {**_TEXT_OR_NULL, "description": "e.g. cbct/raw/series_001"},
+                    "file_id": {"type": ["integer", "null"], "minimum": 1},
+                    "field": {"type": "string", "description": "a keyword or a tag"},
+                    "value": _TEXT_OR_NULL,
+                },
+                ["patients", "field", "value"],
+            ),
+            "responses": {"200": _json(_EDITS, "The edits made"), **_errors(*_CURATION_ERRORS)},
+        }
+    },
+    "/api/{project}/curation/import/": {
+        "post": {
+            "summary": "Many curated values at once, all or nothing (data managers)",
+            "parameters": [_PROJECT],
+            "requestBody": _curation_body(
+                {
+                    "rows": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 10_000,
+                        "items": {
+                            "type": "object",
+                            "required": ["patient", "field", "value"],
+                            "properties": {
+                                "patient": {"type": "string"},
+                                "series": _TEXT_OR_NULL,
+                                "field": {"type": "string"},
+                                "value": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+                ["rows"],
+            ),
+            "responses": {"200": _json(_EDITS, "The edits made"), **_errors(*_CURATION_ERRORS)},
+        }
+    },
+    "/api/{project}/curation/restore/": {
+        "post": {
+            "summary": "Put an earlier value back in force, as a new edit (data managers)",
+            "parameters": [_PROJECT],
+            "requestBody": _curation_body(
+                {"value_id": {"type": "integer", "minimum": 1}}, ["value_id"]
+            ),
+            "responses": {"200": _json(_EDITS, "The new edit"), **_errors(*_CURATION_ERRORS)},
+        }
+    },
+    "/api/{project}/curation/history/": {
+        "get": {
+            "summary": "Every curation edit of a patient, newest first (data managers)",
+            "parameters": [
+                _PROJECT,
+                {"name": "patient", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {"200": _json(_EDITS, "The edits"), **_errors(400, 401, 403, 404, 422)},
+        }
+    },
+}
+
+
 def document() -> dict[str, Any]:
     """The API description: paths, parameters, bodies, answers and the two ways to sign in."""
     return {
@@ -341,5 +450,6 @@ def document() -> dict[str, Any]:
                     "responses": _DOWNLOAD,
                 }
             },
+            **_CURATION_PATHS,
         },
     }

@@ -578,6 +578,202 @@ DOCS_PAGE = """<!doctype html>
 </body></html>"""
 
 
+# --- curation (data managers) ------------------------------------------------------
+
+MAX_CURATION_FIELD = 64  # a keyword (the longest DICOM keyword has 64 characters) or a tag
+MAX_CURATION_VALUE = 10_240  # LT's limit; longer values are refused by the VR check anyway
+MAX_CURATION_ID = 2**31 - 1
+
+
+def edit_json(edit: schemas.CuratedValue) -> dict[str, Any]:
+    data = dataclasses.asdict(edit)
+    data["at"] = edit.at.isoformat()
+    return data
+
+
+def _field_text(
+    body: dict[str, Any],
+    key: str,
+    bad: dict[str, str],
+    limit: int,
+    *,
+    required: bool,
+    nullable: bool = False,
+    multiline: bool = False,
+) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if key in body and not nullable:
+            bad[key] = "must be text"
+        elif key not in body and required:
+            bad[key] = "is required"
+        return None
+    if not isinstance(value, str):
+        bad[key] = "must be text" + (" or null" if nullable else "")
+        return None
+    problem = text_problem(value, multiline=multiline)
+    if problem is not None:
+        bad[key] = problem
+    elif len(value) > limit:
+        bad[key] = f"is {len(value)} characters, more than {limit}"
+    return value
+
+
+def _field_whole(value: Any, key: str, bad: dict[str, str]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CURATION_ID:
+        bad[key] = f"must be a whole number from 1 to {MAX_CURATION_ID}"
+        return None
+    return value
+
+
+def _only_fields(body: dict[str, Any], allowed: set[str], bad: dict[str, str]) -> None:
+    for key in body:
+        if key not in allowed:
+            shown = str(key)[:64] if text_problem(str(key)) is None else "(a key that is not text)"
+            bad[shown] = "unknown field"
+
+
+def _refuse_fields(bad: dict[str, str]) -> None:
+    if bad:
+        raise InvalidRequest("Some fields do not fit: see 'fields'", bad)
+
+
+def parse_edit(
+    body: dict[str, Any], config: Settings
+) -> tuple[list[schemas.Target], str, str | None]:
+    """``{"patients": [...], "series": ..., "file_id": ..., "field": ..., "value": ...}`` as
+    the targets, the field and the value (None: clear)."""
+    bad: dict[str, str] = {}
+    _only_fields(body, {"patients", "series", "file_id", "field", "value"}, bad)
+    patients = body.get("patients")
+    if (
+        not isinstance(patients, list)
+        or not patients
+        or not all(isinstance(p, str) for p in patients)
+    ):
+        bad["patients"] = "must be a list of one or more patient labels"
+        patients = []
+    elif len(patients) > config.max_list_items:
+        bad["patients"] = f"has {len(patients)} entries, more than {config.max_list_items}"
+    else:
+        for number, label in enumerate(patients, start=1):
+            problem = text_problem(label)
+            if problem is not None or len(label) > 1024:
+                bad["patients"] = f"entry {number} {problem or 'is longer than 1024 characters'}"
+                break
+    series = _field_text(body, "series", bad, 1024, required=False, nullable=True)
+    file_id = _field_whole(body.get("file_id"), "file_id", bad)
+    field = _field_text(body, "field", bad, MAX_CURATION_FIELD, required=True)
+    if "value" not in body:
+        bad["value"] = "is required (null clears the curation)"
+    value = _field_text(
+        body, "value", bad, MAX_CURATION_VALUE, required=False, nullable=True, multiline=True
+    )
+    _refuse_fields(bad)
+    return schemas.targets(list(patients), series, file_id), str(field), value
+
+
+def parse_rows(body: dict[str, Any]) -> list[schemas.CurationRow]:
+    """``{"rows": [{"patient", "series", "field", "value"}, ...]}`` as import rows."""
+    bad: dict[str, str] = {}
+    _only_fields(body, {"rows"}, bad)
+    rows = body.get("rows")
+    if not isinstance(rows, list) or not rows:
+        bad["rows"] = "must be a list of one or more rows"
+        rows = []
+    elif len(rows) > schemas.MAX_CURATION_ROWS:
+        bad["rows"] = f"has {len(rows)} rows, more than {schemas.MAX_CURATION_ROWS}"
+        rows = []
+    found: list[schemas.CurationRow] = []
+    for number, row in enumerate(rows, start=1):
+        where: dict[str, str] = {}
+        if not isinstance(row, dict):
+            bad[f"rows[{number}]"] = "must be an object"
+            continue
+        _only_fields(row, {"patient", "series", "field", "value"}, where)
+        patient = _field_text(row, "patient", where, 1024, required=True)
+        series = _field_text(row, "series", where, 1024, required=False, nullable=True)
+        field = _field_text(row, "field", where, MAX_CURATION_FIELD, required=True)
+        value = _field_text(row, "value", where, MAX_CURATION_VALUE, required=True, multiline=True)
+        for key, why in where.items():
+            bad[f"rows[{number}].{key}"] = why
+        if not where and patient and field and value is not None:
+            found.append(schemas.CurationRow(number, patient, series or "", field, value))
+        elif not where:
+            bad[f"rows[{number}]"] = "needs a patient, a field and a value"
+        if len(bad) >= 20:
+            break
+    _refuse_fields(bad)
+    return found
+
+
+async def _curation_call(request: Request, work: Any) -> Response:
+    config = settings()
+    try:
+        email = await run_in_threadpool(identity, request, config)
+        project = _project(request)
+        body = await _body(request, config)
+        return await run_in_threadpool(work, config, email, project, body)
+    except PortalError as exc:
+        return error_response(exc)
+
+
+async def curation_set(request: Request) -> Response:
+    """``POST /api/<project>/curation/``: set (or, with ``value`` null, clear) a field."""
+
+    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
+        targets, field, value = parse_edit(body, config)
+        done = services.curate(config, email, project, targets, field, value)
+        return JSONResponse({"edits": [edit_json(d) for d in done]})
+
+    return await _curation_call(request, work)
+
+
+async def curation_import(request: Request) -> Response:
+    """``POST /api/<project>/curation/import/``: many rows, all or nothing."""
+
+    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
+        done = services.import_curation(config, email, project, parse_rows(body))
+        return JSONResponse({"edits": [edit_json(d) for d in done]})
+
+    return await _curation_call(request, work)
+
+
+async def curation_restore(request: Request) -> Response:
+    """``POST /api/<project>/curation/restore/``: ``{"value_id": N}`` back in force."""
+
+    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
+        bad: dict[str, str] = {}
+        _only_fields(body, {"value_id"}, bad)
+        value_id = _field_whole(body.get("value_id"), "value_id", bad)
+        if value_id is None:
+            bad.setdefault("value_id", "is required: the id of an edit in the history")
+        _refuse_fields(bad)
+        done = services.restore_curation(config, email, project, int(value_id or 0))
+        return JSONResponse({"edits": [edit_json(done)]})
+
+    return await _curation_call(request, work)
+
+
+async def curation_history(request: Request) -> Response:
+    """``GET /api/<project>/curation/history/?patient=LABEL``: a patient's edits, newest first."""
+    config = settings()
+    try:
+        email = await run_in_threadpool(identity, request, config)
+        project = _project(request)
+        bad: dict[str, str] = {}
+        patient = _field_text(dict(request.query_params), "patient", bad, 1024, required=True)
+        _refuse_fields(bad)
+        done = await run_in_threadpool(
+            services.curation_history, config, email, project, str(patient)
+        )
+        return JSONResponse({"edits": [edit_json(d) for d in done]})
+    except PortalError as exc:
+        return error_response(exc)
+
+
 async def openapi_json(request: Request) -> Response:
     """``GET /api/openapi.json``: the API description."""
     return JSONResponse(openapi.document())
@@ -610,6 +806,10 @@ def routes() -> list[BaseRoute]:
         Route(one + "/download/{part:int}", download, methods=["GET", "HEAD"]),
         Route("/api/{project:str}/estimate/", estimate, methods=["POST"]),
         Route("/api/{project:str}/preview/", preview, methods=["POST"]),
+        Route("/api/{project:str}/curation/", curation_set, methods=["POST"]),
+        Route("/api/{project:str}/curation/import/", curation_import, methods=["POST"]),
+        Route("/api/{project:str}/curation/restore/", curation_restore, methods=["POST"]),
+        Route("/api/{project:str}/curation/history/", curation_history, methods=["GET"]),
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
         Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
