@@ -99,6 +99,27 @@ pick = st.columns([2, 2, 3, 3], gap="medium")
 slug = pick[0].selectbox(
     "Project", list(names), format_func=lambda s: f"{names[s]} ({s})", key=KEY + "project"
 )
+with st.expander("Import values from a CSV file", icon=":material/upload_file:"):
+    st.caption(
+        "One value a line, under the header `patient,series,field,value` (series empty: "
+        "every DICOM file of the patient). The file is applied as a whole: if one line is "
+        "wrong, nothing is applied and each wrong line is named."
+    )
+    upload = st.file_uploader("CSV file", type=["csv"], key=f"{KEY}csv-{slug}")
+    if upload is not None and st.button("Apply the file", key=f"{KEY}csv-apply"):
+        try:
+            text = upload.getvalue().decode("utf-8")
+            csv_rows = schemas.parse_curation_csv(text)
+            imported = services.import_curation(settings(), who.email, slug, csv_rows)
+        except UnicodeDecodeError:
+            st.error("The file is not UTF-8 text: save it as CSV (UTF-8) and upload it again.")
+        except PortalError as exc:
+            st.error(str(exc))
+        else:
+            after_edit(
+                f"{len(csv_rows)} line(s) applied.\n\n" + done_message(imported, cleared=False)
+            )
+
 try:
     tree = data.tree(who.email, slug)
 except PortalError as exc:

@@ -282,3 +282,29 @@ def test_a_data_manager_curates_a_header_field(
         "Cohort A, curated",
         "series",
     )
+
+
+@pytest.mark.slow
+def test_a_data_manager_imports_curated_values_from_a_csv(
+    portal: tuple[str, Settings], browser: Browser, tmp_path: Path
+) -> None:
+    base, settings = portal
+    manager = "manager@demo.example"
+    page = page_as(browser, manager)
+    page.goto(base + "/curation")
+    expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    page.get_by_text("Import values from a CSV file").click()
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("patient,series,field,value\nP0003,,StudyDate,yesterday\n")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(wrong))
+    page.get_by_role("button", name="Apply the file").click()
+    expect(page.get_by_text("Nothing was applied")).to_be_visible(timeout=30_000)
+    assert services.curation_history(settings, manager, "demo", "P0003") == []
+    good = tmp_path / "good.csv"
+    good.write_text("patient,series,field,value\nP0003,,InstitutionName,Research Site\n")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(good))
+    page.get_by_role("button", name="Apply the file").click()
+    expect(page.get_by_text("1 line(s) applied.")).to_be_visible(timeout=30_000)
+    shot(page, "curation-import")
+    (edit,) = services.curation_history(settings, manager, "demo", "P0003")
+    assert (edit.keyword, edit.value, edit.scope) == ("InstitutionName", "Research Site", "patient")
