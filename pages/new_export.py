@@ -257,10 +257,8 @@ request = ExportRequest(
 check = None
 if (checked or tags) and kinds:
     try:
-        # Modalities ticked but without files in this selection change no figure.
-        listed = {m.key for m in overview.by_modality} if overview else set()
-        known = overview if overview and set(chosen) == set(ticked) & listed else None
-        check = services.preflight_export(settings(), who.email, slug, request, known)
+        # The service reuses the estimate only where it stands for this request.
+        check = services.preflight_export(settings(), who.email, slug, request, overview)
     except PortalError as exc:
         st.error(str(exc))
 

@@ -290,13 +290,9 @@ class Preflight:
     refusal: Refusal | None
 
     def fits(self, user: Principal, project: str, request: ExportRequest) -> bool:
-        """Whether this preflight was made for this very request, by this user, moments ago."""
-        return (
-            self.user_id == user.id
-            and self.project == project
-            and self.request == request
-            and self.estimate.stands_for(project, request.selection, REUSE_SECONDS)
-        )
+        """Whether this preflight was made for this very request, by this user (how old its
+        estimate may be, :func:`preflight` judges)."""
+        return self.user_id == user.id and self.project == project and self.request == request
 
 
 REUSE_SECONDS = 10.0
@@ -395,8 +391,9 @@ def create(
     holder = session.scalar(select(DatasetExport).where(DatasetExport.request_key == key))
     if holder is not None and _absorbs(holder):
         return holder, False  # before the quota and space: the twin may have used them up
-    fits = checked is not None and checked.fits(user, project, request)
-    known = checked.estimate if checked is not None and fits else None
+    known = (
+        checked.estimate if checked is not None and checked.fits(user, project, request) else None
+    )
     check = preflight(session, user, project, request, max_bytes, quota, room or _roomy, known)
     if check.refusal:
         raise check.refusal.error()
