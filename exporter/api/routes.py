@@ -439,14 +439,15 @@ async def _call(request: Request, work: Any) -> Response:
         return error_response(exc)
 
 
-async def _call_with_body(request: Request, work: Any) -> Response:
-    """Parse the body into an ExportRequest, then ``work(settings, email, project, body)``."""
+async def _call_with_body(request: Request, work: Any, parse: Any = None) -> Response:
+    """Parse the body (into an ExportRequest, or with ``parse(body, settings)``), then
+    ``work(settings, email, project, body)``."""
     config = settings()
     try:
         # Who is asking first: an anonymous caller gets 401 without the body being read.
         email = await run_in_threadpool(identity, request, config)
         project = _project(request)
-        body = export_request(await _body(request, config), config)
+        body = (parse or export_request)(await _body(request, config), config)
         return await run_in_threadpool(work, config, email, project, body)
     except PortalError as exc:
         return error_response(exc)
@@ -709,52 +710,46 @@ def parse_rows(body: dict[str, Any]) -> list[schemas.CurationRow]:
     return found
 
 
-async def _curation_call(request: Request, work: Any) -> Response:
-    config = settings()
-    try:
-        email = await run_in_threadpool(identity, request, config)
-        project = _project(request)
-        body = await _body(request, config)
-        return await run_in_threadpool(work, config, email, project, body)
-    except PortalError as exc:
-        return error_response(exc)
+def parse_restore(body: dict[str, Any], config: Settings) -> int:
+    """``{"value_id": N}``: the id of an edit in the history."""
+    bad: dict[str, str] = {}
+    _only_fields(body, {"value_id"}, bad)
+    value_id = _field_whole(body.get("value_id"), "value_id", bad)
+    if value_id is None:
+        bad.setdefault("value_id", "is required: the id of an edit in the history")
+    _refuse_fields(bad)
+    return int(value_id or 0)
 
 
 async def curation_set(request: Request) -> Response:
     """``POST /api/<project>/curation/``: set (or, with ``value`` null, clear) a field."""
 
-    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
-        targets, field, value = parse_edit(body, config)
+    def work(config: Settings, email: str, project: str, edit: Any) -> Response:
+        targets, field, value = edit
         done = services.curate(config, email, project, targets, field, value)
         return JSONResponse({"edits": [edit_json(d) for d in done]})
 
-    return await _curation_call(request, work)
+    return await _call_with_body(request, work, parse_edit)
 
 
 async def curation_import(request: Request) -> Response:
     """``POST /api/<project>/curation/import/``: many rows, all or nothing."""
 
-    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
-        done = services.import_curation(config, email, project, parse_rows(body))
+    def work(config: Settings, email: str, project: str, rows: Any) -> Response:
+        done = services.import_curation(config, email, project, rows)
         return JSONResponse({"edits": [edit_json(d) for d in done]})
 
-    return await _curation_call(request, work)
+    return await _call_with_body(request, work, lambda body, _: parse_rows(body))
 
 
 async def curation_restore(request: Request) -> Response:
     """``POST /api/<project>/curation/restore/``: ``{"value_id": N}`` back in force."""
 
-    def work(config: Settings, email: str, project: str, body: dict[str, Any]) -> Response:
-        bad: dict[str, str] = {}
-        _only_fields(body, {"value_id"}, bad)
-        value_id = _field_whole(body.get("value_id"), "value_id", bad)
-        if value_id is None:
-            bad.setdefault("value_id", "is required: the id of an edit in the history")
-        _refuse_fields(bad)
-        done = services.restore_curation(config, email, project, int(value_id or 0))
+    def work(config: Settings, email: str, project: str, value_id: int) -> Response:
+        done = services.restore_curation(config, email, project, value_id)
         return JSONResponse({"edits": [edit_json(done)]})
 
-    return await _curation_call(request, work)
+    return await _call_with_body(request, work, parse_restore)
 
 
 async def curation_history(request: Request) -> Response:
