@@ -383,10 +383,9 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
             )
         return
     if action == "import":
-        text = sys.stdin.read() if args.csv_file == "-" else _read_text(args.csv_file)
-        rows = schemas.parse_curation_csv(text)
-        done = services.import_curation(settings, args.user, args.project, rows)
-        print(f"{len(rows)} row(s) applied: {len(done)} curated value(s)")
+        data = sys.stdin.buffer.read() if args.csv_file == "-" else _read_bytes(args.csv_file)
+        count, done = services.import_curation_csv(settings, args.user, args.project, data)
+        print(f"{count} row(s) applied: {len(done)} curated value(s)")
         return
     if action == "restore":
         done = [services.restore_curation(settings, args.user, args.project, args.value_id)]
@@ -399,16 +398,14 @@ def _curate_command(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{d.patient} {d.scope} {d.keyword}: {d.old_value!r} -> {shown} (edit {d.id})")
 
 
-def _read_text(path: str) -> str:
-    """A UTF-8 text file the user named, or an error that says what to do."""
+def _read_bytes(path: str) -> bytes:
+    """A file the user named, or an error that says what to do."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise InvalidInput(f"No file {path!r}: give the path of the CSV file") from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
-        raise InvalidInput(
-            f"{path!r} cannot be read as UTF-8 text: {exc.__class__.__name__}"
-        ) from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise InvalidInput(f"{path!r} cannot be read: {exc.__class__.__name__}") from None
 
 
 def _print_policy(view: PolicyView) -> None:

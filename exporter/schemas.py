@@ -7,8 +7,6 @@ the jobs and the archive builder pass these between them.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
@@ -16,7 +14,6 @@ from enum import StrEnum
 from typing import Any
 
 from exporter.errors import (
-    InvalidInput,
     InvalidOption,
     InvalidSelection,
     LimitExceeded,
@@ -635,41 +632,3 @@ class CurationRow:
     series: str
     field: str
     value: str
-
-
-def parse_curation_csv(text: str) -> list[CurationRow]:
-    """The rows of a curation CSV (``patient,series,field,value``, a header line first).
-
-    Raises InvalidInput naming every line that does not fit, so that nothing is applied
-    from a file with a mistake in it.
-    """
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-    header = [h.strip().lower() for h in next(reader, [])]
-    if tuple(header) != CURATION_CSV_COLUMNS:
-        raise InvalidInput(
-            f"The first line must be the header {','.join(CURATION_CSV_COLUMNS)} "
-            f"(found {','.join(header)[:80] or 'nothing'})"
-        )
-    rows: list[CurationRow] = []
-    wrong: list[str] = []
-    for number, cells in enumerate(reader, start=2):
-        if not any(c.strip() for c in cells):
-            continue  # a blank line
-        if len(cells) != len(CURATION_CSV_COLUMNS):
-            wrong.append(f"line {number}: {len(cells)} cells, expected 4")
-            continue
-        patient, series, field_name, value = cells
-        if not patient.strip() or not field_name.strip():
-            wrong.append(f"line {number}: the patient and the field are required")
-            continue
-        if any(not c.isprintable() for c in (patient, series, field_name, value)):
-            wrong.append(f"line {number}: holds a control character")
-            continue
-        rows.append(CurationRow(number, patient.strip(), series.strip(), field_name.strip(), value))
-        if len(rows) > MAX_CURATION_ROWS:
-            raise InvalidInput(f"More than {MAX_CURATION_ROWS:,} rows: split the file")
-    if wrong:
-        raise InvalidInput("Nothing was applied; fix these lines: " + "; ".join(wrong[:20]))
-    if not rows:
-        raise InvalidInput("The file has a header but no rows: nothing to apply")
-    return rows

@@ -803,6 +803,19 @@ def import_curation(
         return done
 
 
+def import_curation_csv(
+    settings: Settings, user_email: str, project_slug: str, data: bytes
+) -> tuple[int, list[schemas.CuratedValue]]:
+    """A curation CSV file (UTF-8, ``patient,series,field,value``) applied with
+    :func:`import_curation`, all or nothing, every wrong line named: (rows, edits)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("The file is not UTF-8 text: save it as CSV (UTF-8)") from None
+    rows = curation.parse_csv(text)
+    return len(rows), import_curation(settings, user_email, project_slug, rows)
+
+
 def restore_curation(
     settings: Settings, user_email: str, project_slug: str, value_id: int
 ) -> schemas.CuratedValue:

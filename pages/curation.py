@@ -108,17 +108,13 @@ with st.expander("Import values from a CSV file", icon=":material/upload_file:")
     upload = st.file_uploader("CSV file", type=["csv"], key=f"{KEY}csv-{slug}")
     if upload is not None and st.button("Apply the file", key=f"{KEY}csv-apply"):
         try:
-            text = upload.getvalue().decode("utf-8")
-            csv_rows = schemas.parse_curation_csv(text)
-            imported = services.import_curation(settings(), who.email, slug, csv_rows)
-        except UnicodeDecodeError:
-            st.error("The file is not UTF-8 text: save it as CSV (UTF-8) and upload it again.")
+            count, imported = services.import_curation_csv(
+                settings(), who.email, slug, upload.getvalue()
+            )
         except PortalError as exc:
             st.error(str(exc))
         else:
-            after_edit(
-                f"{len(csv_rows)} line(s) applied.\n\n" + done_message(imported, cleared=False)
-            )
+            after_edit(f"{count} line(s) applied.\n\n" + done_message(imported, cleared=False))
 
 try:
     tree = data.tree(who.email, slug)

@@ -189,7 +189,7 @@ def test_a_curation_csv_is_applied_whole_or_not_at_all(demo: Settings) -> None:
         f"P0001,{series.label},StudyDescription,Implant planning\n"
         "P0002,,InstitutionName,Research Site\n"
     )
-    done = services.import_curation(demo, MANAGER, "demo", schemas.parse_curation_csv(good))
+    done = services.import_curation(demo, MANAGER, "demo", curation.parse_csv(good))
     assert {(d.patient, d.keyword, d.value) for d in done} == {
         ("P0001", "StudyDescription", "Implant planning"),
         ("P0002", "InstitutionName", "Research Site"),
@@ -204,12 +204,12 @@ def test_a_curation_csv_is_applied_whole_or_not_at_all(demo: Settings) -> None:
         "P9999,,StudyDescription,x\n"  # line 4: no such patient
     )
     with pytest.raises(InvalidInput, match="Nothing was applied") as refused:
-        services.import_curation(demo, MANAGER, "demo", schemas.parse_curation_csv(bad))
+        services.import_curation(demo, MANAGER, "demo", curation.parse_csv(bad))
     assert "line 3" in str(refused.value) and "YYYYMMDD" in str(refused.value)
     assert "line 4" in str(refused.value)
     assert len(services.curation_history(demo, MANAGER, "demo", "P0002")) == history_before
     with pytest.raises(PermissionDenied):
-        services.import_curation(demo, RESEARCHER, "demo", schemas.parse_curation_csv(good))
+        services.import_curation(demo, RESEARCHER, "demo", curation.parse_csv(good))
 
 
 @pytest.mark.parametrize(
@@ -224,4 +224,4 @@ def test_a_curation_csv_is_applied_whole_or_not_at_all(demo: Settings) -> None:
 )
 def test_a_curation_csv_that_does_not_fit_names_its_lines(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        schemas.parse_curation_csv(text)
+        curation.parse_csv(text)

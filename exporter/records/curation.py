@@ -10,6 +10,8 @@ edit too. The stored files are never touched: the values reach exported copies o
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,13 @@ import pydicom
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from exporter import schemas
 from exporter.access.accounts import Principal, require_project
 from exporter.archive.sourceio import open_source
 from exporter.dicom.header import tag_text
 from exporter.dicom.rules import NO_SERIES, CurationRules, series_key
 from exporter.dicom.values import FieldSpec, curatable, field_spec, validate_value
-from exporter.errors import InvalidSelection, NotFound, SourceFileError
+from exporter.errors import InvalidInput, InvalidSelection, NotFound, SourceFileError
 from exporter.records.exports import as_utc
 from exporter.schemas import CuratedValue, HeaderField, SeriesInfo, Target
 from exporter.store.models import CuratedHeaderValue, FileRegistry, Modality, Patient, Role, User
@@ -400,3 +403,43 @@ def rules_for(session: Session, patient_ids: list[int]) -> CurationRules:
         else:
             bucket[tag] = (row.keyword, row.value)
     return rules
+
+
+def parse_csv(text: str) -> list[schemas.CurationRow]:
+    """The rows of a curation CSV (``patient,series,field,value``, a header line first).
+
+    Raises InvalidInput naming every line that does not fit, so that nothing is applied
+    from a file with a mistake in it.
+    """
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if tuple(header) != schemas.CURATION_CSV_COLUMNS:
+        raise InvalidInput(
+            f"The first line must be the header {','.join(schemas.CURATION_CSV_COLUMNS)} "
+            f"(found {','.join(header)[:80] or 'nothing'})"
+        )
+    rows: list[schemas.CurationRow] = []
+    wrong: list[str] = []
+    for number, cells in enumerate(reader, start=2):
+        if not any(c.strip() for c in cells):
+            continue  # a blank line
+        if len(cells) != len(schemas.CURATION_CSV_COLUMNS):
+            wrong.append(f"line {number}: {len(cells)} cells, expected 4")
+            continue
+        patient, series, field_name, value = cells
+        if not patient.strip() or not field_name.strip():
+            wrong.append(f"line {number}: the patient and the field are required")
+            continue
+        if any(not c.isprintable() for c in (patient, series, field_name, value)):
+            wrong.append(f"line {number}: holds a control character")
+            continue
+        rows.append(
+            schemas.CurationRow(number, patient.strip(), series.strip(), field_name.strip(), value)
+        )
+        if len(rows) > schemas.MAX_CURATION_ROWS:
+            raise InvalidInput(f"More than {schemas.MAX_CURATION_ROWS:,} rows: split the file")
+    if wrong:
+        raise InvalidInput("Nothing was applied; fix these lines: " + "; ".join(wrong[:20]))
+    if not rows:
+        raise InvalidInput("The file has a header but no rows: nothing to apply")
+    return rows
