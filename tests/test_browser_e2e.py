@@ -105,6 +105,14 @@ def page_as(browser: Browser, email: str) -> Page:
     return context.new_page()
 
 
+def curation_page(browser: Browser, base: str, email: str) -> Page:
+    """The DICOM curation page, open and drawn, for ``email``."""
+    page = page_as(browser, email)
+    page.goto(base + "/curation")
+    expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    return page
+
+
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -248,9 +256,7 @@ def test_a_data_manager_curates_a_header_field(
 ) -> None:
     base, settings = portal
     manager = "manager@demo.example"
-    page = page_as(browser, manager)
-    page.goto(base + "/curation")
-    expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    page = curation_page(browser, base, manager)
     expect(page.get_by_role("link", name="DICOM curation")).to_be_visible()  # in the menu
     expect(page.get_by_role("heading", name="Header")).to_be_visible(timeout=30_000)
     expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=30_000)
@@ -290,19 +296,21 @@ def test_a_data_manager_imports_curated_values_from_a_csv(
 ) -> None:
     base, settings = portal
     manager = "manager@demo.example"
-    page = page_as(browser, manager)
-    page.goto(base + "/curation")
-    expect(page.get_by_role("heading", name="DICOM curation")).to_be_visible(timeout=60_000)
+    page = curation_page(browser, base, manager)
     page.get_by_text("Import values from a CSV file").click()
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("patient,series,field,value\nP0003,,StudyDate,yesterday\n")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(wrong))
+    expect(page.get_by_text("wrong.csv")).to_be_visible(timeout=30_000)  # uploaded: rerun done
+    page.wait_for_timeout(500)
     page.get_by_role("button", name="Apply the file").click()
     expect(page.get_by_text("Nothing was applied")).to_be_visible(timeout=30_000)
     assert services.curation_history(settings, manager, "demo", "P0003") == []
     good = tmp_path / "good.csv"
     good.write_text("patient,series,field,value\nP0003,,InstitutionName,Research Site\n")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(good))
+    expect(page.get_by_text("good.csv")).to_be_visible(timeout=30_000)  # uploaded: rerun done
+    page.wait_for_timeout(500)
     page.get_by_role("button", name="Apply the file").click()
     expect(page.get_by_text("1 line(s) applied.")).to_be_visible(timeout=30_000)
     shot(page, "curation-import")

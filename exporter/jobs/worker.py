@@ -67,8 +67,13 @@ class PortalWorker(SpawnWorker):
         # not when the reconciler finds its heartbeat stale a minute and a half later.
         try:
             upkeep.horse_died(Settings.load(), job.func_name or "", tuple(job.args))
-        except Exception:  # the reconciler still fails it later
-            log.exception("could not record that the work-horse of job %s died", job.id)
+        except Exception as exc:  # the reconciler still fails it later
+            # The class, not the text: a database error's text may quote stored values.
+            log.error(
+                "could not record that the work-horse of job %s died: %s",
+                job.id,
+                type(exc).__name__,
+            )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
