@@ -162,6 +162,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "release",
+        help="release curated patients into a destination project (data managers), the "
+        "originals optionally into an archive project",
+    )
+    rel = p.add_subparsers(dest="release_command", required=True, metavar="ACTION")
+    p = rel.add_parser("create", help="create a release (runs on the queue)")
+    p.add_argument("project", metavar="SOURCE_SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--to", required=True, metavar="DESTINATION_SLUG", dest="destination")
+    p.add_argument("--archive", metavar="ARCHIVE_SLUG", help="copy the originals there too")
+    _selection_args(p)
+    p.add_argument(
+        "--not-released",
+        action="store_true",
+        help="only patients not yet released to the destination",
+    )
+    p.add_argument("--name", default="")
+    p.add_argument("--notes", default="")
+    p.add_argument(
+        "--privacy",
+        default=PrivacyLevel.PSEUDONYMISED.value,
+        choices=schemas.RELEASE_LEVELS,
+        help="pseudonymised (default, with what the source project allows) or deidentified",
+    )
+    p.add_argument(
+        "--remove-dates", action="store_true", help="deidentified: dates removed, not shifted"
+    )
+    p.add_argument("--clean-descriptors", action="store_true", help="descriptions kept, cleaned")
+    p.add_argument(
+        "--skip-changed",
+        action="store_true",
+        help="a source file changed since registration fails alone (listed in the log), "
+        "not the whole release",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the end; exit 1 unless done")
+    p.add_argument("--json", action="store_true")
+    for action, helptext in (
+        ("show", "one release's status, progress and counts"),
+        ("cancel", "cancel a pending or processing release (what it registered stays)"),
+        ("retry", "run a failed or cancelled release again (registered files are skipped)"),
+        ("log", "print release_log.csv: per patient, series and file, what was done"),
+        ("changes", "print the release's DICOM changes (dicom_changes.csv)"),
+    ):
+        p = rel.add_parser(action, help=helptext)
+        p.add_argument("release_id", metavar="RELEASE_ID")
+        p.add_argument("--user", required=True, metavar="EMAIL")
+        p.add_argument("--json", action="store_true")
+    p = rel.add_parser("list", help="releases out of the projects you manage, newest first")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p.add_argument("--project", metavar="SLUG")
+    p.add_argument("--json", action="store_true")
+    p = rel.add_parser("links", help="which source patient each destination patient is")
+    p.add_argument("project", metavar="SOURCE_SLUG")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+    p = rel.add_parser("history", help="the versions releases wrote of one destination file")
+    p.add_argument("project", metavar="PROJECT_SLUG")
+    p.add_argument("path", metavar="PATH", help="the file's registered path")
+    p.add_argument("--user", required=True, metavar="EMAIL")
+
     sub.add_parser(
         "cleanup", help="fail exports whose worker died, re-enqueue lost ones, expire old files"
     )
@@ -346,6 +406,8 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
             print(f"token {token.id} ({token.name}) revoked")
     elif command == "curate":
         _curate_command(settings, args)
+    elif command == "release":
+        return _release_command(settings, args)
     elif command == "cleanup":
         counts = services.housekeeping(settings)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -517,6 +579,83 @@ def _export_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_command(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.release_command
+    if action == "create":
+        selection = dataclasses.replace(
+            _selection_from(args), not_released_to=args.destination if args.not_released else ""
+        )
+        request = schemas.ReleaseRequest(
+            selection,
+            destination=args.destination,
+            archive=args.archive,
+            name=args.name,
+            notes=args.notes,
+            privacy=args.privacy,
+            shift_dates=not args.remove_dates,
+            clean_descriptors=args.clean_descriptors,
+            skip_changed=args.skip_changed,
+        )
+        view = services.create_release(settings, args.user, args.project, request)
+        while args.wait and view.status in ("pending", "processing"):
+            time.sleep(1)
+            view = services.get_release(settings, args.user, view.id)
+        _print_release(view, args.json)
+        return 0 if not args.wait or view.status == "completed" else 1
+    if action == "list":
+        views = services.list_releases(settings, args.user, args.project)
+        if args.json:
+            print(json.dumps([_jsonable(v) for v in views], indent=2))
+        for v in [] if args.json else views:
+            print(
+                f"{v.id}  {v.status:<10} {v.created_at:%Y-%m-%d %H:%M}  "
+                f"{v.project} -> {v.destination}  {v.name}"
+            )
+        return 0
+    if action == "links":
+        for link in services.patient_links(settings, args.user, args.project):
+            print(f"{link.source_label}\t{link.destination}\t{link.destination_label}")
+        return 0
+    if action == "history":
+        for version in services.file_history(settings, args.user, args.project, args.path):
+            print(
+                f"v{version.version}\t{version.created_at:%Y-%m-%d %H:%M}\t{version.release_name}"
+                f"\t{version.sha256[:12]}\t{version.stored_path}"
+            )
+        return 0
+    if action in ("log", "changes"):
+        fetch = services.release_log if action == "log" else services.release_changes
+        sys.stdout.write(fetch(settings, args.user, args.release_id).decode())
+        return 0
+    handler = {
+        "show": services.get_release,
+        "cancel": services.cancel_release,
+        "retry": services.retry_release,
+    }[action]
+    _print_release(handler(settings, args.user, args.release_id), args.json)
+    return 0
+
+
+def _print_release(view: schemas.ReleaseView, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_jsonable(view), indent=2))
+        return
+    print(f"{view.id}  {view.name}  [{view.status}]")
+    archive = f", originals to {view.archive}" if view.archive else ""
+    print(f"  {view.project} -> {view.destination}{archive}, {view.privacy}, by {view.creator}")
+    print(
+        f"  {view.patient_count} patients, {view.file_count} files, {_size(view.estimated_bytes)}"
+    )
+    if view.status == "processing":
+        print(f"  progress {view.progress:.1%} ({view.files_done} files)")
+    if view.counts:
+        print(
+            "  " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(view.counts.items()))
+        )
+    if view.error_message:
+        print(f"  error: {view.error_message}")
+
+
 def _wait(settings: Settings, user: str, view: ExportView, quiet: bool) -> ExportView:
     """Poll until the export ends, drawing a progress bar on a terminal."""
     tty = sys.stderr.isatty() and not quiet
@@ -539,7 +678,7 @@ def _wait(settings: Settings, user: str, view: ExportView, quiet: bool) -> Expor
     return view
 
 
-def _jsonable(view: ExportView) -> dict[str, Any]:
+def _jsonable(view: ExportView | schemas.ReleaseView) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(view), default=str))  # type: ignore[no-any-return]
 
 

@@ -38,6 +38,8 @@ class Selection:
     modalities: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ("raw", "processed")
     not_exported: bool = False  # only patients no completed export has carried yet
+    # Only patients not yet released to this destination project (its slug).
+    not_released_to: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,7 +50,22 @@ class Selection:
             "modalities": list(self.modalities),
             "kinds": list(self.kinds),
             "not_exported": self.not_exported,
+            "not_released_to": self.not_released_to,
         }
+
+    @classmethod
+    def from_dict(cls, c: dict[str, Any]) -> Selection:
+        """The selection a record stored with :meth:`as_dict`."""
+        return parse_selection(
+            c.get("folders"),
+            c.get("patients"),
+            c.get("tags"),
+            c.get("tag_mode", "any"),
+            c.get("modalities"),
+            c.get("kinds"),
+            bool(c.get("not_exported")),
+            str(c.get("not_released_to") or ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,7 @@ def parse_selection(
     modalities: list[str] | None = None,
     kinds: list[str] | None = None,
     not_exported: bool = False,
+    not_released_to: str = "",
 ) -> Selection:
     """A Selection from transport-level lists, with duplicates and blanks removed."""
 
@@ -141,6 +159,7 @@ def parse_selection(
         modalities=clean(modalities),
         kinds=clean(kinds) or ("raw", "processed"),
         not_exported=not_exported,
+        not_released_to=not_released_to.strip(),
     )
 
 
@@ -632,3 +651,90 @@ class CurationRow:
     series: str
     field: str
     value: str
+
+
+RELEASE_LEVELS = (PrivacyLevel.PSEUDONYMISED.value, PrivacyLevel.DEIDENTIFIED.value)
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """What a data manager asks for: a source selection released into ``destination`` (a
+    project they also manage), the originals optionally into ``archive``."""
+
+    selection: Selection
+    destination: str
+    archive: str | None = None
+    name: str = ""
+    notes: str = ""
+    privacy: str = PrivacyLevel.PSEUDONYMISED.value
+    shift_dates: bool = True  # de-identified: dates shifted per patient (else removed)
+    clean_descriptors: bool = False
+    # A source file that changed on disk since registration: skip it (listed failed in the
+    # log) and release the rest; else the release fails at that file.
+    skip_changed: bool = False
+
+    def options(self, policy: ProjectPolicy | None = None) -> ExportOptions:
+        """The rewrite's options, as an export's at the same level (the policy applies to
+        pseudonymised releases only). Identified releases do not exist: a destination's
+        labels are pseudonyms, and so are the names in its files."""
+        if self.privacy not in RELEASE_LEVELS:
+            raise InvalidOption(
+                f"A release is {' or '.join(RELEASE_LEVELS)} (got {self.privacy!r}): the "
+                "destination holds no direct identifier; the originals go to the archive"
+            )
+        as_export = ExportRequest(
+            self.selection,
+            compression="store",
+            privacy=self.privacy,
+            shift_dates=self.shift_dates,
+            clean_descriptors=self.clean_descriptors,
+        )
+        return as_export.options(policy)
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    """A release as pages, API and CLI show it."""
+
+    id: str
+    project: str  # the source
+    destination: str
+    archive: str | None
+    name: str
+    notes: str
+    status: str
+    creator: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    patient_count: int
+    file_count: int
+    estimated_bytes: int
+    files_done: int
+    bytes_done: int
+    counts: dict[str, int]
+    current_item: str | None
+    error_message: str | None
+    criteria: dict[str, Any]
+    options: dict[str, Any]
+    privacy: str
+
+    @property
+    def progress(self) -> float:
+        total = self.estimated_bytes
+        return min(1.0, self.bytes_done / total) if total else 0.0
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of a destination file: which release wrote it, and where it is kept."""
+
+    version: int
+    release_id: str
+    release_name: str
+    status: str  # created | new_version
+    path: str
+    stored_path: str
+    sha256: str
+    size: int
+    created_at: datetime

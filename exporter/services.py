@@ -39,10 +39,11 @@ from exporter.errors import (
     InvalidState,
     NotFound,
 )
+from exporter.jobs import releases as release_jobs
 from exporter.jobs import tasks as jobs
 from exporter.jobs import upkeep
 from exporter.jobs.queue import connect
-from exporter.records import curation, exports, preview
+from exporter.records import curation, exports, preview, releases
 from exporter.records.exports import Preflight
 from exporter.records.exports import archive_bytes_estimate as archive_bytes_estimate
 from exporter.records.exports import default_name as default_name
@@ -69,6 +70,7 @@ from exporter.store.modalities import seed_modalities
 from exporter.store.models import (
     AuditEvent,
     DatasetExport,
+    DatasetRelease,
     ExportDicomChange,
     ExportPatient,
     ExportStatus,
@@ -933,3 +935,150 @@ def export_changes(
             for c in found
         ]
         return ChangeLog(rows, total)
+
+
+# --- releases ------------------------------------------------------------------------------
+
+
+def _data_room(settings: Settings) -> exports.Room:
+    """Whether the data root has room for a release of so many bytes, and the reserve."""
+
+    def room(needed: int) -> Refusal | None:
+        if shutil.disk_usage(settings.data_root).free >= needed + settings.disk_reserve_bytes:
+            return None
+        return Refusal(
+            RefusalReason.DISK,
+            "Not enough free space in the data root for this release: choose fewer patients "
+            "or modalities, or ask an administrator",
+        )
+
+    return room
+
+
+def create_release(
+    settings: Settings, user_email: str, project_slug: str, request: schemas.ReleaseRequest
+) -> schemas.ReleaseView:
+    """Check and save a release of ``project_slug`` (the source), enqueue its job, return
+    at once. Refused before queueing: a destination or archive the user does not manage
+    (NotFound, PermissionDenied), the source itself as destination, an empty selection, a
+    destination whose labels a release would take, an identified release (InvalidInput),
+    too little space (NotEnoughSpace)."""
+    problems = exports.selection_problems(request.selection, settings.max_list_items)
+    for key, value, limit in (
+        ("name", request.name, settings.max_name_length),
+        ("notes", request.notes, settings.max_notes_length),
+        ("destination", request.destination, 64),
+        ("archive", request.archive or "", 64),
+    ):
+        why = exports.text_problem(value, multiline=key == "notes")
+        if why is None and len(value.strip()) > limit:
+            why = f"is longer than {limit} characters: shorten it"
+        if why is not None:
+            problems[key] = why
+    if problems:
+        field, why = next(iter(problems.items()))
+        raise InvalidInput(f"{field!r} {why}")
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = releases.create(
+            session, user, project_slug, request, settings.data_root, _data_room(settings)
+        )
+        release_id = row.id
+        estimated = row.estimated_bytes
+        name = row.name
+    try:
+        job_id = release_jobs.enqueue(settings, release_id, estimated, name)
+    except RedisError as exc:  # the reconciler enqueues it when the queue is back
+        log.warning("release %s saved but not queued: %s", release_id, exc)
+        job_id = None
+    with db.session_scope(settings) as session:
+        saved = session.get(DatasetRelease, release_id)
+        if saved is not None:
+            saved.job_id = job_id
+    return get_release(settings, user_email, release_id)
+
+
+def get_release(settings: Settings, user_email: str, release_id: str) -> schemas.ReleaseView:
+    """One release out of a project the user manages."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return releases.view(session, releases.get_row(session, user, release_id))
+
+
+def list_releases(
+    settings: Settings, user_email: str, project_slug: str | None = None, limit: int = 100
+) -> list[schemas.ReleaseView]:
+    """Releases out of the projects the user manages, newest first."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        rows = releases.list_rows(session, user, project_slug, limit)
+        return [releases.view(session, row) for row in rows]
+
+
+def cancel_release(settings: Settings, user_email: str, release_id: str) -> schemas.ReleaseView:
+    """Cancel a pending or processing release: it stops at the next file; what it wrote
+    and registered stays (the same release run again goes on from there)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = releases.get_row(session, user, release_id)
+        if not releases.mark_cancelled(session, user, row):
+            raise InvalidState(f"Release {row.name!r} is {row.status.value}: nothing to cancel")
+        job_id = row.job_id
+    if job_id:
+        with contextlib.suppress(RedisError, NoSuchJobError):
+            job = Job.fetch(job_id, connection=connect(settings))
+            if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                job.cancel()
+    return get_release(settings, user_email, release_id)
+
+
+def retry_release(settings: Settings, user_email: str, release_id: str) -> schemas.ReleaseView:
+    """Run a failed or cancelled release again: files it registered are not written again."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = releases.get_row(session, user, release_id)
+        if not releases.retry(session, user, row):
+            raise InvalidState(
+                f"Release {row.name!r} is {row.status.value}: only a failed or cancelled "
+                "release can run again"
+            )
+        estimated, name = row.estimated_bytes, row.name
+    job_id = release_jobs.enqueue(settings, release_id, estimated, name)
+    with db.session_scope(settings) as session:
+        saved = session.get(DatasetRelease, release_id)
+        if saved is not None:
+            saved.job_id = job_id
+    return get_release(settings, user_email, release_id)
+
+
+def release_log(settings: Settings, user_email: str, release_id: str) -> bytes:
+    """``release_log.csv``: per patient, series and file, what the release did."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = releases.get_row(session, user, release_id)
+        return releases.log_csv(session, row.id)
+
+
+def release_changes(settings: Settings, user_email: str, release_id: str) -> bytes:
+    """The release's per-field DICOM changes, as ``dicom_changes.csv`` (new values only)."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        row = releases.get_row(session, user, release_id)
+        return releases.changes_csv(session, row.id)
+
+
+def file_history(
+    settings: Settings, user_email: str, project_slug: str, path: str
+) -> list[schemas.FileVersion]:
+    """Which release wrote which version of a file of a destination or archive project."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return releases.file_history(session, user, project_slug, path)
+
+
+def patient_links(settings: Settings, user_email: str, project_slug: str) -> list[releases.LinkRow]:
+    """The source project's patients and the destination patients they became (the
+    re-identification key of its releases): its data managers only."""
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        return releases.links(session, user, project_slug)

@@ -79,6 +79,15 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
         "/api/{project}/curation/import/",
         "/api/{project}/curation/restore/",
         "/api/{project}/curation/history/",
+        "/api/{project}/releases/create/",
+        "/api/{project}/releases/",
+        "/api/{project}/releases/links/",
+        "/api/{project}/releases/{release_id}/",
+        "/api/{project}/releases/{release_id}/cancel/",
+        "/api/{project}/releases/{release_id}/retry/",
+        "/api/{project}/releases/{release_id}/log/",
+        "/api/{project}/releases/{release_id}/changes/",
+        "/api/{project}/files/history/",
     }
     page = http.get("/api/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
@@ -93,7 +102,7 @@ def test_no_server_errors_and_answers_match_the_schema(
     app, auth = app_env
     api_schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 13
+    assert len(operations) == 22
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -191,6 +200,7 @@ def test_hostile_bodies_find_no_server_error_and_answers_match_the_schema(
         "/api/{project}/curation/",
         "/api/{project}/curation/import/",
         "/api/{project}/curation/restore/",
+        "/api/{project}/releases/create/",
     }
     for operation in posts:
         _hostile_run(operation, auth)

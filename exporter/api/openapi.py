@@ -320,6 +320,189 @@ _CURATION_PATHS: dict[str, Any] = {
 }
 
 
+_RELEASE_ID = {"name": "release_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_RELEASE_SCHEMA = {
+    "type": "object",
+    "required": ["id", "project", "destination", "name", "status", "url"],
+    "properties": {
+        "id": {"type": "string"},
+        "project": {"type": "string", "description": "the source project"},
+        "destination": {"type": "string"},
+        "archive": {"type": ["string", "null"]},
+        "name": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "processing", "completed", "failed", "cancelled"],
+        },
+        "creator": {"type": "string"},
+        "patient_count": {"type": "integer"},
+        "file_count": {"type": "integer"},
+        "files_done": {"type": "integer"},
+        "progress": {"type": "number"},
+        "counts": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "destination files created, new_version, skipped, failed; the "
+            "archive's as archive_created, ...",
+        },
+        "error_message": {"type": ["string", "null"]},
+        "privacy": {"type": "string", "enum": ["pseudonymised", "deidentified"]},
+        "url": {"type": "string"},
+        "log": {"type": "string", "description": "release_log.csv"},
+        "changes": {"type": "string", "description": "dicom_changes.csv"},
+    },
+}
+_RELEASE_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["destination"],
+    "properties": {
+        "folders": {**_STR_LIST, "description": 'folder paths; "/" is the whole project'},
+        "patients": {**_STR_LIST, "description": "patient labels"},
+        "tags": _STR_LIST,
+        "tag_mode": {"type": "string", "enum": ["any", "all"]},
+        "modalities": _STR_LIST,
+        "kinds": {"type": "array", "items": {"type": "string", "enum": ["raw", "processed"]}},
+        "not_released": {
+            "type": "boolean",
+            "description": "only patients not yet released to the destination",
+        },
+        "destination": {"type": "string", "description": "a project you manage"},
+        "archive": {
+            "type": ["string", "null"],
+            "description": "a third project you manage: the untouched originals go there",
+        },
+        "name": {"type": "string"},
+        "notes": {"type": "string"},
+        "options": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "privacy": {
+                    "type": "string",
+                    "enum": ["pseudonymised", "deidentified"],
+                    "default": "pseudonymised",
+                },
+                "shift_dates": {"type": "boolean", "default": True},
+                "clean_descriptors": {"type": "boolean"},
+                "skip_changed": {
+                    "type": "boolean",
+                    "description": "a source file changed since registration fails alone",
+                },
+            },
+        },
+    },
+}
+_CSV = {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}
+_RELEASE_PATHS: dict[str, Any] = {
+    "/api/{project}/releases/create/": {
+        "post": {
+            "summary": "Release curated patients of this (source) project into a destination "
+            "project, the originals optionally into an archive (data managers of all three)",
+            "parameters": [_PROJECT],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _RELEASE_BODY}},
+            },
+            "responses": {
+                "202": _json(_RELEASE_SCHEMA, "Queued"),
+                **_errors(400, 401, 403, 404, 413, 415, 422, 507),
+            },
+        }
+    },
+    "/api/{project}/releases/": {
+        "get": {
+            "summary": "Releases out of this project, newest first (its data managers)",
+            "parameters": [
+                _PROJECT,
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": _json(
+                    {"type": "object", "properties": {"items": {"type": "array"}}},
+                    "Releases",
+                ),
+                **_errors(400, 401, 403, 404, 422),
+            },
+        }
+    },
+    "/api/{project}/releases/links/": {
+        "get": {
+            "summary": "Which destination patient each source patient became (the "
+            "re-identification key: data managers of the source only)",
+            "parameters": [_PROJECT],
+            "responses": {
+                "200": _json(
+                    {"type": "object", "properties": {"items": {"type": "array"}}}, "Links"
+                ),
+                **_errors(400, 401, 403, 404),
+            },
+        }
+    },
+    "/api/{project}/releases/{release_id}/": {
+        "get": {
+            "summary": "Status, progress and counts of one release",
+            "parameters": [_PROJECT, _RELEASE_ID],
+            "responses": {
+                "200": _json(_RELEASE_SCHEMA, "The release"),
+                **_errors(400, 401, 403, 404),
+            },
+        }
+    },
+    "/api/{project}/releases/{release_id}/cancel/": {
+        "post": {
+            "summary": "Cancel a pending or processing release (what it registered stays)",
+            "parameters": [_PROJECT, _RELEASE_ID],
+            "responses": {
+                "200": _json(_RELEASE_SCHEMA, "Cancelled"),
+                **_errors(400, 401, 403, 404, 409, 415),
+            },
+        }
+    },
+    "/api/{project}/releases/{release_id}/retry/": {
+        "post": {
+            "summary": "Run a failed or cancelled release again (registered files skipped)",
+            "parameters": [_PROJECT, _RELEASE_ID],
+            "responses": {
+                "200": _json(_RELEASE_SCHEMA, "Queued again"),
+                **_errors(400, 401, 403, 404, 409, 415),
+            },
+        }
+    },
+    "/api/{project}/releases/{release_id}/log/": {
+        "get": {
+            "summary": "release_log.csv: per patient, series and file, what the release did",
+            "parameters": [_PROJECT, _RELEASE_ID],
+            "responses": {"200": _CSV, **_errors(400, 401, 403, 404)},
+        }
+    },
+    "/api/{project}/releases/{release_id}/changes/": {
+        "get": {
+            "summary": "dicom_changes.csv: every changed DICOM field of the released files "
+            "(new values only)",
+            "parameters": [_PROJECT, _RELEASE_ID],
+            "responses": {"200": _CSV, **_errors(400, 401, 403, 404)},
+        }
+    },
+    "/api/{project}/files/history/": {
+        "get": {
+            "summary": "Which release wrote which version of a file (data managers)",
+            "parameters": [
+                _PROJECT,
+                {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json(
+                    {"type": "object", "properties": {"versions": {"type": "array"}}},
+                    "The versions, oldest first",
+                ),
+                **_errors(400, 401, 403, 404, 422),
+            },
+        }
+    },
+}
+
+
 def document() -> dict[str, Any]:
     """The API description: paths, parameters, bodies, answers and the two ways to sign in."""
     return {
@@ -451,5 +634,6 @@ def document() -> dict[str, Any]:
                 }
             },
             **_CURATION_PATHS,
+            **_RELEASE_PATHS,
         },
     }

@@ -570,6 +570,188 @@ def _export_action(action: Any, status_code: int = 200) -> Any:
     return endpoint
 
 
+# --- releases (data managers) ------------------------------------------------------
+
+_RELEASE_FIELDS = {
+    *_LIST_FIELDS,
+    "tag_mode",
+    "not_released",
+    "destination",
+    "archive",
+    "name",
+    "notes",
+    "options",
+}
+_RELEASE_FLAGS = ("shift_dates", "clean_descriptors", "skip_changed")
+
+
+def release_request(body: dict[str, Any], config: Settings) -> schemas.ReleaseRequest:
+    """A ReleaseRequest from a JSON body, naming every field that does not fit."""
+    bad = _text_problems(body)
+    if bad:
+        raise InvalidRequest("Some fields hold text that cannot be stored: see 'fields'", bad)
+    for key in list(body.keys() - _RELEASE_FIELDS)[:20]:
+        bad[_shown(key)] = "unknown field"
+    for key in _LIST_FIELDS:
+        value = body.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            bad[key] = "must be a list of strings"
+        elif len(value) > config.max_list_items:
+            bad[key] = f"has more than {config.max_list_items} entries (MAX_LIST_ITEMS)"
+    destination = body.get("destination")
+    if not isinstance(destination, str) or not SLUG_RE.match(destination):
+        bad["destination"] = "must be the slug of a project you manage"
+    archive = body.get("archive")
+    if archive is not None and (not isinstance(archive, str) or not SLUG_RE.match(archive)):
+        bad["archive"] = "must be null or the slug of a project you manage"
+    for key, limit in (
+        ("tag_mode", 8),
+        ("name", config.max_name_length),
+        ("notes", config.max_notes_length),
+    ):
+        if key in body and not isinstance(body[key], str):
+            bad[key] = "must be a string"
+        elif len(body.get(key, "")) > limit:
+            bad[key] = f"is longer than {limit} characters: shorten it"
+    if "not_released" in body and not isinstance(body["not_released"], bool):
+        bad["not_released"] = "must be true or false"
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        bad["options"] = "must be an object"
+        options = {}
+    for key in list(options.keys() - {"privacy", *_RELEASE_FLAGS})[:20]:
+        bad[f"options.{_shown(key)}"] = "unknown option"
+    for key in _RELEASE_FLAGS:
+        if key in options and not isinstance(options[key], bool):
+            bad[f"options.{key}"] = "must be true or false"
+    if "privacy" in options and options["privacy"] not in schemas.RELEASE_LEVELS:
+        bad["options.privacy"] = f"must be {' or '.join(schemas.RELEASE_LEVELS)}"
+    if bad:
+        raise InvalidRequest("Some fields do not fit: see 'fields'", bad)
+    try:
+        selection = schemas.parse_selection(
+            body.get("folders"),
+            body.get("patients"),
+            body.get("tags"),
+            body.get("tag_mode", "any"),
+            body.get("modalities"),
+            body.get("kinds"),
+            not_released_to=str(destination) if body.get("not_released") else "",
+        )
+    except InvalidSelection as exc:
+        raise InvalidRequest(str(exc), {"tag_mode": str(exc)}) from None
+    return schemas.ReleaseRequest(
+        selection,
+        destination=str(destination),
+        archive=archive,
+        name=body.get("name", ""),
+        notes=body.get("notes", ""),
+        privacy=options.get("privacy", PrivacyLevel.PSEUDONYMISED.value),
+        **{key: options[key] for key in _RELEASE_FLAGS if key in options},
+    )
+
+
+def release_json(view: schemas.ReleaseView, base: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(view), default=str))
+    url = f"{base}/api/{view.project}/releases/{view.id}/"
+    data["url"] = url
+    data["progress"] = round(view.progress, 4)
+    data["log"] = url + "log/"
+    data["changes"] = url + "changes/"
+    return data
+
+
+async def create_release(request: Request) -> Response:
+    """``POST /api/<project>/releases/create/``: 202 with the release's id and URL."""
+
+    def work(config: Settings, email: str, project: str, body: schemas.ReleaseRequest) -> Response:
+        view = services.create_release(config, email, project, body)
+        return JSONResponse(release_json(view, _base(request)), status_code=202)
+
+    return await _call_with_body(request, work, release_request)
+
+
+async def list_releases(request: Request) -> Response:
+    """``GET /api/<project>/releases/?limit=``: releases out of the project, newest first."""
+    try:
+        project = _project(request)
+    except PortalError as exc:
+        return error_response(exc)
+    bad: dict[str, str] = {}
+    limit = _whole_number(request, "limit", 50, 1, 500, bad)
+    if bad:
+        return error_response(InvalidRequest("limit must be 1 to 500: see 'fields'", bad))
+
+    def work(config: Settings, email: str) -> Response:
+        views = services.list_releases(config, email, project, limit)
+        return JSONResponse({"items": [release_json(v, _base(request)) for v in views]})
+
+    return await _call(request, work)
+
+
+def _release_action(action: Any = None, csv_name: str | None = None) -> Any:
+    async def endpoint(request: Request) -> Response:
+        try:
+            project = _project(request)
+        except PortalError as exc:
+            return error_response(exc)
+        release_id = request.path_params["release_id"]
+
+        def work(config: Settings, email: str) -> Response:
+            view = services.get_release(config, email, release_id)
+            if view.project != project:
+                raise NotFound(f"No release {release_id[:40]!r} that you can see")
+            if csv_name is not None:
+                fetch = (
+                    services.release_log
+                    if csv_name == "release_log.csv"
+                    else (services.release_changes)
+                )
+                return Response(
+                    fetch(config, email, release_id),
+                    media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{csv_name}"'},
+                )
+            if action is not None:
+                view = action(config, email, release_id)
+            return JSONResponse(release_json(view, _base(request)))
+
+        return await _call(request, work)
+
+    return endpoint
+
+
+async def patient_links(request: Request) -> Response:
+    """``GET /api/<project>/releases/links/``: the source's patients and the destination
+    patients they became (data managers of the source only)."""
+    try:
+        project = _project(request)
+    except PortalError as exc:
+        return error_response(exc)
+
+    def work(config: Settings, email: str) -> Response:
+        rows = services.patient_links(config, email, project)
+        return JSONResponse({"items": [dataclasses.asdict(r) for r in rows]})
+
+    return await _call(request, work)
+
+
+async def file_history(request: Request) -> Response:
+    """``GET /api/<project>/files/history/?path=``: the versions releases wrote of a file."""
+    config = settings()
+    try:
+        email = await run_in_threadpool(identity, request, config)
+        project = _project(request)
+        bad: dict[str, str] = {}
+        path = _field_text(dict(request.query_params), "path", bad, 2048, required=True)
+        _refuse_fields(bad)
+        versions = await run_in_threadpool(services.file_history, config, email, project, str(path))
+        data = json.loads(json.dumps([dataclasses.asdict(v) for v in versions], default=str))
+        return JSONResponse({"versions": data})
+    except PortalError as exc:
+        return error_response(exc)
+
+
 DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Export Portal API</title>
 <link rel="stylesheet" href="/api/docs/static/swagger-ui.css"></head>
@@ -791,6 +973,8 @@ def routes() -> list[BaseRoute]:
     """The portal's HTTP routes (under /api, outside Streamlit's reserved prefixes)."""
     exports_base = "/api/{project:str}/exports"
     one = exports_base + "/{export_id:str}"
+    releases = "/api/{project:str}/releases"
+    release = releases + "/{release_id:str}"
     return [
         Route(exports_base + "/create/", create_export, methods=["POST"]),
         Route(exports_base + "/", list_exports, methods=["GET"]),
@@ -805,6 +989,17 @@ def routes() -> list[BaseRoute]:
         Route("/api/{project:str}/curation/import/", curation_import, methods=["POST"]),
         Route("/api/{project:str}/curation/restore/", curation_restore, methods=["POST"]),
         Route("/api/{project:str}/curation/history/", curation_history, methods=["GET"]),
+        Route(releases + "/create/", create_release, methods=["POST"]),
+        Route(releases + "/links/", patient_links, methods=["GET"]),
+        Route(releases + "/", list_releases, methods=["GET"]),
+        Route(release + "/", _release_action(), methods=["GET"]),
+        Route(release + "/cancel/", _release_action(services.cancel_release), methods=["POST"]),
+        Route(release + "/retry/", _release_action(services.retry_release), methods=["POST"]),
+        Route(release + "/log/", _release_action(csv_name="release_log.csv"), methods=["GET"]),
+        Route(
+            release + "/changes/", _release_action(csv_name="dicom_changes.csv"), methods=["GET"]
+        ),
+        Route("/api/{project:str}/files/history/", file_history, methods=["GET"]),
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
         Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),

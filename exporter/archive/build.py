@@ -241,6 +241,16 @@ class _DicomTap:
             self.pixels.close()
 
 
+def entry_tap(check: ResidualCheck, planned: PlannedFile, rewritten: bool = True) -> _Tap:
+    """What reads one file's written bytes for the residual check as they pass: a DICOM
+    file's header whole (``rewritten``: the header rewrite yields it first) and its
+    compressed frames' metadata, another file's metadata where the check can read it."""
+    file, scope = planned.arcname, planned.patient_dir
+    if planned.source.media_type == "application/dicom":
+        return _DicomTap(check, file, scope, not rewritten)
+    return check.tap(file, format_of(planned.source.path), scope) or _NO_TAP
+
+
 def default_identifiers(part: PlannedPart) -> Needles:
     """The identifiers a part's own files tell of: labels and stored names (the job adds
     what the registry's headers hold)."""
@@ -469,10 +479,7 @@ class PartBuilder:
         """What reads an entry's bytes for the residual check as they are written."""
         if not self.check_identifiers:
             return _NO_TAP
-        file, scope = planned.arcname, planned.patient_dir
-        if planned.source.media_type == "application/dicom":
-            return _DicomTap(self.check, file, scope, self._transform_for(planned) is None)
-        return self.check.tap(file, format_of(planned.source.path), scope) or _NO_TAP
+        return entry_tap(self.check, planned, self._transform_for(planned) is not None)
 
     def _check_entry(self, name: str, planned: PlannedFile, mtime: float) -> None:
         """A file's entry name (below the export's folder, which metadata.json's check

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from humanize import naturalsize
 
 from exporter.config import Settings
-from exporter.schemas import ExportView
+from exporter.schemas import ExportView, ReleaseView
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,33 @@ def export_message(settings: Settings, export: ExportView, to: str) -> EmailMess
             f"Your export {export.name!r} of project {export.project} has {export.status}.\n\n"
             f"Reason: {export.error_message or 'unknown'}\n\n"
             f"Details and a retry are on the export page: {link}\n"
+        )
+    msg.set_content(body)
+    return msg
+
+
+def release_message(settings: Settings, release: ReleaseView, to: str) -> EmailMessage:
+    """The message telling the creator that a release completed or failed."""
+    link = f"{settings.portal_url.rstrip('/')}/releases?release={release.id}"
+    msg = EmailMessage()
+    msg["From"] = settings.mail_from
+    msg["To"] = to
+    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in release.counts.items())
+    if release.status == "completed":
+        msg["Subject"] = f"Release {release.name} is done"
+        body = (
+            f"Your release {release.name!r} of project {release.project} into "
+            f"{release.destination} is done.\n\nPatients: {release.patient_count}\n"
+            f"Files: {counts or 'none'}\n\nThe log is on the release page: {link}\n"
+        )
+    else:
+        msg["Subject"] = f"Release {release.name} {release.status}"
+        body = (
+            f"Your release {release.name!r} of project {release.project} into "
+            f"{release.destination} has {release.status}.\n\n"
+            f"Reason: {release.error_message or 'unknown'}\n\n"
+            "Files released before it stopped are whole and registered; running the same "
+            f"release again skips them. Details are on the release page: {link}\n"
         )
     msg.set_content(body)
     return msg

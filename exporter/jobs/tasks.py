@@ -55,7 +55,7 @@ from exporter.jobs.queue import export_queue
 from exporter.records import curation, exports, pseudonyms
 from exporter.registry import query as registry
 from exporter.registry.query import files_by_id, select_files
-from exporter.schemas import ExportOptions, FileEntry, parse_selection
+from exporter.schemas import ExportOptions, FileEntry, Selection
 from exporter.store import db
 from exporter.store.models import (
     DatasetExport,
@@ -190,16 +190,7 @@ def _context(
         require_project(session, principal, view.project)
         files: list[FileEntry] = []
         if with_files:
-            c = row.criteria
-            selection = parse_selection(
-                c.get("folders"),
-                c.get("patients"),
-                c.get("tags"),
-                c.get("tag_mode", "any"),
-                c.get("modalities"),
-                c.get("kinds"),
-                bool(c.get("not_exported")),
-            )
+            selection = Selection.from_dict(row.criteria)
             files = select_files(session, principal, view.project, selection)
         options = ExportOptions.from_json(row.options)
         return _info(row, view.project, user.email), options, files, row.estimated_bytes

@@ -19,14 +19,19 @@ from sqlalchemy import select
 
 from exporter.archive.build import remove_outputs
 from exporter.config import Settings
+from exporter.jobs import releases as release_jobs
 from exporter.jobs.queue import connect
 from exporter.jobs.tasks import enqueue, enqueue_parts, fail_export, remove_partials
 from exporter.records import exports
 from exporter.records.exports import forget_old_values
 from exporter.store import db
-from exporter.store.models import DatasetExport, ExportPart, ExportStatus
+from exporter.store.models import DatasetExport, DatasetRelease, ExportPart, ExportStatus
 
 WORKER_DIED = "The worker stopped unexpectedly while building this export; create it again"
+RELEASE_DIED = (
+    "The worker stopped unexpectedly during this release; run it again (what it registered "
+    "is kept and skipped)"
+)
 
 
 LOST_IN_QUEUE = "The export could not be queued after several tries; create it again later"
@@ -82,7 +87,41 @@ def reconcile(settings: Settings, connection: Redis | None = None) -> dict[str, 
     for export_id in unqueueable:
         fail_export(settings, export_id, RuntimeError("queue entry lost"), LOST_IN_QUEUE)
         counts["failed"] += 1
+    counts["releases_failed"], counts["releases_requeued"] = _reconcile_releases(
+        settings, connection, now, stale_before
+    )
     return counts
+
+
+def _reconcile_releases(
+    settings: Settings, connection: Redis, now: datetime, stale_before: datetime
+) -> tuple[int, int]:
+    """Fail releases whose worker died; re-enqueue pending ones whose job vanished."""
+    with db.session_scope(settings) as session:
+        stale = list(
+            session.scalars(
+                select(DatasetRelease.id).where(
+                    DatasetRelease.status == ExportStatus.PROCESSING,
+                    DatasetRelease.heartbeat_at < stale_before,
+                )
+            )
+        )
+        pending = session.scalars(
+            select(DatasetRelease).where(
+                DatasetRelease.status == ExportStatus.PENDING,
+                DatasetRelease.created_at < now - timedelta(seconds=PENDING_GRACE_SECONDS),
+            )
+        ).all()
+        requeued = 0
+        for row in pending:
+            if not _job_alive(connection, row.job_id):
+                row.job_id = release_jobs.enqueue(
+                    settings, row.id, row.estimated_bytes, row.name, connection
+                )
+                requeued += 1
+    for release_id in stale:
+        release_jobs.fail_release(settings, release_id, RELEASE_DIED)
+    return len(stale), requeued
 
 
 def _parts_alive(session: Any, connection: Redis, export_id: str, stale_before: datetime) -> bool:
@@ -178,7 +217,9 @@ def horse_died(settings: Settings, func_name: str, args: tuple[Any, ...]) -> Non
     files removed), or fail the part of a multi-part export (the finishing job, which runs
     after every part, then fails the export and keeps the finished parts for a retry)."""
     name = func_name.rpartition(".")[2]
-    if name in ("run_export", "finish_export") and args:
+    if name == "run_release" and args:
+        release_jobs.fail_release(settings, str(args[0]), RELEASE_DIED)
+    elif name in ("run_export", "finish_export") and args:
         export_id = str(args[0])
         if name == "run_export":
             with db.session_scope(settings) as session:

@@ -444,7 +444,7 @@ def _ensure_patients(
                 )
                 continue
             report.patients_moved.append(old)
-        folder = _ensure_folder(session, project_id, folder_path, folders)
+        folder = ensure_folder(session, project_id, folder_path, folders)
         folder_id = folder.id if folder else None
         if patient is None:
             patient = Patient(project_id=project_id, label=label, folder_id=folder_id)
@@ -457,7 +457,7 @@ def _ensure_patients(
     return result
 
 
-def _ensure_folder(
+def ensure_folder(
     session: Session, project_id: int, path: str, folders: dict[str, PatientFolder]
 ) -> PatientFolder | None:
     if not path:
@@ -465,7 +465,7 @@ def _ensure_folder(
     if path in folders:
         return folders[path]
     parent_path, _, name = path.rpartition("/")
-    parent = _ensure_folder(session, project_id, parent_path, folders)
+    parent = ensure_folder(session, project_id, parent_path, folders)
     folder = PatientFolder(
         project_id=project_id, parent_id=parent.id if parent else None, name=name, path=path
     )

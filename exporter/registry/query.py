@@ -34,18 +34,25 @@ from exporter.store.models import (
 EXPORTED_TAG = "EXPORTED"  # a system tag: set on a patient by each completed export
 
 
-def tag_exported(session: Session, project_id: int, export_id: str, patient_ids: list[int]) -> None:
+def released_tag(destination: str) -> str:
+    """The system tag of patients released to ``destination`` (a project slug)."""
+    return f"{EXPORTED_TAG}:{destination}"
+
+
+def tag_exported(
+    session: Session,
+    project_id: int,
+    export_id: str | None,
+    patient_ids: list[int],
+    name: str = EXPORTED_TAG,
+) -> None:
     """Tag these patients EXPORTED, linked to the export (a queue-like workflow).
 
     Two exports completing at once on two workers may both create the tag or tag the same
     patient: the inserts ignore rows that already exist instead of failing the export.
     """
-    _insert_ignore(
-        session, Tag, [{"project_id": project_id, "name": EXPORTED_TAG, "is_system": True}]
-    )
-    tag_id = session.scalar(
-        select(Tag.id).where(Tag.project_id == project_id, Tag.name == EXPORTED_TAG)
-    )
+    _insert_ignore(session, Tag, [{"project_id": project_id, "name": name, "is_system": True}])
+    tag_id = session.scalar(select(Tag.id).where(Tag.project_id == project_id, Tag.name == name))
     rows = [{"patient_id": p, "tag_id": tag_id, "export_id": export_id} for p in patient_ids]
     if rows:
         _insert_ignore(session, PatientTag, rows)
@@ -173,6 +180,17 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
                 PatientTag.patient_id == Patient.id,
                 PatientTag.tag_id.in_(
                     select(Tag.id).where(Tag.project_id == pid, Tag.name == EXPORTED_TAG)
+                ),
+            )
+        )
+    if sel.not_released_to:
+        conditions.append(
+            ~exists().where(
+                PatientTag.patient_id == Patient.id,
+                PatientTag.tag_id.in_(
+                    select(Tag.id).where(
+                        Tag.project_id == pid, Tag.name == released_tag(sel.not_released_to)
+                    )
                 ),
             )
         )

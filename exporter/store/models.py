@@ -453,3 +453,126 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class DatasetRelease(Base):
+    """One release: a source project's curated patients written into a destination project
+    (and, optionally, their untouched originals into an archive project). The queue only
+    carries its id; the statuses are an export's."""
+
+    __tablename__ = "dataset_release"
+    __table_args__ = (
+        Index(None, "source_project_id", "created_at"),
+        Index(None, "status", "heartbeat_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source_project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
+    destination_project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
+    archive_project_id: Mapped[int | None] = mapped_column(ForeignKey("project.id"))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[ExportStatus] = mapped_column(_enum(ExportStatus), default=ExportStatus.PENDING)
+    criteria: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    patient_count: Mapped[int] = mapped_column(Integer, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Outcome counts of the destination's files: created, new version, skipped, failed.
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    current_item: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    # The curated values in force when the release started.
+    curated_values: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    privacy_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class PatientLink(Base):
+    """A source patient and the patient it became in one destination project: the
+    re-identification key of a release, for the source's data managers only. The
+    destination's label is the pseudonym; the destination holds nothing else of the person."""
+
+    __tablename__ = "patient_link"
+    __table_args__ = (
+        UniqueConstraint("source_patient_id", "destination_project_id"),
+        UniqueConstraint("destination_project_id", "number"),
+        UniqueConstraint("destination_patient_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"))
+    destination_project_id: Mapped[int] = mapped_column(
+        ForeignKey("project.id", ondelete="CASCADE")
+    )
+    destination_patient_id: Mapped[int] = mapped_column(
+        ForeignKey("patient.id", ondelete="CASCADE")
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    first_release_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dataset_release.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReleasedFile(Base):
+    """What one release did with one source file in its destination or archive project:
+    a version written (created, new version), skipped unchanged, or failed. The rows of a
+    destination file are its history: which release wrote which version."""
+
+    __tablename__ = "released_file"
+    __table_args__ = (
+        Index(None, "release_id", "id"),
+        Index(None, "source_file_id", "project_id"),
+        Index(None, "file_id", "version"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("dataset_release.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(16))  # destination | archive
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    source_file_id: Mapped[int | None] = mapped_column(
+        ForeignKey("file_registry.id", ondelete="SET NULL")
+    )
+    source_patient_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patient.id", ondelete="SET NULL")
+    )
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("file_registry.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16))  # created | new_version | skipped | failed
+    version: Mapped[int | None] = mapped_column(Integer)
+    origin_path: Mapped[str] = mapped_column(String(2048))
+    destination_path: Mapped[str | None] = mapped_column(String(2048))
+    # Where this version's bytes are now: the registered path while it is the newest, its
+    # place under .versions/ once a newer one took that path.
+    stored_path: Mapped[str | None] = mapped_column(String(2048))
+    series: Mapped[str | None] = mapped_column(String(255))  # the destination's series label
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Source hash, curated values and options the version was written from: a release with
+    # the same fingerprint skips the file.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReleaseChange(Base):
+    """One changed DICOM field of one released file (the release log's changes), with its
+    new value only: the old ones stay in the source."""
+
+    __tablename__ = "release_change"
+    __table_args__ = (Index(None, "release_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("dataset_release.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(2048))  # the destination path
+    tag: Mapped[str] = mapped_column(String(200))
+    keyword: Mapped[str] = mapped_column(String(100))
+    new_value: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))

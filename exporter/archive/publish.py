@@ -1,0 +1,207 @@
+"""Writing released files into a project's tree under the data root, never half-written.
+
+A release writes each file to a hidden temporary name beside its place (the registry's walk
+skips hidden names), fsyncs it, reads it back to verify its SHA-256 (and, for an archive's
+copy, that it is the original's), and only then gives it its name. The caller registers it
+after that: a file that is registered is whole. A file is never overwritten once the
+registry knows it: the version it replaces is kept under ``.versions/v<N>/`` first.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.dicom import header as dicom
+from exporter.errors import NotEnoughSpace, PortalError, SourceFileError
+from exporter.schemas import Chunk
+
+CHUNK = 1024 * 1024
+VERSIONS = ".versions"
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file as it now lies at its place: what the registry needs of it."""
+
+    path: str  # relative to the data root
+    sha256: str
+    size: int
+    mtime_ns: int
+    header: dict[str, Any] | None  # the registry's DICOM header subset, read back
+
+
+def _checked_dir(data_root: Path, relative: str) -> str:
+    """The directory that holds ``relative`` (created as needed), refusing any path that
+    is not plain or that leads out of the data root through a link."""
+    parts = relative.split("/")
+    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
+        raise PortalError(f"{relative}: not a plain relative path")
+    root = str(data_root)
+    directory = root + "/" + "/".join(parts[:-1]) if len(parts) > 1 else root
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    real = os.path.realpath(directory)
+    if real != directory or not (real == root or real.startswith(root + "/")):
+        raise PortalError(f"{relative}: leads outside the data root (a link); refused")
+    return directory
+
+
+def _full(exc: OSError, relative: str) -> NotEnoughSpace:
+    return NotEnoughSpace(
+        f"The data root filled up while {relative} was written: free space (or raise the "
+        "reserve) and run the release again; files written before it are kept and registered"
+    )
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(
+    data_root: Path,
+    relative: str,
+    chunks: Iterable[Chunk],
+    *,
+    expect_sha256: str | None = None,
+    replace: bool = False,
+) -> Written:
+    """Write ``chunks`` as the file at ``relative`` (under ``data_root``): temporary name,
+    fsync, read back and compare SHA-256 (with ``expect_sha256`` too when given), rename.
+
+    An existing file at ``relative`` is an error unless ``replace`` (the caller made sure the
+    registry does not know it: a crashed release's leftover)."""
+    directory = _checked_dir(data_root, relative)
+    name = relative.rpartition("/")[2]
+    final = f"{directory}/{name}"
+    temp = f"{directory}/.{name}.{os.urandom(6).hex()}.part"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _full(exc, relative) from None
+        raise
+    written = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for piece in chunks:
+                view = memoryview(piece)
+                while view:
+                    n = out.write(view)
+                    assert n is not None
+                    view = view[n:]
+                written.update(piece)
+                size += len(piece)
+            os.fsync(out.fileno())
+        digest = written.hexdigest()
+        if expect_sha256 is not None and digest != expect_sha256:
+            raise SourceFileError(
+                f"{relative}: the copy's SHA-256 is not the original's; register the source "
+                "directory again"
+            )
+        header, st = _read_back(temp, relative, digest, size)
+        if replace:
+            Path(temp).replace(final)
+        else:
+            try:
+                os.link(temp, final)  # fails if the name is taken: nothing is overwritten
+            finally:
+                Path(temp).unlink()
+        _fsync_dir(directory)
+    except OSError as exc:
+        _discard(temp)
+        if exc.errno == errno.ENOSPC:
+            raise _full(exc, relative) from None
+        if isinstance(exc, FileExistsError):
+            raise PortalError(
+                f"{relative}: a file the registry does not know is in the way; move it "
+                "aside and run the release again"
+            ) from None
+        raise
+    except BaseException:
+        _discard(temp)
+        raise
+    return Written(relative, digest, size, st.st_mtime_ns, header)
+
+
+def _read_back(
+    temp: str, relative: str, digest: str, size: int
+) -> tuple[dict[str, Any] | None, os.stat_result]:
+    """Read the written file back: its SHA-256 must be what was written. DICOM files give
+    their header subset from the same read."""
+    check = hashlib.sha256()
+    header = None
+    with open(temp, "rb", buffering=0) as fh:
+        st = os.fstat(fh.fileno())
+        first = fh.read(CHUNK)
+        chunk = first
+        while chunk:
+            check.update(chunk)
+            chunk = fh.read(CHUNK)
+        if check.hexdigest() != digest or st.st_size != size:
+            raise PortalError(
+                f"{relative}: the file read back is not the file written (disk fault?)"
+            )
+        if relative.lower().endswith(".dcm") or first[128:132] == b"DICM":
+            fh.seek(0)
+            header = dicom.extract_header(fh, first)
+    return header, st
+
+
+def _discard(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def version_path(relative: str, version: int) -> str:
+    """Where version ``version`` of the file at ``relative`` is kept once a newer one has
+    its name: ``<folder>/.versions/v<N>/<name>``."""
+    folder, _, name = relative.rpartition("/")
+    return f"{folder}/{VERSIONS}/v{version}/{name}" if folder else f"{VERSIONS}/v{version}/{name}"
+
+
+def keep_version(data_root: Path, relative: str, version: int) -> str | None:
+    """Keep the file at ``relative`` as ``version`` (a hard link, or a copy where links do
+    not work) before a newer version takes its name; None if no file is there."""
+    source = f"{_checked_dir(data_root, relative)}/{relative.rpartition('/')[2]}"
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise PortalError(f"{relative}: not a regular file; refused")
+    kept = version_path(relative, version)
+    directory = _checked_dir(data_root, kept)
+    target = f"{directory}/{kept.rpartition('/')[2]}"
+    if Path(target).exists():
+        return kept  # kept by an earlier try of the same release
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            if exc.errno == errno.ENOSPC:
+                raise _full(exc, kept) from None
+            raise
+        try:
+            shutil.copy2(source, target)
+        except OSError as copy_exc:
+            _discard(target)
+            if copy_exc.errno == errno.ENOSPC:
+                raise _full(copy_exc, kept) from None
+            raise
+    _fsync_dir(directory)
+    return kept
+
+
+def exists(data_root: Path, relative: str) -> bool:
+    return os.path.lexists(f"{data_root}/{relative}")

@@ -1,0 +1,913 @@
+"""The release job: a source project's selected files written into a destination project
+with curated values, the destination's pseudonyms and the release's privacy level, each
+registered there as it is written; optionally the untouched originals into an archive.
+
+Per file, in order: skip it if the destination's newest version was written from the same
+source bytes, curated values and options (its fingerprint); else write it (temporary name,
+fsync, read back and hash, rename: ``archive.publish``), keeping the version it replaces
+under ``.versions/``; then register it. Registration goes in batches, each one transaction
+with its files' history rows and DICOM changes; a batch is saved before the job stops for
+any reason, so what is registered is whole and what is not registered is re-done by the
+next run of the same release (which finds nothing new to write for what was saved).
+
+Every written destination file goes through the residual-identifier check, with what the
+source's registry knows of each patient: a finding fails the release at that file, before
+it has its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import delete, func, insert, select, update
+
+from exporter.access.accounts import Principal
+from exporter.archive import publish
+from exporter.archive.build import entry_tap, export_transform
+from exporter.archive.layout import RAW_STEMS, PlannedFile, safe_extension, sanitize_component
+from exporter.archive.residual import (
+    PatientFacts,
+    ResidualCheck,
+    identifying_texts,
+    part_needles,
+)
+from exporter.archive.sourceio import CHUNK, HashingReader, open_source
+from exporter.archive.transform import Change, HeaderRewriter
+from exporter.config import Settings
+from exporter.dicom import header as dicom
+from exporter.dicom.rules import series_key
+from exporter.errors import ExportCancelled, PortalError, PrivacyCheckFailed, SourceFileError
+from exporter.jobs import mail
+from exporter.jobs.queue import export_queue
+from exporter.jobs.tasks import job_timeout
+from exporter.records import curation, pseudonyms, releases
+from exporter.registry import query as registry
+from exporter.registry.ingest import ensure_folder
+from exporter.schemas import ExportOptions, FileEntry, ReleaseRequest, Selection
+from exporter.store import db
+from exporter.store.models import (
+    DatasetRelease,
+    ExportStatus,
+    FileRegistry,
+    Modality,
+    Patient,
+    PatientFolder,
+    PatientLink,
+    Project,
+    ReleaseChange,
+    ReleasedFile,
+    User,
+)
+
+log = logging.getLogger(__name__)
+BATCH_FILES = 200  # files registered per transaction
+BATCH_SECONDS = 2.0
+FORMAT = 1  # part of every fingerprint: a new rewrite format writes new versions
+UNEXPECTED = "The release failed unexpectedly; the administrators can see the details"
+
+
+def enqueue(
+    settings: Settings,
+    release_id: str,
+    estimated_bytes: int,
+    name: str,
+    connection: Redis | None = None,
+) -> str:
+    """Put the release's job on the queue (the exports' queue: the same workers run it)."""
+    job = export_queue(settings, connection).enqueue(
+        "exporter.jobs.releases.run_release",
+        release_id,
+        job_id=f"release-{release_id}-{int(time.time() * 1000)}",
+        job_timeout=job_timeout(estimated_bytes * 2),
+        result_ttl=3600,
+        failure_ttl=7 * 86400,
+        description=f"release {name}",
+    )
+    return str(job.id)
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """The newest version a release wrote of a source file in one project."""
+
+    row_id: int
+    release_id: str
+    status: str
+    file_id: int | None
+    version: int
+    fingerprint: str | None
+    path: str
+    sha256: str | None
+    series: str | None
+
+
+@dataclass
+class _Item:
+    source: FileEntry
+    patient_id: int  # in the target project
+    patient_dir: str  # the destination's label (pseudonym); the archive's: the source's
+    path: str  # relative to the data root
+    arcname: str  # relative to the target project's root
+    series: str | None
+    fingerprint: str
+    previous: _Previous | None
+
+
+@dataclass
+class _Result:
+    target: str  # destination | archive
+    item: _Item
+    status: str  # created | new_version | skipped | failed
+    version: int | None = None
+    written: publish.Written | None = None
+    kept: str | None = None  # where the replaced version now is
+    message: str | None = None
+    changes: list[Change] = field(default_factory=list)
+    recorded: bool = False  # written by an earlier run of this same release: no new row
+
+
+@dataclass
+class _Context:
+    release_id: str
+    user: Principal
+    source: str
+    source_root: str
+    dest_id: int
+    dest_slug: str
+    dest_root: str
+    archive_id: int | None
+    archive_root: str | None
+    options: ExportOptions
+    skip_changed: bool
+    files: list[FileEntry]
+    facts: dict[int, dict[str, Any]]  # source file id -> registry facts
+    links: dict[int, tuple[int, str]]  # source patient -> (destination patient, label)
+    source_patients: dict[int, tuple[str, str | None, str]]  # id -> label, dir, folder path
+    transform: HeaderRewriter
+    check: ResidualCheck
+    previous: dict[tuple[str, int], _Previous]  # (target, source file id)
+    dest_series: dict[tuple[int, str, str, str], str]  # (patient, modality, kind, label)
+    taken: set[str]  # destination paths in use (lower case)
+
+
+def run_release(release_id: str) -> str:
+    """The RQ job: run the release, then complete or fail it."""
+    settings = Settings.load()
+    db.engine_for(settings.database_url).dispose(close=False)
+    worker = _worker_name()
+    if not db.retrying(lambda: _start_once(settings, release_id, worker), "starting a release"):
+        return "not pending"
+    job = _Job(settings, release_id)
+    try:
+        job.run()
+        return "completed"
+    except ExportCancelled:
+        job.save()
+        return "cancelled"
+    except BaseException as exc:
+        try:
+            job.save()
+        except Exception:  # the batch is re-done by the next run
+            log.warning("release %s: could not save the last batch", release_id)
+        _fail(settings, release_id, exc, job.counts)
+        if not isinstance(exc, Exception):
+            raise
+        return "failed"
+
+
+def _worker_name() -> str:
+    from rq import get_current_job
+
+    job = get_current_job()
+    return str(getattr(job, "worker_name", None) or "inline")
+
+
+def _start_once(settings: Settings, release_id: str, worker: str) -> bool:
+    with db.session_scope(settings) as session:
+        return releases.start(session, release_id, worker)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, PortalError):
+        return str(exc)
+    return UNEXPECTED
+
+
+def _fail(settings: Settings, release_id: str, exc: BaseException, counts: dict[str, int]) -> None:
+    text = _message(exc)
+    report = exc.report if isinstance(exc, PrivacyCheckFailed) else None
+    detail = "".join(traceback.format_exception(exc)).replace("\0", "\\0")
+    try:
+        with db.session_scope(settings) as session:
+            won = releases.fail(session, release_id, text, detail, dict(counts), report)
+    except Exception as lost:
+        if not db.is_outage(lost):
+            raise
+        log.error("release %s failed (%s) and the database is unreachable", release_id, text)
+        return
+    if won:
+        log.warning("release %s failed: %s", release_id, text)
+        notify(settings, release_id)
+
+
+def fail_release(settings: Settings, release_id: str, message: str) -> None:
+    """Fail a release whose job cannot finish (its work-horse died, its heartbeat is stale)."""
+    _fail(settings, release_id, PortalError(message), {})
+
+
+def notify(settings: Settings, release_id: str) -> None:
+    try:
+        with db.session_scope(settings) as session:
+            row = session.get(DatasetRelease, release_id)
+            user = session.get(User, row.created_by_id) if row else None
+            if row is None or user is None:
+                return
+            view = releases.view(session, row)
+        mail.send(settings, mail.release_message(settings, view, user.email))
+    except Exception:  # a notification never fails a release
+        log.exception("notification for release %s failed", release_id)
+
+
+def fingerprint(
+    source_sha256: str, values: dict[int, tuple[str, str]], options: ExportOptions
+) -> str:
+    """What a destination version is written from: the source's bytes, the curated values in
+    force for the file, the options; equal fingerprints mean an equal file."""
+    data = [
+        FORMAT,
+        source_sha256,
+        sorted((t, kw, v) for t, (kw, v) in values.items()),
+        options.to_json(),
+    ]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class _Job:
+    def __init__(self, settings: Settings, release_id: str) -> None:
+        self.settings = settings
+        self.release_id = release_id
+        self.data_root = settings.data_root.resolve()
+        self.pending: list[_Result] = []
+        self.saved_at = time.monotonic()
+        self.checked_at = 0.0
+        self.counts: dict[str, int] = {}
+        self.files_done = 0
+        self.bytes_done = 0
+        self.ok_patients: dict[int, bool] = {}  # source patient -> nothing failed
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _context(self) -> _Context:
+        """Everything the job needs, read fresh (the creator must still manage the three
+        projects), with the destination's patients linked and the curated values frozen."""
+        with db.session_scope(self.settings) as session:
+            row = session.get(DatasetRelease, self.release_id)
+            if row is None:
+                raise PortalError(f"Release {self.release_id} no longer exists")
+            user = session.get(User, row.created_by_id)
+            assert user is not None
+            principal = Principal(user.id, user.email, user.name, user.is_admin)
+            slugs = dict(session.execute(select(Project.id, Project.slug)).all())
+            options, skip_changed = releases.options_of(row)
+            request = ReleaseRequest(
+                Selection.from_dict(row.criteria),
+                destination=slugs[row.destination_project_id],
+                archive=slugs.get(row.archive_project_id) if row.archive_project_id else None,
+                name=row.name,
+                notes=row.notes,
+                privacy=options.privacy,
+                shift_dates=options.shift_dates,
+                clean_descriptors=options.clean_descriptors,
+                skip_changed=skip_changed,
+            )
+            planned = releases.plan(session, principal, slugs[row.source_project_id], request)
+            files = planned.files
+            source_root = releases.project_root(session, row.source_project_id, self.data_root)
+            dest_root = releases.project_root(session, row.destination_project_id, self.data_root)
+            archive_root = (
+                releases.project_root(session, row.archive_project_id, self.data_root)
+                if row.archive_project_id
+                else None
+            )
+            patient_ids = sorted({f.patient_id for f in files})
+            links = releases.link_patients(
+                session, row, {f.patient_id: f.patient_label for f in files}, dest_root
+            )
+            rules = curation.rules_for(session, patient_ids)
+            row.curated_values = rules.to_json()
+            row.file_count = len(files)
+            row.patient_count = len(patient_ids)
+            uid_key: str | None = None
+            shifts: dict[int, int] = {}
+            if options.deidentify:
+                # The destination's own keys: its UIDs and shifts link to no export's.
+                uid_key, shifts = pseudonyms.keys(
+                    session, row.destination_project_id, patient_ids, False, level=options.privacy
+                )
+            facts = _facts(session, [f.id for f in files])
+            source_patients = {
+                pid: (label, source_dir, folder or "")
+                for pid, label, source_dir, folder in session.execute(
+                    select(Patient.id, Patient.label, Patient.source_dir, _folder_path()).where(
+                        Patient.id.in_(patient_ids)
+                    )
+                )
+            }
+            identities = registry.identities(session, patient_ids)
+            # A run after a stop decides these again; the versions it wrote stay.
+            session.execute(
+                delete(ReleasedFile).where(
+                    ReleasedFile.release_id == row.id, ReleasedFile.status.not_in(releases.WRITTEN)
+                )
+            )
+            previous = _previous(session, [f.id for f in files], row)
+            dest_series, taken = _destination_names(session, row.destination_project_id)
+        dirs = {src: label for src, (_, label) in links.items()}
+        _remove_leftovers(self.data_root, dest_root, sorted(dirs.values()))
+        known = [
+            PatientFacts(
+                dirs[p.patient_id],
+                p.label,
+                p.source_dir,
+                p.headers,
+                date_shift=shifts.get(p.patient_id) if options.shift_dates else None,
+            )
+            for p in identities
+        ]
+        transform = export_transform(
+            options,
+            sorted(dirs.values()),
+            rules,
+            uid_key,
+            {dirs[pid]: days for pid, days in shifts.items()} if options.shift_dates else {},
+            {p.patient_dir: identifying_texts(p) for p in known},
+        )
+        needles = part_needles(
+            known,
+            [(dirs[f.patient_id], f.path) for f in files],
+            search_study_dates=not options.retain_full_dates,
+        )
+        return _Context(
+            self.release_id,
+            principal,
+            request.destination,
+            source_root,
+            row.destination_project_id,
+            request.destination,
+            dest_root,
+            row.archive_project_id,
+            archive_root,
+            options,
+            skip_changed,
+            files,
+            facts,
+            links,
+            source_patients,
+            transform,
+            ResidualCheck(needles, strict=True),
+            previous,
+            dest_series,
+            taken,
+        )
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        ctx = self._context()
+        self.ctx = ctx
+        rules_cache: dict[int, dict[int, tuple[str, str]]] = {}
+        rules = ctx.transform.context.curated
+        for f in ctx.files:
+            self._check_cancel()
+            values = rules_cache.setdefault(
+                f.id, rules.for_file(f.id, f.patient_id, _series_key(f))
+            )
+            item = self._destination_item(ctx, f, fingerprint(f.sha256, values, ctx.options))
+            self._add(self._release(ctx, item))
+            if ctx.archive_id is not None and ctx.archive_root is not None:
+                self._add(self._archive(ctx, self._archive_item(ctx, f)))
+        self.save()
+        self._finish(ctx)
+
+    def _check_cancel(self) -> None:
+        now = time.monotonic()
+        if now - self.checked_at < 0.5:
+            return
+        self.checked_at = now
+        try:
+            with db.session_scope(self.settings) as session:
+                status = releases.status_of(session, self.release_id)
+        except Exception as exc:
+            if not db.is_outage(exc):
+                raise
+            return
+        if status is not ExportStatus.PROCESSING:
+            raise ExportCancelled("The release was cancelled")
+
+    def _add(self, result: _Result) -> None:
+        key = result.status if result.target == "destination" else f"archive_{result.status}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if result.target == "destination":
+            src = result.item.source.patient_id
+            self.ok_patients[src] = self.ok_patients.get(src, True) and result.status != "failed"
+            self.files_done += 1
+        self.bytes_done += result.item.source.size
+        self.pending.append(result)
+        if len(self.pending) >= BATCH_FILES or time.monotonic() - self.saved_at >= BATCH_SECONDS:
+            self.save()
+
+    # --- the destination ------------------------------------------------------------------
+
+    def _destination_item(self, ctx: _Context, f: FileEntry, print_: str) -> _Item:
+        dest_pid, label = ctx.links[f.patient_id]
+        prev = ctx.previous.get(("destination", f.id))
+        if prev is not None and prev.file_id is not None:
+            path, series = prev.path, prev.series
+        else:
+            path, series = self._new_path(ctx, f, dest_pid, label)
+        arcname = path[len(ctx.dest_root) + 1 :] if ctx.dest_root else path
+        return _Item(f, dest_pid, label, path, arcname, series, print_, prev)
+
+    def _new_path(
+        self, ctx: _Context, f: FileEntry, dest_pid: int, label: str
+    ) -> tuple[str, str | None]:
+        """A path no destination file has: ``<label>/<modality>/[processed/]<series>/NNNN.ext``
+        (series numbered per patient and modality), or a name from the file's subtype."""
+        modality = sanitize_component(f.modality, "modality")
+        folder = f"{label}/{modality}" + ("/processed" if f.kind == "processed" else "")
+        ext = safe_extension(f.path)
+        series = None
+        if f.series_label:
+            key = (dest_pid, f.modality, f.kind, f.series_label)
+            series = ctx.dest_series.get(key)
+            if series is None:
+                n = 1
+                used = {
+                    v
+                    for k, v in ctx.dest_series.items()
+                    if k[0] == dest_pid and k[1] == f.modality and k[2] == f.kind
+                }
+                while f"series_{n:03d}" in used:
+                    n += 1
+                series = ctx.dest_series[key] = f"series_{n:03d}"
+            folder = f"{folder}/{series}"
+            names = (f"{n:04d}{ext}" for n in range(1, 1_000_000))
+        elif f.subtype:
+            stem = sanitize_component(f.subtype)
+            names = (stem + ext if n == 1 else f"{stem}_{n}{ext}" for n in range(1, 1_000_000))
+        else:
+            stem = "processed" if f.kind == "processed" else RAW_STEMS.get(f.modality, "file")
+            names = (f"{stem}_{n}{ext}" for n in range(1, 1_000_000))
+        prefix = f"{ctx.dest_root}/{folder}" if ctx.dest_root else folder
+        for name in names:
+            path = f"{prefix}/{name}"
+            if path.lower() not in ctx.taken:
+                ctx.taken.add(path.lower())
+                return path, series
+        raise PortalError(f"No free name in {folder}")  # pragma: no cover - a million files
+
+    def _release(self, ctx: _Context, item: _Item) -> _Result:
+        prev = item.previous
+        if prev is not None and prev.file_id is not None and prev.fingerprint == item.fingerprint:
+            return self._unchanged("destination", item, prev)
+        version = prev.version + 1 if prev is not None else 1
+        replacing = prev is not None and prev.file_id is not None
+        planned = PlannedFile(item.source, item.arcname, item.patient_dir)
+        source = item.source
+        try:
+            kept = (
+                publish.keep_version(self.data_root, item.path, prev.version)
+                if replacing and prev
+                else None
+            )
+            with open_source(self.data_root, source.path) as raw:
+                reader = HashingReader(raw, self._check_cancel)
+                written = publish.write_file(
+                    self.data_root, item.path, self._rewritten(ctx, planned, reader), replace=True
+                )
+        except SourceFileError as exc:
+            message = str(exc).replace(source.path, item.arcname)
+            ctx.transform.take_entry(item.arcname)
+            if not ctx.skip_changed:
+                raise SourceFileError(message) from None
+            return _Result("destination", item, "failed", message=message)
+        status = "new_version" if replacing else "created"
+        changes = ctx.transform.take_entry(item.arcname)
+        return _Result("destination", item, status, version, written, kept, changes=changes)
+
+    def _unchanged(self, target: str, item: _Item, prev: _Previous) -> _Result:
+        """A file whose newest version was written from the same inputs: skipped, or, when
+        this very release wrote it before it was stopped, counted as it was then."""
+        if prev.release_id == self.release_id:
+            return _Result(target, item, prev.status, prev.version, recorded=True)
+        return _Result(target, item, "skipped", prev.version)
+
+    def _rewritten(
+        self, ctx: _Context, planned: PlannedFile, reader: HashingReader
+    ) -> Iterator[bytes | memoryview]:
+        """The file's new bytes, checked for residual identifiers as they pass; a changed
+        source or a finding raises before the file has its name."""
+        source = planned.source
+        before = ctx.check.count
+        tap = entry_tap(ctx.check, planned, ctx.transform.applies_to(planned))
+        rewrite = ctx.transform.applies_to(planned)
+        pieces: Iterator[bytes | memoryview] = (
+            ctx.transform(planned, reader)  # type: ignore[arg-type]
+            if rewrite
+            else iter(lambda: reader.read(CHUNK), b"")
+        )
+        for piece in pieces:
+            tap.feed(piece)
+            yield piece
+        tap.close()
+        reader.drain()
+        if reader.size != source.size or reader.sha.hexdigest() != source.sha256:
+            raise SourceFileError(
+                f"{source.path}: changed since it was registered (size {reader.size} against "
+                f"{source.size}, or a different SHA-256); register the directory again"
+            )
+        if ctx.check.count > before:
+            report = ctx.check.report(ctx.options.privacy)
+            raise PrivacyCheckFailed(
+                f"The residual-identifier check found identifiers in {planned.arcname}; "
+                "nothing of it was registered. Curate or clear the field and release again",
+                report,
+            )
+
+    # --- the archive ----------------------------------------------------------------------
+
+    def _archive_item(self, ctx: _Context, f: FileEntry) -> _Item:
+        assert ctx.archive_root is not None
+        below = f.path[len(ctx.source_root) + 1 :] if ctx.source_root else f.path
+        path = f"{ctx.archive_root}/{below}" if ctx.archive_root else below
+        prev = ctx.previous.get(("archive", f.id))
+        return _Item(f, 0, f.patient_label, path, below, f.series_label, f.sha256, prev)
+
+    def _archive(self, ctx: _Context, item: _Item) -> _Result:
+        prev = item.previous
+        if prev is not None and prev.file_id is not None and prev.fingerprint == item.fingerprint:
+            return self._unchanged("archive", item, prev)
+        version = prev.version + 1 if prev is not None else 1
+        replacing = prev is not None and prev.file_id is not None
+        source = item.source
+        try:
+            kept = (
+                publish.keep_version(self.data_root, item.path, prev.version)
+                if replacing and prev
+                else None
+            )
+            with open_source(self.data_root, source.path) as raw:
+                reader = HashingReader(raw, self._check_cancel)
+                written = publish.write_file(
+                    self.data_root,
+                    item.path,
+                    iter(lambda: reader.read(CHUNK), b""),
+                    expect_sha256=source.sha256,
+                    replace=True,
+                )
+        except SourceFileError as exc:
+            if not ctx.skip_changed:
+                raise
+            return _Result("archive", item, "failed", message=str(exc))
+        status = "new_version" if replacing else "created"
+        return _Result("archive", item, status, version, written, kept)
+
+    # --- registration ---------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Register the batch: files, history rows, changes and progress, one transaction."""
+        batch, self.pending = self.pending, []
+        self.saved_at = time.monotonic()
+        if not batch and not hasattr(self, "ctx"):
+            return
+        db.retrying(lambda: self._save_once(batch), f"registering release {self.release_id}")
+
+    def _save_once(self, batch: list[_Result]) -> None:
+        ctx = self.ctx
+        now = datetime.now(UTC)
+        touched: set[int] = set()
+        with db.session_scope(self.settings) as session:
+            archive_patients = self._archive_patients(session, ctx, batch)
+            for r in batch:
+                if r.recorded:
+                    continue
+                file_id = r.item.previous.file_id if r.item.previous else None
+                if r.target == "archive" and r.written is not None:
+                    r.item.patient_id = archive_patients[r.item.source.patient_id]
+                if r.written is not None:
+                    values = self._file_values(ctx, r)
+                    if file_id is not None and r.status == "new_version":
+                        session.execute(
+                            update(FileRegistry)
+                            .where(FileRegistry.id == file_id)
+                            .values(**values, updated_at=now)
+                        )
+                        if r.kept and r.item.previous:
+                            session.execute(
+                                update(ReleasedFile)
+                                .where(ReleasedFile.id == r.item.previous.row_id)
+                                .values(stored_path=r.kept)
+                            )
+                    else:
+                        existing = session.scalar(
+                            select(FileRegistry.id).where(FileRegistry.path == r.written.path)
+                        )
+                        if existing is not None:  # registered by an earlier try of this batch
+                            session.execute(
+                                update(FileRegistry)
+                                .where(FileRegistry.id == existing)
+                                .values(**values, updated_at=now)
+                            )
+                            file_id = existing
+                        else:
+                            row = FileRegistry(**values)
+                            session.add(row)
+                            session.flush()
+                            file_id = row.id
+                    touched.add(r.item.patient_id)
+                session.add(
+                    ReleasedFile(
+                        release_id=self.release_id,
+                        target=r.target,
+                        project_id=ctx.dest_id if r.target == "destination" else ctx.archive_id,
+                        source_file_id=r.item.source.id,
+                        source_patient_id=r.item.source.patient_id,
+                        file_id=file_id if r.status != "failed" else None,
+                        status=r.status,
+                        version=r.version,
+                        origin_path=r.item.source.path,
+                        destination_path=r.item.path,
+                        stored_path=r.written.path if r.written else None,
+                        series=r.item.series,
+                        source_sha256=r.item.source.sha256,
+                        sha256=r.written.sha256
+                        if r.written
+                        else (r.item.previous.sha256 if r.item.previous else None),
+                        size_bytes=r.written.size if r.written else None,
+                        fingerprint=r.item.fingerprint if r.status != "failed" else None,
+                        message=r.message,
+                    )
+                )
+                if r.changes:
+                    session.execute(
+                        insert(ReleaseChange),
+                        [
+                            {
+                                "release_id": self.release_id,
+                                "path": r.item.path[:2048],
+                                "tag": c.tag[:200],
+                                "keyword": c.keyword[:100],
+                                "new_value": c.new_value.replace("\0", "\\0")
+                                if c.new_value
+                                else c.new_value,
+                                "reason": c.reason,
+                                "action": c.action,
+                            }
+                            for c in r.changes
+                        ],
+                    )
+            session.flush()
+            registry.refresh_summaries(session, touched)
+            current = batch[-1].item.arcname[:255] if batch else None
+            session.execute(
+                update(DatasetRelease)
+                .where(DatasetRelease.id == self.release_id)
+                .values(
+                    files_done=self.files_done,
+                    bytes_done=self.bytes_done,
+                    counts=dict(self.counts),
+                    current_item=current if ctx.options.pseudonyms else None,
+                    heartbeat_at=now,
+                )
+            )
+
+    def _archive_patients(
+        self, session: Any, ctx: _Context, batch: list[_Result]
+    ) -> dict[int, int]:
+        """The archive's patient for each source patient in the batch: the same label and
+        folder (the archive keeps the originals as they were)."""
+        wanted = {r.item.source.patient_id for r in batch if r.target == "archive" and r.written}
+        if not wanted or ctx.archive_id is None:
+            return {}
+        found: dict[int, int] = {}
+        folders: dict[str, Any] = {}
+        for src in sorted(wanted):
+            label, source_dir, folder = ctx.source_patients[src]
+            pid = session.scalar(
+                select(Patient.id).where(
+                    Patient.project_id == ctx.archive_id, Patient.label == label
+                )
+            )
+            if pid is None:
+                parent = ensure_folder(session, ctx.archive_id, folder, folders)
+                below = (
+                    (source_dir or "")[len(ctx.source_root) + 1 :]
+                    if ctx.source_root
+                    else source_dir
+                )
+                patient = Patient(
+                    project_id=ctx.archive_id,
+                    label=label,
+                    folder_id=parent.id if parent else None,
+                    source_dir=f"{ctx.archive_root}/{below}",
+                )
+                session.add(patient)
+                session.flush()
+                pid = patient.id
+            found[src] = pid
+        return found
+
+    def _file_values(self, ctx: _Context, r: _Result) -> dict[str, Any]:
+        w = r.written
+        assert w is not None
+        facts = ctx.facts[r.item.source.id]
+        if r.target == "archive":
+            header, acquired, series = (
+                facts["dicom_header"],
+                facts["acquisition_date"],
+                facts["series_label"],
+            )
+        else:
+            header = w.header
+            acquired = dicom.acquisition_date(header) if header else None
+            series = r.item.series
+        return {
+            "patient_id": r.item.patient_id,
+            "modality_id": facts["modality_id"],
+            "kind": facts["kind"],
+            "subtype": facts["subtype"],
+            "file_type": facts["file_type"],
+            "path": w.path,
+            "size_bytes": w.size,
+            "sha256": w.sha256,
+            "mtime_ns": w.mtime_ns,
+            "media_type": facts["media_type"],
+            "series_label": series,
+            "acquisition_date": acquired,
+            "dicom_header": header,
+            "extra_metadata": {},
+            "missing_since": None,
+        }
+
+    # --- the end --------------------------------------------------------------------------
+
+    def _finish(self, ctx: _Context) -> None:
+        released = [pid for pid, ok in self.ok_patients.items() if ok]
+        report = ctx.check.report(ctx.options.privacy)
+        with db.session_scope(self.settings) as session:
+            row = session.get(DatasetRelease, self.release_id)
+            assert row is not None
+            registry.tag_exported(
+                session, row.source_project_id, None, released, registry.released_tag(ctx.dest_slug)
+            )
+            won = releases.complete(session, self.release_id, dict(self.counts), report)
+        if not won:
+            raise ExportCancelled("The release was cancelled")
+        notify(self.settings, self.release_id)
+
+
+def _remove_leftovers(data_root: Path, root: str, patient_dirs: list[str]) -> None:
+    """Temporary files a killed run left in these patients' folders (never registered)."""
+    for folder in patient_dirs:
+        base = data_root / root / folder if root else data_root / folder
+        if base.is_dir():
+            for leftover in base.rglob(".*.part"):
+                leftover.unlink(missing_ok=True)
+
+
+def _series_key(f: FileEntry) -> str | None:
+    return (
+        series_key(f.modality, f.kind, f.series_label)
+        if f.media_type == "application/dicom"
+        else None
+    )
+
+
+def _folder_path() -> Any:
+    return (
+        select(PatientFolder.path)
+        .where(PatientFolder.id == Patient.folder_id)
+        .correlate(Patient)
+        .scalar_subquery()
+    )
+
+
+def _facts(session: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The registry facts of the source files that a registration copies."""
+    found: dict[int, dict[str, Any]] = {}
+    columns = (
+        FileRegistry.id,
+        FileRegistry.modality_id,
+        FileRegistry.kind,
+        FileRegistry.subtype,
+        FileRegistry.file_type,
+        FileRegistry.media_type,
+        FileRegistry.series_label,
+        FileRegistry.dicom_header,
+        FileRegistry.acquisition_date,
+    )
+    for start in range(0, len(ids), 500):
+        for row in session.execute(
+            select(*columns).where(FileRegistry.id.in_(ids[start : start + 500]))
+        ):
+            found[row.id] = row._asdict()
+    return found
+
+
+def _previous(
+    session: Any, ids: list[int], release: DatasetRelease
+) -> dict[tuple[str, int], _Previous]:
+    """The newest version earlier releases wrote of each source file, per target."""
+    targets = {"destination": release.destination_project_id}
+    if release.archive_project_id:
+        targets["archive"] = release.archive_project_id
+    found: dict[tuple[str, int], _Previous] = {}
+    for target, project_id in targets.items():
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            newest = (
+                select(func.max(ReleasedFile.id))
+                .where(
+                    ReleasedFile.project_id == project_id,
+                    ReleasedFile.target == target,
+                    ReleasedFile.source_file_id.in_(chunk),
+                    ReleasedFile.status.in_(releases.WRITTEN),
+                )
+                .group_by(ReleasedFile.source_file_id)
+            )
+            rows = session.execute(
+                select(ReleasedFile, FileRegistry.id)
+                .outerjoin(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
+                .where(ReleasedFile.id.in_(newest))
+            )
+            for r, live in rows:
+                assert r.source_file_id is not None
+                found[(target, r.source_file_id)] = _Previous(
+                    r.id,
+                    r.release_id,
+                    r.status,
+                    live,
+                    r.version or 1,
+                    r.fingerprint,
+                    r.destination_path or "",
+                    r.sha256,
+                    r.series,
+                )
+    return found
+
+
+def _destination_names(
+    session: Any, project_id: int
+) -> tuple[dict[tuple[int, str, str, str], str], set[str]]:
+    """The destination's series names by (destination patient, modality, kind, source
+    series label), and every path it uses (lower case), so that a release adds to a patient
+    without taking a name."""
+    links = dict(
+        session.execute(
+            select(PatientLink.source_patient_id, PatientLink.destination_patient_id).where(
+                PatientLink.destination_project_id == project_id
+            )
+        ).all()
+    )
+    rows = session.execute(
+        select(
+            FileRegistry.patient_id,
+            Modality.key,
+            FileRegistry.kind,
+            FileRegistry.series_label,
+            ReleasedFile.series,
+        )
+        .select_from(ReleasedFile)
+        .join(FileRegistry, FileRegistry.id == ReleasedFile.source_file_id)
+        .join(Modality, Modality.id == FileRegistry.modality_id)
+        .where(
+            ReleasedFile.project_id == project_id,
+            ReleasedFile.target == "destination",
+            ReleasedFile.series.is_not(None),
+        )
+        .distinct()
+    )
+    series: dict[tuple[int, str, str, str], str] = {}
+    for src_pid, modality, kind, label, dest_series in rows:
+        dest = links.get(src_pid)
+        if dest is not None and label is not None:
+            series[(dest, modality, kind.value, label)] = dest_series
+    taken = {
+        p.lower()
+        for p in session.scalars(
+            select(FileRegistry.path)
+            .join(Patient, Patient.id == FileRegistry.patient_id)
+            .where(Patient.project_id == project_id)
+        )
+    }
+    return series, taken

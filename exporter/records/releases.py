@@ -1,0 +1,658 @@
+"""The release record: who may release what where, every change of its status, the
+source-destination patient link, the destination's file history, and the release log.
+
+A release is made by a data manager of the source project into a destination project they
+also manage (and optionally an archive project they manage). Only the source's data managers
+see a release, its log and the patient link; the destination's members see released patients
+under their pseudonyms and nothing of the source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from exporter.access.accounts import Principal, ProjectAccess, accessible_projects, require_project
+from exporter.access.audit import record
+from exporter.archive.layout import pseudonym
+from exporter.errors import InvalidOption, InvalidSelection, NotFound, PermissionDenied
+from exporter.records.exports import Room, clean_name, policy_of, text_problem
+from exporter.registry.query import select_files
+from exporter.schemas import (
+    ExportOptions,
+    FileEntry,
+    FileVersion,
+    ReleaseRequest,
+    ReleaseView,
+)
+from exporter.store.models import (
+    DatasetRelease,
+    ExportStatus,
+    FileRegistry,
+    Patient,
+    PatientLink,
+    Project,
+    ReleaseChange,
+    ReleasedFile,
+    Role,
+    User,
+)
+
+PREFIX = "subject"  # a destination's patient labels: subject_001, subject_002, ...
+ACTIVE = (ExportStatus.PENDING, ExportStatus.PROCESSING)
+_ID = re.compile(r"[0-9a-f]{32}")
+_LABEL = re.compile(rf"{PREFIX}_\d+")
+WRITTEN = ("created", "new_version")  # statuses of a row that wrote a version
+
+
+def default_name(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("release_%Y-%m-%d_%H%M%S")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What ``create`` checked: the projects, the files and the options."""
+
+    source: ProjectAccess
+    destination: ProjectAccess
+    archive: ProjectAccess | None
+    files: list[FileEntry]
+    options: ExportOptions
+
+
+def _managed(session: Session, user: Principal, slug: str, what: str) -> ProjectAccess:
+    try:
+        return require_project(session, user, slug, Role.DATA_MANAGER)
+    except PermissionDenied:
+        verb = "release from" if what == "source" else "release into"
+        raise PermissionDenied(
+            f"Only data managers of the {what} project {slug!r} may {verb} it; ask one of "
+            "them to add you as a data manager"
+        ) from None
+
+
+def plan(session: Session, user: Principal, source: str, request: ReleaseRequest) -> Planned:
+    """Check a release request against the projects and the registry (nothing is saved):
+    the user manages the source, the destination and the archive, which are three projects;
+    the selection has files; the destination has no patient whose label a release would
+    take; the privacy level is one a release may have."""
+    for label, value, multiline in (
+        ("name", request.name, False),
+        ("notes", request.notes, True),
+    ):
+        problem = text_problem(value, multiline)
+        if problem:
+            raise InvalidOption(f"The {label} {problem}")
+    src = _managed(session, user, source, "source")
+    dest = _managed(session, user, request.destination, "destination")
+    arch = _managed(session, user, request.archive, "archive") if request.archive else None
+    if dest.project_id == src.project_id:
+        raise InvalidOption(
+            "A release goes into another project: choose a destination other than "
+            f"{src.slug!r} (create one with 'python -m exporter project add')"
+        )
+    if arch is not None and arch.project_id in (src.project_id, dest.project_id):
+        raise InvalidOption(
+            "The archive must be a third project, apart from the source and the destination"
+        )
+    options = request.options(policy_of(session, src.project_id))
+    if not request.selection.modalities:
+        raise InvalidSelection("Choose at least one modality")
+    files = select_files(session, user, src.slug, request.selection)
+    if not files:
+        raise InvalidSelection(
+            "The selection has no files: choose other patients, modalities or kinds"
+        )
+    taken = collisions(session, dest.project_id)
+    if taken:
+        raise InvalidOption(
+            f"Project {dest.slug!r} has patients no release created whose labels a release "
+            f"would use ({', '.join(taken[:3])}): release into a project of its own"
+        )
+    return Planned(src, dest, arch, files, options)
+
+
+def collisions(session: Session, project_id: int) -> list[str]:
+    """Labels in the destination that look like a release's but no link holds."""
+    linked = select(PatientLink.destination_patient_id).where(
+        PatientLink.destination_project_id == project_id
+    )
+    labels = session.scalars(
+        select(Patient.label)
+        .where(Patient.project_id == project_id, Patient.id.not_in(linked))
+        .order_by(Patient.label)
+    )
+    return [label for label in labels if _LABEL.fullmatch(label)]
+
+
+def create(
+    session: Session,
+    user: Principal,
+    source: str,
+    request: ReleaseRequest,
+    data_root: Path,
+    room: Room | None = None,
+) -> DatasetRelease:
+    """Save a pending release after :func:`plan`'s checks, the destination's and archive's
+    trees, and the data root's room for the files it may write."""
+    checked = plan(session, user, source, request)
+    for target in (checked.destination, checked.archive):
+        if target is not None:
+            project_root(session, target.project_id, data_root)
+    size = sum(f.size for f in checked.files)
+    needed = size * (2 if checked.archive else 1)
+    refusal = room(needed) if room is not None else None
+    if refusal is not None:
+        raise refusal.error()
+    row = DatasetRelease(
+        source_project_id=checked.source.project_id,
+        destination_project_id=checked.destination.project_id,
+        archive_project_id=checked.archive.project_id if checked.archive else None,
+        created_by_id=user.id,
+        name=clean_name(request.name) if request.name.strip() else default_name(),
+        notes=request.notes.strip(),
+        status=ExportStatus.PENDING,
+        criteria=request.selection.as_dict(),
+        options={**checked.options.to_json(), "skip_changed": request.skip_changed},
+        patient_count=len({f.patient_id for f in checked.files}),
+        file_count=len(checked.files),
+        estimated_bytes=needed,
+        counts={},
+    )
+    session.add(row)
+    session.flush()
+    record(
+        session,
+        "release",
+        user.id,
+        checked.source.project_id,
+        None,
+        {
+            "release": row.id,
+            "destination": checked.destination.slug,
+            "archive": checked.archive.slug if checked.archive else None,
+            "privacy": checked.options.privacy,
+            "patients": row.patient_count,
+        },
+    )
+    return row
+
+
+def options_of(row: DatasetRelease) -> tuple[ExportOptions, bool]:
+    """The rewrite's options and ``skip_changed``, as the release stored them."""
+    stored = dict(row.options)
+    skip = bool(stored.pop("skip_changed", False))
+    return ExportOptions.from_json(stored), skip
+
+
+def get_row(session: Session, user: Principal, release_id: str) -> DatasetRelease:
+    """The release if the user manages its source project (else NotFound)."""
+    plausible = isinstance(release_id, str) and _ID.fullmatch(release_id)
+    row = session.get(DatasetRelease, release_id) if plausible else None
+    managed = {
+        a.project_id for a in accessible_projects(session, user) if a.role is Role.DATA_MANAGER
+    }
+    if row is None or row.source_project_id not in managed:
+        shown = release_id if plausible else str(release_id)[:40]
+        raise NotFound(f"No release {shown!r} that you can see")
+    return row
+
+
+def view(session: Session, row: DatasetRelease) -> ReleaseView:
+    slugs = dict(
+        session.execute(
+            select(Project.id, Project.slug).where(
+                Project.id.in_(
+                    [
+                        row.source_project_id,
+                        row.destination_project_id,
+                        row.archive_project_id or -1,
+                    ]
+                )
+            )
+        ).all()
+    )
+    creator = session.scalar(select(User.email).where(User.id == row.created_by_id))
+    return ReleaseView(
+        id=row.id,
+        project=slugs[row.source_project_id],
+        destination=slugs[row.destination_project_id],
+        archive=slugs.get(row.archive_project_id) if row.archive_project_id else None,
+        name=row.name,
+        notes=row.notes,
+        status=row.status.value,
+        creator=creator or "",
+        created_at=_utc(row.created_at),
+        started_at=_utc(row.started_at),
+        completed_at=_utc(row.completed_at),
+        patient_count=row.patient_count,
+        file_count=row.file_count,
+        estimated_bytes=row.estimated_bytes,
+        files_done=row.files_done,
+        bytes_done=row.bytes_done,
+        counts={k: int(v) for k, v in (row.counts or {}).items()},
+        current_item=row.current_item,
+        error_message=row.error_message,
+        criteria=dict(row.criteria),
+        options=dict(row.options),
+        privacy=str(row.options.get("privacy", "pseudonymised")),
+    )
+
+
+def _utc(value: datetime | None) -> Any:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def list_rows(
+    session: Session, user: Principal, project: str | None = None, limit: int = 100
+) -> list[DatasetRelease]:
+    """Releases out of the projects the user manages (or of ``project``), newest first."""
+    managed = [a for a in accessible_projects(session, user) if a.role is Role.DATA_MANAGER]
+    if project is not None:
+        require_project(session, user, project, Role.DATA_MANAGER)
+        managed = [a for a in managed if a.slug == project]
+    ids = [a.project_id for a in managed]
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(DatasetRelease)
+            .where(DatasetRelease.source_project_id.in_(ids))
+            .order_by(DatasetRelease.created_at.desc(), DatasetRelease.id)
+            .limit(limit)
+        )
+    )
+
+
+# --- the state machine: pending --start--> processing --complete--> completed ---------------
+#                          |                    \--fail--> failed
+#                          \--cancel------------>+--cancel--> cancelled
+# Each change is one conditional UPDATE, so a job and a cancel cannot both win.
+
+
+def transition(
+    session: Session,
+    release_id: str,
+    from_statuses: tuple[ExportStatus, ...],
+    to_status: ExportStatus,
+    **values: Any,
+) -> bool:
+    result = session.execute(
+        update(DatasetRelease)
+        .where(DatasetRelease.id == release_id, DatasetRelease.status.in_(from_statuses))
+        .values(status=to_status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def start(session: Session, release_id: str, worker: str) -> bool:
+    now = datetime.now(UTC)
+    return transition(
+        session,
+        release_id,
+        (ExportStatus.PENDING,),
+        ExportStatus.PROCESSING,
+        started_at=now,
+        heartbeat_at=now,
+        worker_id=worker,
+        files_done=0,
+        bytes_done=0,
+    )
+
+
+def complete(
+    session: Session, release_id: str, counts: dict[str, int], report: dict[str, Any] | None
+) -> bool:
+    row = session.get(DatasetRelease, release_id)
+    assert row is not None
+    won = transition(
+        session,
+        release_id,
+        (ExportStatus.PROCESSING,),
+        ExportStatus.COMPLETED,
+        completed_at=datetime.now(UTC),
+        counts=counts,
+        privacy_report=report,
+        current_item=None,
+    )
+    if won:
+        record(
+            session,
+            "release-completed",
+            row.created_by_id,
+            row.source_project_id,
+            None,
+            {"release": release_id, **counts},
+        )
+    return won
+
+
+def fail(
+    session: Session,
+    release_id: str,
+    message: str,
+    detail: str,
+    counts: dict[str, int] | None = None,
+    report: dict[str, Any] | None = None,
+) -> bool:
+    row = session.get(DatasetRelease, release_id)
+    if row is None:
+        return False
+    won = transition(
+        session,
+        release_id,
+        ACTIVE,
+        ExportStatus.FAILED,
+        completed_at=datetime.now(UTC),
+        error_message=message,
+        error_detail=detail,
+        current_item=None,
+        **({"counts": counts} if counts is not None else {}),
+        **({"privacy_report": report} if report is not None else {}),
+    )
+    if won:
+        record(
+            session,
+            "release-failed",
+            row.created_by_id,
+            row.source_project_id,
+            None,
+            {"release": release_id},
+        )
+    return won
+
+
+def mark_cancelled(session: Session, user: Principal, row: DatasetRelease) -> bool:
+    won = transition(
+        session,
+        row.id,
+        ACTIVE,
+        ExportStatus.CANCELLED,
+        completed_at=datetime.now(UTC),
+        error_message="Cancelled by " + user.email,
+    )
+    if won:
+        record(session, "release-cancel", user.id, row.source_project_id, None, {"release": row.id})
+        session.refresh(row)
+    return won
+
+
+def retry(session: Session, user: Principal, row: DatasetRelease) -> bool:
+    """failed or cancelled -> pending, to run the same release again: what it wrote and
+    registered is skipped, the rest is written."""
+    won = transition(
+        session,
+        row.id,
+        (ExportStatus.FAILED, ExportStatus.CANCELLED),
+        ExportStatus.PENDING,
+        error_message=None,
+        error_detail=None,
+        completed_at=None,
+    )
+    if won:
+        record(session, "release-retry", user.id, row.source_project_id, None, {"release": row.id})
+        session.refresh(row)
+    return won
+
+
+def status_of(session: Session, release_id: str) -> ExportStatus | None:
+    return session.scalar(select(DatasetRelease.status).where(DatasetRelease.id == release_id))
+
+
+# --- the patient link ----------------------------------------------------------------------
+
+
+def link_patients(
+    session: Session, release: DatasetRelease, patients: dict[int, str], dest_root: str
+) -> dict[int, tuple[int, str]]:
+    """Each source patient's destination patient (id, label), creating the ones released
+    for the first time. New numbers follow the destination's last one, drawn in a random
+    order within the release (never the order of the source's labels)."""
+    dest = release.destination_project_id
+    # Releases into one destination take turns here (the project row is locked on
+    # PostgreSQL; SQLite has one writer at a time).
+    session.execute(update(Project).where(Project.id == dest).values(name=Project.name))
+    found = {
+        src: (pid, label)
+        for src, pid, label in session.execute(
+            select(PatientLink.source_patient_id, Patient.id, Patient.label)
+            .join(Patient, Patient.id == PatientLink.destination_patient_id)
+            .where(
+                PatientLink.destination_project_id == dest,
+                PatientLink.source_patient_id.in_(list(patients)),
+            )
+        )
+    }
+    new = [pid for pid in patients if pid not in found]
+    secrets.SystemRandom().shuffle(new)
+    last = session.scalar(
+        select(func.max(PatientLink.number)).where(PatientLink.destination_project_id == dest)
+    )
+    used = set(session.scalars(select(Patient.label).where(Patient.project_id == dest)))
+    number = last or 0
+    for src in new:
+        number += 1
+        while pseudonym(number, PREFIX) in used:
+            number += 1
+        label = pseudonym(number, PREFIX)
+        patient = Patient(project_id=dest, label=label, source_dir=f"{dest_root}/{label}")
+        session.add(patient)
+        session.flush()
+        session.add(
+            PatientLink(
+                source_patient_id=src,
+                destination_project_id=dest,
+                destination_patient_id=patient.id,
+                number=number,
+                first_release_id=release.id,
+            )
+        )
+        found[src] = (patient.id, label)
+        used.add(label)
+    session.flush()
+    return found
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    source_label: str
+    destination: str
+    destination_label: str
+    first_release_id: str | None
+
+
+def links(session: Session, user: Principal, source: str) -> list[LinkRow]:
+    """The source's patient links (the re-identification key): its data managers only."""
+    access = require_project(session, user, source, Role.DATA_MANAGER)
+    dest_patient = Patient.__table__.alias("dest_patient")
+    rows = session.execute(
+        select(Patient.label, Project.slug, dest_patient.c.label, PatientLink.first_release_id)
+        .join(PatientLink, PatientLink.source_patient_id == Patient.id)
+        .join(Project, Project.id == PatientLink.destination_project_id)
+        .join(dest_patient, dest_patient.c.id == PatientLink.destination_patient_id)
+        .where(Patient.project_id == access.project_id)
+        .order_by(Project.slug, dest_patient.c.label)
+    )
+    return [LinkRow(*r) for r in rows]
+
+
+# --- history and log -----------------------------------------------------------------------
+
+
+def file_history(session: Session, user: Principal, project: str, path: str) -> list[FileVersion]:
+    """Every version a release wrote of the file registered at ``path`` in ``project`` (a
+    destination or archive the user manages), oldest first."""
+    access = require_project(session, user, project, Role.DATA_MANAGER)
+    file_id = session.scalar(
+        select(FileRegistry.id)
+        .join(Patient, Patient.id == FileRegistry.patient_id)
+        .where(Patient.project_id == access.project_id, FileRegistry.path == path)
+    )
+    if file_id is None:
+        raise NotFound(f"No file {path[:200]!r} in project {project!r}")
+    rows = session.execute(
+        select(ReleasedFile, DatasetRelease.name)
+        .join(DatasetRelease, DatasetRelease.id == ReleasedFile.release_id)
+        .where(ReleasedFile.file_id == file_id, ReleasedFile.status.in_(WRITTEN))
+        .order_by(ReleasedFile.version)
+    )
+    return [
+        FileVersion(
+            version=r.version or 0,
+            release_id=r.release_id,
+            release_name=name,
+            status=r.status,
+            path=r.destination_path or "",
+            stored_path=r.stored_path or "",
+            sha256=r.sha256 or "",
+            size=r.size_bytes or 0,
+            created_at=_utc(r.created_at),
+        )
+        for r, name in rows
+    ]
+
+
+LOG_COLUMNS = [
+    "level",
+    "target",
+    "patient",
+    "destination_patient",
+    "series",
+    "status",
+    "origin_path",
+    "destination_path",
+    "version",
+    "found",
+    "created",
+    "new_version",
+    "skipped",
+    "failed",
+    "message",
+]
+STATUSES = ("created", "new_version", "skipped", "failed")
+
+
+def log_rows(session: Session, release_id: str) -> Iterator[dict[str, Any]]:
+    """``release_log.csv``'s rows: per patient, per series, then per file; counts for
+    patients and series."""
+    rows = session.execute(
+        select(ReleasedFile, Patient.label)
+        .outerjoin(Patient, Patient.id == ReleasedFile.source_patient_id)
+        .where(ReleasedFile.release_id == release_id)
+        .order_by(ReleasedFile.target, ReleasedFile.id)
+    ).all()
+    dest_labels = _destination_labels(session, release_id)
+    groups: dict[tuple[str, str, str], list[ReleasedFile]] = {}
+    patients: dict[tuple[str, str], list[ReleasedFile]] = {}
+    for r, label in rows:
+        patient = label or "(deleted)"
+        patients.setdefault((r.target, patient), []).append(r)
+        groups.setdefault((r.target, patient, r.series or ""), []).append(r)
+
+    def counts(items: list[ReleasedFile]) -> dict[str, int]:
+        found = {s: sum(1 for i in items if i.status == s) for s in STATUSES}
+        return {"found": len(items), **found}
+
+    for (target, patient), items in patients.items():
+        dest = (
+            dest_labels.get(items[0].source_patient_id or -1, "") if target == "destination" else ""
+        )
+        yield {
+            "level": "patient",
+            "target": target,
+            "patient": patient,
+            "destination_patient": dest,
+            **counts(items),
+        }
+        for (t, p, series), in_series in groups.items():
+            if (t, p) != (target, patient) or not series:
+                continue
+            yield {
+                "level": "series",
+                "target": target,
+                "patient": patient,
+                "destination_patient": dest,
+                "series": series,
+                **counts(in_series),
+            }
+        for r in items:
+            yield {
+                "level": "file",
+                "target": target,
+                "patient": patient,
+                "destination_patient": dest,
+                "series": r.series or "",
+                "status": r.status,
+                "origin_path": r.origin_path,
+                "destination_path": r.destination_path or "",
+                "version": r.version or "",
+                "message": r.message or "",
+            }
+
+
+def _destination_labels(session: Session, release_id: str) -> dict[int, str]:
+    row = session.get(DatasetRelease, release_id)
+    assert row is not None
+    return dict(
+        session.execute(
+            select(PatientLink.source_patient_id, Patient.label)
+            .join(Patient, Patient.id == PatientLink.destination_patient_id)
+            .where(PatientLink.destination_project_id == row.destination_project_id)
+        ).all()
+    )
+
+
+def log_csv(session: Session, release_id: str) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in log_rows(session, release_id):
+        writer.writerow(row)
+    return out.getvalue().encode()
+
+
+CHANGE_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
+
+
+def changes_csv(session: Session, release_id: str) -> bytes:
+    """The per-field DICOM changes of the release's files, as ``dicom_changes.csv``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CHANGE_COLUMNS)
+    for c in session.scalars(
+        select(ReleaseChange)
+        .where(ReleaseChange.release_id == release_id)
+        .order_by(ReleaseChange.id)
+    ):
+        writer.writerow([c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action])
+    return out.getvalue().encode()
+
+
+def project_root(session: Session, project_id: int, data_root: Path) -> str:
+    """The project's tree under the data root, set to its slug on first use. A directory
+    of that name that holds something already is refused (it is not the project's)."""
+    project = session.get(Project, project_id)
+    assert project is not None
+    if project.root_path:
+        return project.root_path
+    target = data_root / project.slug
+    if target.exists() and any(target.iterdir()):
+        raise InvalidOption(
+            f"{target} exists and is not empty, and project {project.slug!r} has no tree "
+            "yet: move that directory aside or release into another project"
+        )
+    project.root_path = project.slug
+    return project.slug

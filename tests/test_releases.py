@@ -1,0 +1,413 @@
+"""Releases end to end, on SQLite and PostgreSQL, with jobs run by a real RQ worker on the
+suite's Redis: curated values written into a destination project under its pseudonyms, the
+untouched originals into an archive, files read back with DCMTK (``dcmdump``), a destination
+researcher exporting what was released, and a second release writing new versions only for
+what changed."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from exporter import schemas, services
+from exporter.cli import main
+from exporter.config import PROJECT_ROOT, Settings
+from exporter.dev.redis_server import PrivateRedis
+from exporter.errors import InvalidInput, NotEnoughSpace, NotFound, PermissionDenied
+from exporter.jobs import upkeep
+from exporter.schemas import ReleaseRequest, Target
+from exporter.store import db
+from exporter.store.models import FileRegistry, Patient, PatientLink, Project
+from tests.conftest import Inbox
+from tests.test_jobs import MANAGER, ME, OUTSIDER, wait_for, work
+from tests.test_worker import _descendants as descendants
+from tests.test_worker import _env as worker_env
+from tests.test_worker import _start as start_process
+from tests.test_worker import _stop as stop_process
+from tests.test_worker import queue_redis as queue_redis  # the fixture
+
+DEST, VAULT = "released", "vault"
+SCIENTIST = "ds@released.example"
+PATIENTS = ["P0001", "P0002", "P0003"]
+
+
+@pytest.fixture
+def rel(portal: Settings) -> Settings:
+    """The demo project (4 patients) as the quarantine, an empty destination with a
+    researcher of its own, and an archive; the demo's data manager manages all three."""
+    services.add_project(portal, DEST, "Released for data science")
+    services.add_project(portal, VAULT, "Originals archive")
+    services.add_user(portal, MANAGER, DEST, "data_manager")
+    services.add_user(portal, MANAGER, VAULT, "data_manager")
+    services.add_user(portal, SCIENTIST, DEST, "researcher")
+    return portal
+
+
+def release(settings: Settings, **kw: object) -> schemas.ReleaseView:
+    selection = schemas.parse_selection(
+        patients=kw.pop("patients", PATIENTS),  # type: ignore[arg-type]
+        modalities=kw.pop("modalities", ["cbct", "ios"]),  # type: ignore[arg-type]
+        not_released_to=kw.pop("not_released_to", ""),  # type: ignore[arg-type]
+    )
+    kw.setdefault("destination", DEST)
+    request = ReleaseRequest(selection, **kw)  # type: ignore[arg-type]
+    return services.create_release(settings, MANAGER, "demo", request)
+
+
+def dcmdump(path: Path) -> str:
+    return subprocess.run(
+        ["dcmdump", "+P", "0010,0010", "+P", "0010,0020", "+P", "0018,0015", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def log_of(settings: Settings, release_id: str) -> list[dict[str, str]]:
+    text = services.release_log(settings, MANAGER, release_id).decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def registered(settings: Settings, project: str) -> dict[str, str]:
+    """path -> sha256 of a project's registered files."""
+    with db.session_scope(settings) as session:
+        rows = session.execute(
+            select(FileRegistry.path, FileRegistry.sha256)
+            .join(Patient, Patient.id == FileRegistry.patient_id)
+            .join(Project, Project.id == Patient.project_id)
+            .where(Project.slug == project)
+        )
+        return dict(rows.all())
+
+
+def test_a_release_writes_curated_pseudonymised_files_and_archives_the_originals(
+    rel: Settings, smtp: tuple[int, Inbox]
+) -> None:
+    series = services.patient_series(rel, MANAGER, "demo", "P0001")[0]
+    services.curate(
+        rel, MANAGER, "demo", [Target("P0001", series.label)], "BodyPartExamined", "MAXILLA"
+    )
+    first = release(rel, archive=VAULT, name="first")
+    assert first.status == "pending" and first.patient_count == 3 and first.archive == VAULT
+    work(rel)
+    done = services.get_release(rel, MANAGER, first.id)
+    assert done.status == "completed", done.error_message
+    assert (
+        done.counts["created"] == done.file_count
+        and done.counts["archive_created"] == done.file_count
+    )
+    assert any("Release first is done" in str(m["Subject"]) for m in smtp[1].messages)
+
+    dest = registered(rel, DEST)
+    vault = registered(rel, VAULT)
+    assert len(dest) == len(vault) == done.file_count
+    root = rel.data_root
+    for path, digest in dest.items():
+        assert path.startswith(f"{DEST}/subject_") and sha(root / path) == digest
+    links = services.patient_links(rel, MANAGER, "demo")
+    assert sorted(link.source_label for link in links) == PATIENTS
+    mine = next(link.destination_label for link in links if link.source_label == "P0001")
+
+    # The destination's files carry the curated value and the pseudonym; the archive's are
+    # the originals, byte for byte, with their own value and the real patient.
+    curated = [p for p in dest if p.startswith(f"{DEST}/{mine}/cbct/") and p.endswith(".dcm")]
+    assert curated
+    dumped = dcmdump(root / curated[0])
+    assert "MAXILLA" in dumped and mine in dumped and "P0001" not in dumped
+    originals = {p: d for p, d in registered(rel, "demo").items() if "/P0001/cbct/" in p}
+    for path, digest in vault.items():
+        source = "demo/" + path[len(VAULT) + 1 :]
+        assert digest == sha(root / source) == sha(root / path), "byte for byte"
+    archived = next(p for p in vault if "/P0001/cbct/" in p and p.endswith(".dcm"))
+    assert "MAXILLA" not in dcmdump(root / archived)
+    assert originals, "the source keeps its files"
+
+    # Released patients leave the "not yet released" queue; the fourth does not.
+    left = services.estimate(
+        rel,
+        MANAGER,
+        "demo",
+        schemas.parse_selection(folders=["/"], modalities=["cbct"], not_released_to=DEST),
+    )
+    assert left.patient_count == 1
+
+    # A destination researcher browses and exports what was released, and sees nothing of
+    # the source or the archive.
+    tree = services.project_tree(rel, SCIENTIST, DEST)
+    assert sorted(p.label for p in tree.patients) == sorted(
+        link.destination_label for link in links
+    )
+    for other in ("demo", VAULT):
+        with pytest.raises(NotFound):
+            services.project_tree(rel, SCIENTIST, other)
+    with pytest.raises(NotFound):
+        services.get_release(rel, SCIENTIST, first.id)
+    export = services.create_export(
+        rel,
+        SCIENTIST,
+        DEST,
+        schemas.ExportRequest(schemas.parse_selection(folders=["/"], modalities=["cbct", "ios"])),
+    )
+    work(rel)
+    exported = services.get_export(rel, SCIENTIST, export.id)
+    assert exported.status == "completed", exported.error_message
+    (archive,) = (rel.export_root / export.id).glob("*.zip")
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        assert len([n for n in names if n.endswith(".dcm")]) == sum(
+            p.endswith(".dcm") for p in dest
+        )
+        assert not any("P000" in n for n in names)
+
+    # One more curation: the second release writes a new version of that series' files only.
+    services.curate(
+        rel, MANAGER, "demo", [Target("P0001", series.label)], "BodyPartExamined", "MANDIBLE"
+    )
+    second = release(rel, archive=VAULT, name="second")
+    work(rel)
+    again = services.get_release(rel, MANAGER, second.id)
+    assert again.status == "completed", again.error_message
+    assert again.counts["new_version"] == series.files
+    assert again.counts["skipped"] == done.file_count - series.files
+    assert again.counts["archive_skipped"] == done.file_count
+    assert registered(rel, DEST).keys() == dest.keys(), "new versions take the same paths"
+    assert "MANDIBLE" in dcmdump(root / curated[0])
+    history = services.file_history(rel, MANAGER, DEST, curated[0])
+    assert [(v.version, v.release_id) for v in history] == [(1, first.id), (2, second.id)]
+    assert "MAXILLA" in dcmdump(root / history[0].stored_path), "the first version is kept"
+    assert "/.versions/v1/" in history[0].stored_path
+    rows = log_of(rel, second.id)
+    files = [r for r in rows if r["level"] == "file" and r["target"] == "destination"]
+    assert sum(r["status"] == "new_version" for r in files) == series.files
+    assert sum(r["status"] == "skipped" for r in files) == done.file_count - series.files
+    patient_rows = [r for r in rows if r["level"] == "patient" and r["target"] == "destination"]
+    assert {r["patient"] for r in patient_rows} == set(PATIENTS)
+    changes = services.release_changes(rel, MANAGER, second.id).decode()
+    assert "MANDIBLE" in changes and "P0001" not in changes
+
+    # The same release once more creates nothing.
+    before = {p: sha(root / p) for p in registered(rel, DEST)}
+    third = release(rel, archive=VAULT, name="third")
+    work(rel)
+    idle = services.get_release(rel, MANAGER, third.id)
+    assert idle.status == "completed" and set(idle.counts) == {"skipped", "archive_skipped"}
+    assert {p: sha(root / p) for p in registered(rel, DEST)} == before
+
+
+def test_refused_before_queueing(rel: Settings) -> None:
+    services.add_project(rel, "elsewhere", "Not managed")
+    services.add_user(rel, ME, "elsewhere", "researcher")
+    with pytest.raises(NotFound):
+        release(rel, destination="elsewhere")  # not a member: not even told it exists
+    services.add_user(rel, MANAGER, "elsewhere", "researcher")
+    with pytest.raises(PermissionDenied, match="data managers of the destination"):
+        release(rel, destination="elsewhere")
+    with pytest.raises(InvalidInput, match="another project"):
+        release(rel, destination="demo")
+    with pytest.raises(InvalidInput, match="third project"):
+        release(rel, archive=DEST)
+    with pytest.raises(InvalidInput, match="pseudonymised or deidentified"):
+        release(rel, privacy="identified")
+    asked = ReleaseRequest(schemas.parse_selection(patients=PATIENTS, modalities=["cbct"]), DEST)
+    with pytest.raises(PermissionDenied, match="source project 'demo' may release from"):
+        services.create_release(rel, ME, "demo", asked)  # a researcher of the source
+    with pytest.raises(NotFound):
+        services.create_release(rel, OUTSIDER, "demo", asked)
+    # A destination that already has a patient a release would be named as.
+    with db.session_scope(rel) as session:
+        project = session.scalar(select(Project).where(Project.slug == DEST))
+        assert project is not None
+        session.add(Patient(project_id=project.id, label="subject_001"))
+    with pytest.raises(InvalidInput, match="subject_001"):
+        release(rel)
+    with db.session_scope(rel) as session:
+        assert session.scalar(select(func.count()).select_from(PatientLink)) == 0
+
+
+def test_too_little_space_refuses_the_release_before_queueing(rel: Settings) -> None:
+    crowded = dataclasses.replace(rel, disk_reserve_bytes=shutil.disk_usage(rel.data_root).free)
+    with pytest.raises(NotEnoughSpace, match="data root"):
+        release(crowded)
+    assert services.list_releases(rel, MANAGER) == []
+
+
+def _whole(settings: Settings, project: str) -> dict[str, str]:
+    """The project's registered files, each checked whole on disk (its registered hash)."""
+    files = registered(settings, project)
+    for path, digest in files.items():
+        assert sha(settings.data_root / path) == digest, f"{path} is registered but not whole"
+    return files
+
+
+def test_a_full_data_root_stops_the_release_and_registers_only_whole_files(
+    rel: Settings, small_disk: Path
+) -> None:
+    """The destination's tree on a real 3 MiB filesystem: the release fills it, fails with a
+    message that says what to do, and what it registered is whole."""
+    target = rel.data_root / DEST
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(small_disk), str(target)], check=True)
+    (target / "filler").write_bytes(b"\0" * 1024 * 1024)  # 2 MiB left for 2.6 MB of files
+    with db.session_scope(rel) as session:  # the tree is the destination's (not refused)
+        session.execute(update(Project).where(Project.slug == DEST).values(root_path=DEST))
+    try:
+        started = release(
+            rel,
+            patients=["P0001", "P0002", "P0003", "P0004"],
+            modalities=["cbct", "ios", "intraoral-photo"],
+        )
+        assert started.estimated_bytes > 2 * 1024 * 1024, "the test needs more than fits"
+        work(rel)
+        failed = services.get_release(rel, MANAGER, started.id)
+        assert failed.status == "failed"
+        assert "filled up" in (failed.error_message or "") and "run the release again" in (
+            failed.error_message or ""
+        )
+        kept = _whole(rel, DEST)
+        assert 0 < len(kept) < started.file_count
+        assert failed.counts["created"] == len(kept)
+        assert not list(target.rglob(".*.part")), "a temporary file was left"
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.mark.slow
+def test_a_killed_release_registers_nothing_half_written_and_runs_again_to_the_same_result(
+    tmp_path: Path, sqlite_template: Path, queue_redis: PrivateRedis
+) -> None:
+    db_path = tmp_path / "portal.db"
+    shutil.copy(sqlite_template, db_path)
+    env = {**worker_env(tmp_path, f"sqlite:///{db_path}", queue_redis.url), "STALE_AFTER": "600"}
+    settings = Settings.load(environ=env, env_file=tmp_path / "none.env")
+    services.load_demo(settings, patients=6, seed=4, scale="medium")
+    services.add_project(settings, DEST, "Released")
+    services.add_user(settings, MANAGER, DEST, "data_manager")
+    everyone = [p.label for p in services.project_tree(settings, MANAGER, "demo").patients]
+    started = release(settings, patients=everyone, modalities=["cbct", "ios", "intraoral-photo"])
+    log = tmp_path / "worker.log"
+    worker = start_process([str(PROJECT_ROOT / "worker.py")], env, log)
+    try:
+        wait_for(
+            lambda: services.get_release(settings, MANAGER, started.id).files_done > 0,
+            90,
+            "the release to write files",
+        )
+        (horse, *_) = descendants(worker.pid)
+        os.kill(horse, signal.SIGKILL)
+        wait_for(
+            lambda: services.get_release(settings, MANAGER, started.id).status == "failed",
+            30,
+            "the release to fail",
+        )
+        failed = services.get_release(settings, MANAGER, started.id)
+        assert failed.error_message == upkeep.RELEASE_DIED
+        first = _whole(settings, DEST)
+        assert len(first) < started.file_count, "killed before the end"
+
+        services.retry_release(settings, MANAGER, started.id)
+        wait_for(
+            lambda: (
+                services.get_release(settings, MANAGER, started.id).status
+                in ("completed", "failed")
+            ),
+            120,
+            "the release to run again",
+        )
+        done = services.get_release(settings, MANAGER, started.id)
+        assert done.status == "completed", done.error_message
+        assert done.counts == {"created": started.file_count}
+        after = _whole(settings, DEST)
+        assert len(after) == started.file_count and first.items() <= after.items()
+        assert not list((settings.data_root / DEST).rglob(".*.part"))
+        rows = log_of(settings, started.id)
+        assert sum(r["level"] == "file" for r in rows) == started.file_count, "one row per file"
+
+        again = release(
+            settings, patients=everyone, modalities=["cbct", "ios", "intraoral-photo"], name="again"
+        )
+        wait_for(
+            lambda: services.get_release(settings, MANAGER, again.id).status == "completed",
+            120,
+            "the same release once more",
+        )
+        assert services.get_release(settings, MANAGER, again.id).counts == {
+            "skipped": started.file_count
+        }
+        assert _whole(settings, DEST) == after
+        assert worker.poll() is None, log.read_text()
+    finally:
+        stop_process(worker)
+
+
+@pytest.mark.slow
+def test_the_command_line_releases_waits_and_prints_the_log(
+    rel: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``release create --wait`` needs a worker: ``python worker.py`` runs beside it."""
+    worker = start_process([str(PROJECT_ROOT / "worker.py")], dict(os.environ), tmp_path / "w.log")
+    try:
+        code = main(
+            [
+                "release",
+                "create",
+                "demo",
+                "--user",
+                MANAGER,
+                "--to",
+                DEST,
+                "--folder",
+                "/",
+                "--modality",
+                "ios",
+                "--not-released",
+                "--wait",
+                "--json",
+            ]
+        )
+    finally:
+        stop_process(worker)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["status"] == "completed" and view["counts"] == {"created": view["file_count"]}
+    assert main(["release", "log", view["id"], "--user", MANAGER]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["level"] for r in rows} == {"patient", "file"} and len(rows) == view["file_count"] + 4
+    assert main(["release", "links", "demo", "--user", MANAGER]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    # Released already: the queue is empty now, and the command says so.
+    code = main(
+        [
+            "release",
+            "create",
+            "demo",
+            "--user",
+            MANAGER,
+            "--to",
+            DEST,
+            "--folder",
+            "/",
+            "--modality",
+            "ios",
+            "--not-released",
+        ]
+    )
+    assert code == 1 and "no files" in capsys.readouterr().err
+    assert main(["release", "show", "0" * 32, "--user", ME]) == 1
+    assert "No release" in capsys.readouterr().err
