@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -477,33 +477,51 @@ class _Job:
         raise PortalError(f"No free name in {folder}")  # pragma: no cover - a million files
 
     def _release(self, ctx: _Context, item: _Item) -> _Result:
+        """A destination file: the source rewritten (curated values, pseudonym, profile)."""
+        planned = PlannedFile(item.source, item.arcname, item.patient_dir)
+        return self._write("destination", ctx, item, lambda r: self._rewritten(ctx, planned, r))
+
+    def _write(
+        self,
+        target: str,
+        ctx: _Context,
+        item: _Item,
+        pieces: Callable[[HashingReader], Iterator[bytes | memoryview]],
+    ) -> _Result:
+        """Skip the file if its newest version has the same fingerprint; else keep that
+        version aside and write the new one (``pieces`` from the source's reader). A source
+        that changed fails the file (with ``skip_changed``) or the release."""
         prev = item.previous
         if prev is not None and prev.file_id is not None and prev.fingerprint == item.fingerprint:
-            return self._unchanged("destination", item, prev)
-        version = prev.version + 1 if prev is not None else 1
+            return self._unchanged(target, item, prev)
         replacing = prev is not None and prev.file_id is not None
-        planned = PlannedFile(item.source, item.arcname, item.patient_dir)
+        version = prev.version + 1 if prev is not None else 1
         source = item.source
+        archive = target == "archive"
         try:
-            kept = (
-                publish.keep_version(self.data_root, item.path, prev.version)
-                if replacing and prev
-                else None
-            )
+            kept = None
+            if replacing and prev is not None:
+                kept = publish.keep_version(self.data_root, item.path, prev.version)
             with open_source(self.data_root, source.path) as raw:
                 reader = HashingReader(raw, self._check_cancel)
                 written = publish.write_file(
-                    self.data_root, item.path, self._rewritten(ctx, planned, reader), replace=True
+                    self.data_root,
+                    item.path,
+                    pieces(reader),
+                    expect_sha256=source.sha256 if archive else None,
+                    replace=True,
                 )
         except SourceFileError as exc:
-            message = str(exc).replace(source.path, item.arcname)
-            ctx.transform.take_entry(item.arcname)
+            # The destination names a file as it does (its stored path names the patient).
+            message = str(exc) if archive else str(exc).replace(source.path, item.arcname)
+            if not archive:
+                ctx.transform.take_entry(item.arcname)
             if not ctx.skip_changed:
                 raise SourceFileError(message) from None
-            return _Result("destination", item, "failed", message=message)
+            return _Result(target, item, "failed", message=message)
         status = "new_version" if replacing else "created"
-        changes = ctx.transform.take_entry(item.arcname)
-        return _Result("destination", item, status, version, written, kept, changes=changes)
+        changes = [] if archive else ctx.transform.take_entry(item.arcname)
+        return _Result(target, item, status, version, written, kept, changes=changes)
 
     def _unchanged(self, target: str, item: _Item, prev: _Previous) -> _Result:
         """A file whose newest version was written from the same inputs: skipped, or, when
@@ -554,33 +572,8 @@ class _Job:
         return _Item(f, 0, f.patient_label, path, below, f.series_label, f.sha256, prev)
 
     def _archive(self, ctx: _Context, item: _Item) -> _Result:
-        prev = item.previous
-        if prev is not None and prev.file_id is not None and prev.fingerprint == item.fingerprint:
-            return self._unchanged("archive", item, prev)
-        version = prev.version + 1 if prev is not None else 1
-        replacing = prev is not None and prev.file_id is not None
-        source = item.source
-        try:
-            kept = (
-                publish.keep_version(self.data_root, item.path, prev.version)
-                if replacing and prev
-                else None
-            )
-            with open_source(self.data_root, source.path) as raw:
-                reader = HashingReader(raw, self._check_cancel)
-                written = publish.write_file(
-                    self.data_root,
-                    item.path,
-                    iter(lambda: reader.read(CHUNK), b""),
-                    expect_sha256=source.sha256,
-                    replace=True,
-                )
-        except SourceFileError as exc:
-            if not ctx.skip_changed:
-                raise
-            return _Result("archive", item, "failed", message=str(exc))
-        status = "new_version" if replacing else "created"
-        return _Result("archive", item, status, version, written, kept)
+        """An archive file: the source byte for byte (its SHA-256 checked)."""
+        return self._write("archive", ctx, item, lambda r: iter(lambda: r.read(CHUNK), b""))
 
     # --- registration ---------------------------------------------------------------------
 

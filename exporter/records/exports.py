@@ -47,6 +47,7 @@ from exporter.schemas import (
     Selection,
     legacy_level,
 )
+from exporter.store import db
 from exporter.store.models import (
     DatasetExport,
     ExportDicomChange,
@@ -581,13 +582,7 @@ def transition(
     **values: Any,
 ) -> bool:
     """Move an export to ``to_status`` only if it is in one of ``from_statuses`` (atomic)."""
-    result = session.execute(
-        update(DatasetExport)
-        .where(DatasetExport.id == export_id, DatasetExport.status.in_(from_statuses))
-        .values(status=to_status, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return db.move_status(session, DatasetExport, export_id, from_statuses, to_status, **values)
 
 
 # --- the state machine: every change of an export's or a part's status is made here -------

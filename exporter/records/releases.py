@@ -35,6 +35,7 @@ from exporter.schemas import (
     ReleaseRequest,
     ReleaseView,
 )
+from exporter.store import db
 from exporter.store.models import (
     DatasetRelease,
     ExportStatus,
@@ -289,13 +290,7 @@ def transition(
     to_status: ExportStatus,
     **values: Any,
 ) -> bool:
-    result = session.execute(
-        update(DatasetRelease)
-        .where(DatasetRelease.id == release_id, DatasetRelease.status.in_(from_statuses))
-        .values(status=to_status, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return db.move_status(session, DatasetRelease, release_id, from_statuses, to_status, **values)
 
 
 def start(session: Session, release_id: str, worker: str) -> bool:

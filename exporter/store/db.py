@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -117,3 +117,23 @@ def migrate(url: str) -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def move_status(
+    session: Session,
+    model: Any,
+    row_id: object,
+    from_statuses: tuple[Any, ...],
+    to_status: Any,
+    **values: Any,
+) -> bool:
+    """Set ``model``'s status (and ``values``) on the row ``row_id`` only if it is in one of
+    ``from_statuses``: one conditional UPDATE, so that of two actors racing for a change
+    (a job completing, a user cancelling) exactly one wins."""
+    result = session.execute(
+        update(model)
+        .where(model.id == row_id, model.status.in_(from_statuses))
+        .values(status=to_status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
