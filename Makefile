@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-dev run test lint format typecheck check docs bench bench-export bench-ui clean
+.PHONY: install install-dev run test lint format typecheck check docs bench bench-export bench-release bench-ui clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
@@ -50,12 +50,15 @@ check: lint typecheck test
 docs: install-dev
 	$(PY) scripts/gen_docs.py
 
-## bench: registry (register vs sha256sum, estimates); bench-export and bench-ui take longer
+## bench: registry (register vs sha256sum, estimates); bench-export, bench-release and bench-ui take longer
 bench: install-dev
 	$(PY) bench/registry_bench.py
 
 bench-export: install-dev
 	$(PY) bench/export_bench.py
+
+bench-release: install-dev
+	$(PY) bench/release_bench.py
 
 bench-ui: install-dev
 	$(PY) bench/ui_bench.py

@@ -379,7 +379,12 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         return 0 if report.ok else 1
     elif command == "demo":
         result = services.load_demo(
-            settings, args.patients, args.seed, args.scale, only_if_empty=args.if_empty
+            settings,
+            args.patients,
+            args.seed,
+            args.scale,
+            only_if_empty=args.if_empty,
+            release_projects=True,
         )
         for report in result.reports:
             print(report.summary())

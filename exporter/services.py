@@ -89,6 +89,19 @@ DEMO_USERS = (
     ("manager@demo.example", DEMO_PROJECT, "data_manager", "Dana Manager"),
     ("outsider@other.example", OTHER_PROJECT, "researcher", "Otto Outsider"),
 )
+# Where the demo's data manager releases curated patients (make run and 'demo' add them):
+# a destination with a researcher of its own, and an archive for the originals.
+DEMO_RELEASED = "demo-released"
+DEMO_ARCHIVE = "demo-archive"
+DEMO_RELEASE_PROJECTS = (
+    (DEMO_RELEASED, "Released for data science"),
+    (DEMO_ARCHIVE, "Vault of originals (restricted)"),
+)
+DEMO_RELEASE_USERS = (
+    ("manager@demo.example", DEMO_RELEASED, "data_manager", "Dana Manager"),
+    ("manager@demo.example", DEMO_ARCHIVE, "data_manager", "Dana Manager"),
+    ("scientist@demo.example", DEMO_RELEASED, "researcher", "Sam Scientist"),
+)
 
 
 # The demo project's data manager lets pseudonymised exports keep study dates and the
@@ -183,12 +196,14 @@ def load_demo(
     seed: int = 1,
     scale: str = "small",
     only_if_empty: bool = False,
+    release_projects: bool = False,
 ) -> DemoResult:
     """Write a synthetic imaging tree under the data root, register it, and add demo users.
 
     With ``only_if_empty`` nothing happens when the demo project already has patients (what
     ``make run`` uses, so demo data is loaded once). A demo directory that already holds files
-    is registered as it is, never overwritten.
+    is registered as it is, never overwritten. ``release_projects``: also an empty
+    destination and archive project for releases, managed by the demo's data manager.
     """
     from exporter.dev import demo_data
 
@@ -199,6 +214,8 @@ def load_demo(
             .where(Project.slug == DEMO_PROJECT)
         )
     if only_if_empty and count:
+        if release_projects:
+            _demo_release_projects(settings)
         return DemoResult(False, f"Demo data already loaded ({count} patients)")
     reports = []
     plan = (
@@ -218,10 +235,19 @@ def load_demo(
         reports.append(register(settings, slug, root, tags_csv if tags_csv.exists() else None))
     for email, slug, role, full_name in DEMO_USERS:
         add_user(settings, email, slug, role, full_name)
+    if release_projects:
+        _demo_release_projects(settings)
     total = sum(r.patients for r in reports)
     return DemoResult(
         True, f"Demo data loaded: {total} patients in {len(reports)} projects", tuple(reports)
     )
+
+
+def _demo_release_projects(settings: Settings) -> None:
+    for slug, name in DEMO_RELEASE_PROJECTS:
+        add_project(settings, slug, name)
+    for email, slug, role, full_name in DEMO_RELEASE_USERS:
+        add_user(settings, email, slug, role, full_name)
 
 
 def estimate(

@@ -24,6 +24,17 @@ for project in projects:
     with st.container(border=True):
         st.subheader(f"{project.name}")
         st.caption(f"Project `{project.slug}` · your role: {project.role.replace('_', ' ')}")
+        if project.released_patients:
+            st.caption(
+                f":material/publish: Release destination: {project.released_patients:,} "
+                "patients released into it, under pseudonyms; the link to the source is kept "
+                "for the source's data managers only."
+            )
+        if project.archived_files:
+            st.caption(
+                f":material/inventory_2: Archive of originals: {project.archived_files:,} files "
+                "copied unchanged by releases. They carry the patients' identifiers."
+            )
         cols = st.columns(3)
         cols[0].metric("Patients", f"{project.patients:,}")
         cols[1].metric("Files", f"{project.files:,}")

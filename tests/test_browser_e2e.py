@@ -66,7 +66,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sett
     # enough that an export at level 6 runs for a few seconds and can be cancelled.
     settings = Settings.load(environ=env, env_file=tmp / "none.env")
     services.migrate(settings)
-    services.load_demo(settings, patients=12, seed=1, scale="medium")
+    services.load_demo(settings, patients=12, seed=1, scale="medium", release_projects=True)
     log = open(tmp / "portal.log", "wb")  # noqa: SIM115 (closed at teardown)
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "run", "--port", str(port)],
@@ -316,3 +316,48 @@ def test_a_data_manager_imports_curated_values_from_a_csv(
     shot(page, "curation-import")
     (edit,) = services.curation_history(settings, manager, "demo", "P0003")
     assert (edit.keyword, edit.value, edit.scope) == ("InstitutionName", "Research Site", "patient")
+
+
+MANAGER = "manager@demo.example"
+SCIENTIST = "scientist@demo.example"
+
+
+def test_a_data_manager_releases_from_the_releases_page_and_reads_its_log(
+    portal: tuple[str, Settings], browser: Browser
+) -> None:
+    base, settings = portal
+    page = page_as(browser, MANAGER)
+    page.goto(base + "/releases")
+    expect(page.get_by_role("heading", name="Releases", exact=True)).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Only patients not yet released to demo-released")).to_be_visible()
+    # Every patient not yet released, intraoral scans only (a small release).
+    for key in ("cbct", "intraoral-photo", "panoramic", "cephalometric", "facial-photo"):
+        page.get_by_role("button", name=f"Remove {key}").click()
+        expect(page.get_by_role("button", name=f"Remove {key}")).to_have_count(0)
+    expect(page.get_by_text(re.compile(r"^12 patients, \d+ files"))).to_be_visible()
+    page.get_by_label("Name").fill("first batch")
+    page.get_by_role("button", name="Release", exact=True).click()
+    expect(page.get_by_text("Release first batch is queued.")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("completed")).to_be_visible(timeout=120_000)
+    page.get_by_text("Release log").click()
+    expect(page.get_by_role("button", name="Download release_log.csv")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+    shot(page, "releases")
+    (view,) = services.list_releases(settings, MANAGER)
+    assert view.status == "completed" and view.counts["created"] == view.file_count
+    # The queue is empty now: nothing left to release for these modalities.
+    page.reload()
+    expect(page.get_by_text(re.compile(r"^0 patients, 0 files"))).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Release", exact=True)).to_be_disabled()
+
+    # The destination's researcher sees the released patients under their pseudonyms.
+    other = page_as(browser, SCIENTIST)
+    other.goto(base + "/")
+    expect(other.get_by_role("heading", name="Released for data science")).to_be_visible(
+        timeout=60_000
+    )
+    expect(other.get_by_text("Demo cohort")).to_have_count(0)
+    expect(
+        other.get_by_text(re.compile("Release destination: 12 patients released"))
+    ).to_be_visible()
+    shot(other, "released-registry")

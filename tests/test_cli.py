@@ -125,7 +125,12 @@ def test_demo_loads_once(cli_env: Settings, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run(capsys, "demo", "--if-empty")
     assert (code, out.strip()) == (0, "Demo data already loaded (4 patients)")
     code, out, _ = run(capsys, "projects")
-    assert out.splitlines() == ["demo\t4 patients\tDemo cohort", "other\t3 patients\tOther study"]
+    assert out.splitlines() == [
+        "demo\t4 patients\tDemo cohort",
+        "demo-archive\t0 patients\tVault of originals (restricted)",
+        "demo-released\t0 patients\tReleased for data science",
+        "other\t3 patients\tOther study",
+    ], "with an empty destination and archive to release into"
 
 
 def test_curate_then_dry_run_shows_the_change_and_creates_nothing(

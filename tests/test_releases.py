@@ -411,3 +411,24 @@ def test_the_command_line_releases_waits_and_prints_the_log(
     assert code == 1 and "no files" in capsys.readouterr().err
     assert main(["release", "show", "0" * 32, "--user", ME]) == 1
     assert "No release" in capsys.readouterr().err
+
+
+def test_an_identifier_left_in_a_kept_field_fails_the_release_and_registers_nothing_of_it(
+    rel: Settings,
+) -> None:
+    """A data manager typed the patient's name into a field the profile keeps: the residual
+    check finds it in the written file, before the file has its name."""
+    series = services.patient_series(rel, MANAGER, "demo", "P0002")[0]
+    header = services.header_fields(rel, MANAGER, "demo", "P0002", series.label)
+    family = next(f.value for f in header if f.keyword == "PatientName").split("^")[0]
+    assert family.isascii() and family.replace(" ", "").isalpha(), family
+    services.curate(rel, MANAGER, "demo", [Target("P0002")], "BodyPartExamined", family.upper())
+    started = release(rel, patients=["P0002"], modalities=["cbct"])
+    work(rel)
+    failed = services.get_release(rel, MANAGER, started.id)
+    assert failed.status == "failed"
+    assert "residual-identifier check found identifiers" in (failed.error_message or "")
+    assert family.upper() not in (failed.error_message or "")
+    assert registered(rel, DEST) == {}, "nothing of it registered"
+    assert not list((rel.data_root / DEST).rglob("*.dcm")), "no file has its name"
+    assert not list((rel.data_root / DEST).rglob(".*.part"))

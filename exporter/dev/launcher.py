@@ -27,7 +27,10 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8501, demo: boo
     """Start Redis (if needed), a worker and the UI; block until one exits or Ctrl-C."""
     services.migrate(settings)
     if demo:
-        print(services.load_demo(settings, only_if_empty=True).message, flush=True)
+        print(
+            services.load_demo(settings, only_if_empty=True, release_projects=True).message,
+            flush=True,
+        )
     private: PrivateRedis | None = None
     env = settings.child_environ()
     children: list[subprocess.Popen[bytes]] = []

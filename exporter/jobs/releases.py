@@ -17,12 +17,17 @@ it has its name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +47,7 @@ from exporter.archive.residual import (
     part_needles,
 )
 from exporter.archive.sourceio import CHUNK, HashingReader, open_source
-from exporter.archive.transform import Change, HeaderRewriter
+from exporter.archive.transform import Change, ChangeTable, HeaderRewriter
 from exporter.config import Settings
 from exporter.dicom import header as dicom
 from exporter.dicom.rules import series_key
@@ -72,6 +77,8 @@ from exporter.store.models import (
 log = logging.getLogger(__name__)
 BATCH_FILES = 200  # files registered per transaction
 BATCH_SECONDS = 2.0
+WINDOW = 64  # files in flight: the pool writes on while a batch is registered
+THREADS = int(os.environ.get("RELEASE_THREADS", "0")) or max(2, min(4, os.cpu_count() or 2))
 FORMAT = 1  # part of every fingerprint: a new rewrite format writes new versions
 UNEXPECTED = "The release failed unexpectedly; the administrators can see the details"
 
@@ -264,6 +271,11 @@ class _Job:
         self.files_done = 0
         self.bytes_done = 0
         self.ok_patients: dict[int, bool] = {}  # source patient -> nothing failed
+        self.lock = threading.Lock()
+        self.dirs_checked: set[str] = set()
+        self.sources_checked: dict[str, bool] = {}
+        self.cancelled = False
+        self.stopping = False  # the run is ending: files not yet started are not written
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -383,27 +395,58 @@ class _Job:
     # --- the run --------------------------------------------------------------------------
 
     def run(self) -> None:
-        ctx = self._context()
-        self.ctx = ctx
-        rules_cache: dict[int, dict[int, tuple[str, str]]] = {}
+        ctx = self.ctx = self._context()
         rules = ctx.transform.context.curated
-        for f in ctx.files:
-            self._check_cancel()
-            values = rules_cache.setdefault(
-                f.id, rules.for_file(f.id, f.patient_id, _series_key(f))
-            )
-            item = self._destination_item(ctx, f, fingerprint(f.sha256, values, ctx.options))
-            self._add(self._release(ctx, item))
-            if ctx.archive_id is not None and ctx.archive_root is not None:
-                self._add(self._archive(ctx, self._archive_item(ctx, f)))
+        window: deque[Future[list[_Result]]] = deque()
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="release") as pool:
+            try:
+                for f in ctx.files:
+                    self._check_cancel()
+                    values = rules.for_file(f.id, f.patient_id, _series_key(f))
+                    # Names are chosen here, in order; the files are written on the pool.
+                    item = self._destination_item(
+                        ctx, f, fingerprint(f.sha256, values, ctx.options)
+                    )
+                    copy = self._archive_item(ctx, f) if ctx.archive_root is not None else None
+                    window.append(pool.submit(self._one, ctx, item, copy))
+                    if len(window) >= WINDOW:
+                        self._collect(window.popleft())
+                while window:
+                    self._collect(window.popleft())
+            finally:
+                self.stopping = True
+                for pending in window:
+                    pending.cancel()
+                for pending in window:  # what the pool finished is registered, never lost
+                    if not pending.cancelled():
+                        with contextlib.suppress(BaseException):
+                            self._collect(pending)
         self.save()
         self._finish(ctx)
 
+    def _one(self, ctx: _Context, item: _Item, copy: _Item | None) -> list[_Result]:
+        """One source file: its destination version and, with an archive, its copy."""
+        if self.stopping:
+            raise ExportCancelled("The release stopped")
+        done = [self._release(ctx, item)]
+        if copy is not None:
+            done.append(self._archive(ctx, copy))
+        return done
+
+    def _collect(self, future: Future[list[_Result]]) -> None:
+        for result in future.result():
+            self._add(result)
+
     def _check_cancel(self) -> None:
-        now = time.monotonic()
-        if now - self.checked_at < 0.5:
-            return
-        self.checked_at = now
+        """Raise ExportCancelled once the release is no longer processing (asked of the
+        database at most twice a second, by whichever thread comes first)."""
+        with self.lock:
+            if self.cancelled:
+                raise ExportCancelled("The release was cancelled")
+            now = time.monotonic()
+            if now - self.checked_at < 0.5:
+                return
+            self.checked_at = now
         try:
             with db.session_scope(self.settings) as session:
                 status = releases.status_of(session, self.release_id)
@@ -412,6 +455,7 @@ class _Job:
                 raise
             return
         if status is not ExportStatus.PROCESSING:
+            self.cancelled = True
             raise ExportCancelled("The release was cancelled")
 
     def _add(self, result: _Result) -> None:
@@ -502,7 +546,7 @@ class _Job:
             kept = None
             if replacing and prev is not None:
                 kept = publish.keep_version(self.data_root, item.path, prev.version)
-            with open_source(self.data_root, source.path) as raw:
+            with open_source(self.data_root, source.path, self.sources_checked) as raw:
                 reader = HashingReader(raw, self._check_cancel)
                 written = publish.write_file(
                     self.data_root,
@@ -510,6 +554,8 @@ class _Job:
                     pieces(reader),
                     expect_sha256=source.sha256 if archive else None,
                     replace=True,
+                    checked=self.dirs_checked,
+                    sync_dir=False,  # once per folder and batch, before it is registered
                 )
         except SourceFileError as exc:
             # The destination names a file as it does (its stored path names the patient).
@@ -536,7 +582,6 @@ class _Job:
         """The file's new bytes, checked for residual identifiers as they pass; a changed
         source or a finding raises before the file has its name."""
         source = planned.source
-        before = ctx.check.count
         tap = entry_tap(ctx.check, planned, ctx.transform.applies_to(planned))
         rewrite = ctx.transform.applies_to(planned)
         pieces: Iterator[bytes | memoryview] = (
@@ -554,12 +599,12 @@ class _Job:
                 f"{source.path}: changed since it was registered (size {reader.size} against "
                 f"{source.size}, or a different SHA-256); register the directory again"
             )
-        if ctx.check.count > before:
-            report = ctx.check.report(ctx.options.privacy)
+        if ctx.check.count:  # here or in a file written beside it: the release stops
+            found = sorted({f.file for f in ctx.check.findings}) or [planned.arcname]
             raise PrivacyCheckFailed(
-                f"The residual-identifier check found identifiers in {planned.arcname}; "
+                f"The residual-identifier check found identifiers in {', '.join(found[:3])}; "
                 "nothing of it was registered. Curate or clear the field and release again",
-                report,
+                ctx.check.report(ctx.options.privacy),
             )
 
     # --- the archive ----------------------------------------------------------------------
@@ -588,89 +633,28 @@ class _Job:
     def _save_once(self, batch: list[_Result]) -> None:
         ctx = self.ctx
         now = datetime.now(UTC)
-        touched: set[int] = set()
+        todo = [r for r in batch if not r.recorded]
+        publish.sync_dirs(self.data_root, [r.written.path for r in todo if r.written])
         with db.session_scope(self.settings) as session:
-            archive_patients = self._archive_patients(session, ctx, batch)
-            for r in batch:
-                if r.recorded:
-                    continue
-                file_id = r.item.previous.file_id if r.item.previous else None
+            archive_patients = self._archive_patients(session, ctx, todo)
+            for r in todo:
                 if r.target == "archive" and r.written is not None:
                     r.item.patient_id = archive_patients[r.item.source.patient_id]
-                if r.written is not None:
-                    values = self._file_values(ctx, r)
-                    if file_id is not None and r.status == "new_version":
-                        session.execute(
-                            update(FileRegistry)
-                            .where(FileRegistry.id == file_id)
-                            .values(**values, updated_at=now)
-                        )
-                        if r.kept and r.item.previous:
-                            session.execute(
-                                update(ReleasedFile)
-                                .where(ReleasedFile.id == r.item.previous.row_id)
-                                .values(stored_path=r.kept)
-                            )
-                    else:
-                        existing = session.scalar(
-                            select(FileRegistry.id).where(FileRegistry.path == r.written.path)
-                        )
-                        if existing is not None:  # registered by an earlier try of this batch
-                            session.execute(
-                                update(FileRegistry)
-                                .where(FileRegistry.id == existing)
-                                .values(**values, updated_at=now)
-                            )
-                            file_id = existing
-                        else:
-                            row = FileRegistry(**values)
-                            session.add(row)
-                            session.flush()
-                            file_id = row.id
-                    touched.add(r.item.patient_id)
-                session.add(
-                    ReleasedFile(
-                        release_id=self.release_id,
-                        target=r.target,
-                        project_id=ctx.dest_id if r.target == "destination" else ctx.archive_id,
-                        source_file_id=r.item.source.id,
-                        source_patient_id=r.item.source.patient_id,
-                        file_id=file_id if r.status != "failed" else None,
-                        status=r.status,
-                        version=r.version,
-                        origin_path=r.item.source.path,
-                        destination_path=r.item.path,
-                        stored_path=r.written.path if r.written else None,
-                        series=r.item.series,
-                        source_sha256=r.item.source.sha256,
-                        sha256=r.written.sha256
-                        if r.written
-                        else (r.item.previous.sha256 if r.item.previous else None),
-                        size_bytes=r.written.size if r.written else None,
-                        fingerprint=r.item.fingerprint if r.status != "failed" else None,
-                        message=r.message,
-                    )
-                )
-                if r.changes:
-                    session.execute(
-                        insert(ReleaseChange),
-                        [
-                            {
-                                "release_id": self.release_id,
-                                "path": r.item.path[:2048],
-                                "tag": c.tag[:200],
-                                "keyword": c.keyword[:100],
-                                "new_value": c.new_value.replace("\0", "\\0")
-                                if c.new_value
-                                else c.new_value,
-                                "reason": c.reason,
-                                "action": c.action,
-                            }
-                            for c in r.changes
-                        ],
-                    )
-            session.flush()
-            registry.refresh_summaries(session, touched)
+            file_ids = self._register(session, [r for r in todo if r.written is not None], now)
+            history = [self._history_row(r, file_ids) for r in todo]
+            if history:
+                session.execute(insert(ReleasedFile), history)
+            kept = [
+                {"id": r.item.previous.row_id, "stored_path": r.kept}
+                for r in todo
+                if r.kept and r.item.previous is not None
+            ]
+            if kept:
+                session.execute(update(ReleasedFile), kept)
+            changes = self._change_rows(ctx, todo)
+            if changes:
+                session.execute(insert(ReleaseChange), changes)
+            registry.refresh_summaries(session, {r.item.patient_id for r in todo if r.written})
             current = batch[-1].item.arcname[:255] if batch else None
             session.execute(
                 update(DatasetRelease)
@@ -684,6 +668,94 @@ class _Job:
                 )
             )
 
+    def _register(self, session: Any, written: list[_Result], now: datetime) -> dict[str, int]:
+        """Registry rows for the written files (new versions update theirs), in a few
+        statements; their ids by path."""
+        ids: dict[str, int] = {}
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        paths = [r.written.path for r in written if r.written is not None]
+        known = dict(
+            session.execute(
+                select(FileRegistry.path, FileRegistry.id).where(FileRegistry.path.in_(paths))
+            ).all()
+        )
+        for r in written:
+            values = self._file_values(self.ctx, r)
+            prev = r.item.previous
+            file_id = prev.file_id if prev is not None and r.status == "new_version" else None
+            file_id = file_id or known.get(values["path"])  # or registered by an earlier try
+            if file_id is not None:
+                updates.append({"id": file_id, **values, "updated_at": now})
+                ids[values["path"]] = file_id
+            else:
+                inserts.append(values)
+        if updates:
+            session.execute(update(FileRegistry), updates)
+        if inserts:
+            statement = insert(FileRegistry).returning(
+                FileRegistry.id, FileRegistry.path, sort_by_parameter_order=True
+            )
+            for file_id, path in session.execute(statement, inserts):
+                ids[path] = file_id
+        return ids
+
+    def _history_row(self, r: _Result, file_ids: dict[str, int]) -> dict[str, Any]:
+        prev = r.item.previous
+        if r.written is not None:
+            file_id: int | None = file_ids[r.written.path]
+        else:
+            file_id = prev.file_id if prev is not None and r.status != "failed" else None
+        return {
+            "release_id": self.release_id,
+            "target": r.target,
+            "project_id": self.ctx.dest_id if r.target == "destination" else self.ctx.archive_id,
+            "source_file_id": r.item.source.id,
+            "source_patient_id": r.item.source.patient_id,
+            "file_id": file_id,
+            "status": r.status,
+            "version": r.version,
+            "origin_path": r.item.source.path,
+            "destination_path": r.item.path,
+            "stored_path": r.written.path if r.written else None,
+            "series": r.item.series,
+            "source_sha256": r.item.source.sha256,
+            "sha256": r.written.sha256 if r.written else (prev.sha256 if prev else None),
+            "size_bytes": r.written.size if r.written else None,
+            "fingerprint": r.item.fingerprint if r.status != "failed" else None,
+            "message": r.message,
+            "created_at": datetime.now(UTC),
+        }
+
+    def _change_rows(self, ctx: _Context, todo: list[_Result]) -> list[dict[str, Any]]:
+        """The batch's DICOM changes: a change made alike to every file of a series written
+        in the batch is one row (its folder, ``file_count``), the rest one row per file."""
+        rows: list[Change] = []
+        table = ChangeTable(sink=rows.extend, batch=1 << 30)
+        prefix = f"{ctx.dest_root}/" if ctx.dest_root else ""
+        try:
+            for r in todo:
+                if r.target == "destination" and r.written is not None:
+                    folder = r.item.arcname.rpartition("/")[0] if r.item.series else None
+                    table.add(r.changes, folder)
+            for _ in table.finish():
+                pass
+        finally:
+            table.close()
+        return [
+            {
+                "release_id": self.release_id,
+                "path": (prefix + c.path)[:2048],
+                "tag": c.tag[:200],
+                "keyword": c.keyword[:100],
+                "new_value": c.new_value.replace("\0", "\\0") if c.new_value else c.new_value,
+                "reason": c.reason,
+                "action": c.action,
+                "file_count": c.files,
+            }
+            for c in rows
+        ]
+
     def _archive_patients(
         self, session: Any, ctx: _Context, batch: list[_Result]
     ) -> dict[int, int]:
@@ -693,7 +765,12 @@ class _Job:
         if not wanted or ctx.archive_id is None:
             return {}
         found: dict[int, int] = {}
-        folders: dict[str, Any] = {}
+        folders = {
+            f.path: f
+            for f in session.scalars(
+                select(PatientFolder).where(PatientFolder.project_id == ctx.archive_id)
+            )
+        }
         for src in sorted(wanted):
             label, source_dir, folder = ctx.source_patients[src]
             pid = session.scalar(

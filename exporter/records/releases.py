@@ -619,11 +619,13 @@ def log_csv(session: Session, release_id: str) -> bytes:
     return out.getvalue().encode()
 
 
-CHANGE_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action"]
+CHANGE_COLUMNS = ["path", "tag", "keyword", "new_value", "reason", "action", "files"]
 
 
 def changes_csv(session: Session, release_id: str) -> bytes:
-    """The per-field DICOM changes of the release's files, as ``dicom_changes.csv``."""
+    """The per-field DICOM changes of the release's files, as ``dicom_changes.csv`` with a
+    ``files`` column: a row whose path is a series folder is a change made alike to that
+    many files of the series."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CHANGE_COLUMNS)
@@ -632,7 +634,9 @@ def changes_csv(session: Session, release_id: str) -> bytes:
         .where(ReleaseChange.release_id == release_id)
         .order_by(ReleaseChange.id)
     ):
-        writer.writerow([c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action])
+        writer.writerow(
+            [c.path, c.tag, c.keyword, c.new_value or "", c.reason, c.action, c.file_count]
+        )
     return out.getvalue().encode()
 
 

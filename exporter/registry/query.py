@@ -26,8 +26,10 @@ from exporter.store.models import (
     Patient,
     PatientFileSummary,
     PatientFolder,
+    PatientLink,
     PatientTag,
     ProjectModality,
+    ReleasedFile,
     Tag,
 )
 
@@ -377,13 +379,32 @@ class ProjectOverview:
     files: int
     bytes: int
     by_modality: list[ModalityEstimate]
+    # Releases: patients released into this project (a destination), and files a release
+    # copied here as originals (an archive).
+    released_patients: int = 0
+    archived_files: int = 0
 
 
 def overview(session: Session, user: Principal) -> list[ProjectOverview]:
-    """Patients, files and bytes per modality for each project the user may see."""
+    """Patients, files and bytes per modality for each project the user may see, and what
+    releases brought into it."""
     result = []
     for access in accessible_projects(session, user):
         est = estimate(session, user, access.slug, Selection(folders=("",)))
+        released = session.scalar(
+            select(func.count())
+            .select_from(PatientLink)
+            .where(PatientLink.destination_project_id == access.project_id)
+        )
+        archived = session.scalar(
+            select(func.count())
+            .select_from(ReleasedFile)
+            .where(
+                ReleasedFile.project_id == access.project_id,
+                ReleasedFile.target == "archive",
+                ReleasedFile.status.in_(("created", "new_version")),
+            )
+        )
         result.append(
             ProjectOverview(
                 slug=access.slug,
@@ -393,6 +414,8 @@ def overview(session: Session, user: Principal) -> list[ProjectOverview]:
                 files=sum(m.files for m in est.by_modality),
                 bytes=sum(m.bytes for m in est.by_modality),
                 by_modality=est.by_modality,
+                released_patients=released or 0,
+                archived_files=archived or 0,
             )
         )
     return result

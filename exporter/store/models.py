@@ -563,8 +563,9 @@ class ReleasedFile(Base):
 
 
 class ReleaseChange(Base):
-    """One changed DICOM field of one released file (the release log's changes), with its
-    new value only: the old ones stay in the source."""
+    """One changed DICOM field of one released file, or of every file of a series that one
+    batch of the release wrote (``file_count`` above one, ``path`` the series folder), with
+    its new value only: the old ones stay in the source."""
 
     __tablename__ = "release_change"
     __table_args__ = (Index(None, "release_id", "id"),)
@@ -576,3 +577,4 @@ class ReleaseChange(Base):
     new_value: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(16))
+    file_count: Mapped[int] = mapped_column(Integer, default=1)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from exporter.errors import PortalError
 from exporter.ui import data
-from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, PRIVACY, TOKENS
+from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, PRIVACY, RELEASES, TOKENS
 from exporter.ui.session import identity
 
 st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
@@ -30,6 +30,12 @@ navigation = st.navigation(
             CURATION,
             title="DICOM curation",
             icon=":material/edit_note:",
+            visibility="visible" if curates else "hidden",
+        ),
+        st.Page(
+            RELEASES,
+            title="Releases",
+            icon=":material/publish:",
             visibility="visible" if curates else "hidden",
         ),
         st.Page(PRIVACY, title="Project privacy", icon=":material/shield:"),

@@ -106,6 +106,7 @@ def upgrade() -> None:
         sa.Column("new_value", sa.Text(), nullable=True),
         sa.Column("reason", sa.String(length=16), nullable=False),
         sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("file_count", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["release_id"],
             ["dataset_release.id"],
