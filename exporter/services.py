@@ -1069,7 +1069,11 @@ def retry_release(settings: Settings, user_email: str, release_id: str) -> schem
                 "release can run again"
             )
         estimated, name = row.estimated_bytes, row.name
-    job_id = release_jobs.enqueue(settings, release_id, estimated, name)
+    try:
+        job_id = release_jobs.enqueue(settings, release_id, estimated, name)
+    except RedisError as exc:  # the reconciler enqueues it when the queue is back
+        log.warning("release %s is pending again but not queued: %s", release_id, exc)
+        job_id = None
     with db.session_scope(settings) as session:
         saved = session.get(DatasetRelease, release_id)
         if saved is not None:

@@ -25,7 +25,7 @@ from exporter import schemas, services
 from exporter.cli import main
 from exporter.config import PROJECT_ROOT, Settings
 from exporter.dev.redis_server import PrivateRedis
-from exporter.errors import InvalidInput, NotEnoughSpace, NotFound, PermissionDenied
+from exporter.errors import InvalidInput, InvalidState, NotEnoughSpace, NotFound, PermissionDenied
 from exporter.jobs import upkeep
 from exporter.schemas import ReleaseRequest, Target
 from exporter.store import db
@@ -132,7 +132,8 @@ def test_a_release_writes_curated_pseudonymised_files_and_archives_the_originals
     assert "MAXILLA" in dumped and mine in dumped and "P0001" not in dumped
     originals = {p: d for p, d in registered(rel, "demo").items() if "/P0001/cbct/" in p}
     for path, digest in vault.items():
-        source = "demo/" + path[len(VAULT) + 1 :]
+        assert path.startswith(f"{VAULT}/demo/"), "below the source's slug"
+        source = path[len(VAULT) + 1 :]
         assert digest == sha(root / source) == sha(root / path), "byte for byte"
     archived = next(p for p in vault if "/P0001/cbct/" in p and p.endswith(".dcm"))
     assert "MAXILLA" not in dcmdump(root / archived)
@@ -432,3 +433,137 @@ def test_an_identifier_left_in_a_kept_field_fails_the_release_and_registers_noth
     assert registered(rel, DEST) == {}, "nothing of it registered"
     assert not list((rel.data_root / DEST).rglob("*.dcm")), "no file has its name"
     assert not list((rel.data_root / DEST).rglob(".*.part"))
+
+
+# --- what an adversarial pass found (each failed before its fix) ---------------------------
+
+
+def test_releases_with_an_archive_reuse_its_folders_batch_after_batch(
+    rel: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.jobs.releases.BATCH_FILES", 3)
+    for patient in ("P0001", "P0002"):
+        made = release(rel, archive=VAULT, patients=[patient], modalities=["ios", "cbct"])
+        work(rel)
+        done = services.get_release(rel, MANAGER, made.id)
+        assert done.status == "completed", done.error_message
+    assert len(_whole(rel, VAULT)) == len(_whole(rel, DEST))
+
+
+def test_one_archive_keeps_one_source_patient_per_label(rel: Settings) -> None:
+    services.add_user(rel, MANAGER, "other", "data_manager")
+    release(rel, archive=VAULT, patients=["P0001"], modalities=["ios"])
+    work(rel)
+    kept = _whole(rel, VAULT)
+    asked = ReleaseRequest(
+        schemas.parse_selection(patients=["P0004"], modalities=["ios"]), DEST, archive=VAULT
+    )
+    with db.session_scope(rel) as session:  # the other project's patient of the same label
+        other = session.scalar(select(Project).where(Project.slug == "other"))
+        assert other is not None
+        session.execute(
+            update(Patient)
+            .where(Patient.project_id == other.id, Patient.label == "P0004")
+            .values(label="P0001")
+        )
+    with pytest.raises(InvalidInput, match="already keeps other patients labelled P0001"):
+        services.create_release(
+            rel,
+            MANAGER,
+            "other",
+            dataclasses.replace(
+                asked, selection=schemas.parse_selection(patients=["P0001"], modalities=["ios"])
+            ),
+        )
+    assert _whole(rel, VAULT) == kept, "the archived originals are untouched"
+
+
+def test_a_retry_needs_the_roles_a_release_needs(rel: Settings) -> None:
+    made = release(rel, patients=["P0001"], modalities=["ios"])
+    services.cancel_release(rel, MANAGER, made.id)
+    services.add_user(rel, "dm2@demo.example", "demo", "data_manager")  # the source only
+    with pytest.raises((NotFound, PermissionDenied)):
+        services.retry_release(rel, "dm2@demo.example", made.id)
+    assert services.get_release(rel, MANAGER, made.id).status == "cancelled"
+
+
+def test_releases_into_one_destination_take_turns(rel: Settings) -> None:
+    first = release(rel, patients=["P0001"], modalities=["ios"], name="first")
+    with pytest.raises(InvalidState, match=r"'first'.*take turns"):
+        release(rel, patients=["P0002"], modalities=["ios"], name="second")
+    work(rel)
+    assert services.get_release(rel, MANAGER, first.id).status == "completed"
+    second = release(rel, patients=["P0002"], modalities=["ios"], name="second")
+    work(rel)
+    assert services.get_release(rel, MANAGER, second.id).status == "completed"
+
+
+def test_a_link_in_the_destination_tree_is_refused_and_nothing_is_made_outside(
+    rel: Settings, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (rel.data_root / DEST).mkdir()
+    (rel.data_root / DEST / "subject_001").symlink_to(outside)
+    (outside / ".keep.part").write_text("not the portal's")
+    with db.session_scope(rel) as session:
+        session.execute(update(Project).where(Project.slug == DEST).values(root_path=DEST))
+    made = release(rel, patients=["P0001"], modalities=["ios"])
+    work(rel)
+    failed = services.get_release(rel, MANAGER, made.id)
+    assert failed.status == "failed" and "a link or a file" in (failed.error_message or "")
+    assert sorted(p.name for p in outside.iterdir()) == [".keep.part"], "nothing made or removed"
+
+
+def test_a_patient_moved_and_registered_again_is_matched_by_its_bytes(rel: Settings) -> None:
+    made = release(rel, patients=["P0001"], modalities=["ios"])
+    work(rel)
+    first = _whole(rel, DEST)
+    source = next((rel.data_root / "demo").rglob("P0001"))
+    moved = source.parent.parent / "moved-here" / "P0001"
+    moved.parent.mkdir()
+    source.rename(moved)
+    services.register(rel, "demo", rel.data_root / "demo", prune=True)
+    again = release(rel, patients=["P0001"], modalities=["ios"], name="after the move")
+    work(rel)
+    view = services.get_release(rel, MANAGER, again.id)
+    assert view.status == "completed" and view.counts == {"skipped": len(first)}, view.counts
+    assert _whole(rel, DEST) == first
+    assert services.get_release(rel, MANAGER, made.id).status == "completed"
+
+
+def test_a_source_at_the_data_root_keeps_its_root(rel: Settings) -> None:
+    with db.session_scope(rel) as session:
+        session.execute(update(Project).where(Project.slug == "demo").values(root_path=""))
+    made = release(rel, archive=VAULT, patients=["P0001"], modalities=["ios"])
+    work(rel)
+    assert services.get_release(rel, MANAGER, made.id).status == "completed"
+    with db.session_scope(rel) as session:
+        assert session.scalar(select(Project.root_path).where(Project.slug == "demo")) == ""
+    assert all(p.startswith(f"{VAULT}/demo/demo/") for p in registered(rel, VAULT))
+
+
+def test_a_run_that_was_cancelled_and_run_again_owns_nothing(rel: Settings) -> None:
+    """The old job of a release that was cancelled and run again may still be writing: its
+    progress and registrations are refused (only the newest run owns the release)."""
+    from exporter.records import releases as records
+
+    made = release(rel, patients=["P0001"], modalities=["ios"])
+    with db.session_scope(rel) as session:
+        assert records.start(session, made.id, "old-run")
+    services.cancel_release(rel, MANAGER, made.id)
+    services.retry_release(rel, MANAGER, made.id)
+    with db.session_scope(rel) as session:
+        assert records.start(session, made.id, "new-run")
+        assert not records.owns(session, made.id, "old-run", files_done=99)
+        assert not records.owns(session, made.id, "old-run", stopped=True, files_done=99)
+        assert records.owns(session, made.id, "new-run", files_done=1)
+    assert services.get_release(rel, MANAGER, made.id).files_done == 1
+
+
+def test_a_retry_with_the_queue_down_is_saved_and_said(rel: Settings) -> None:
+    made = release(rel, patients=["P0001"], modalities=["ios"])
+    services.cancel_release(rel, MANAGER, made.id)
+    down = dataclasses.replace(rel, redis_url="redis://127.0.0.1:1/0")
+    again = services.retry_release(down, MANAGER, made.id)
+    assert again.status == "pending", "the reconciler queues it when Redis is back"

@@ -12,6 +12,7 @@ registry knows it: the version it replaces is kept under ``.versions/v<N>/`` fir
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -54,7 +55,16 @@ def _checked_dir(data_root: Path, relative: str, checked: set[str] | None = None
     directory = root + "/" + "/".join(parts[:-1]) if len(parts) > 1 else root
     if checked is not None and directory in checked:
         return directory
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    current = root
+    for part in parts[:-1]:  # made one level at a time, never through a link
+        current = f"{current}/{part}"
+        with contextlib.suppress(FileExistsError):
+            Path(current).mkdir(0o750)
+        if not stat.S_ISDIR(os.lstat(current).st_mode):
+            raise PortalError(
+                f"{relative}: {current[len(root) + 1 :]} is a link or a file, not a folder; "
+                "refused (move it aside and run again)"
+            )
     real = os.path.realpath(directory)
     if real != directory or not (real == root or real.startswith(root + "/")):
         raise PortalError(f"{relative}: leads outside the data root (a link); refused")

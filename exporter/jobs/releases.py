@@ -18,6 +18,7 @@ it has its name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import os
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -141,6 +143,7 @@ class _Result:
     message: str | None = None
     changes: list[Change] = field(default_factory=list)
     recorded: bool = False  # written by an earlier run of this same release: no new row
+    fatal: bool = False  # a failure that stops the release (listed in the log all the same)
 
 
 @dataclass
@@ -171,22 +174,38 @@ def run_release(release_id: str) -> str:
     """The RQ job: run the release, then complete or fail it."""
     settings = Settings.load()
     db.engine_for(settings.database_url).dispose(close=False)
-    worker = _worker_name()
+    worker = f"{_worker_name()}/{uuid.uuid4().hex[:12]}"  # this run's token
     if not db.retrying(lambda: _start_once(settings, release_id, worker), "starting a release"):
+        with db.session_scope(settings) as session:
+            row = session.get(DatasetRelease, release_id)
+            other = releases.busy(session, row, (ExportStatus.PROCESSING,)) if row else None
+            pending = row is not None and row.status is ExportStatus.PENDING
+        if pending and other is not None:  # two were queued at once: this one waits its turn
+            _fail(
+                settings,
+                release_id,
+                PortalError(
+                    f"Release {other!r} into the same destination or archive was running: "
+                    "releases into one project take turns; run this one again"
+                ),
+                {},
+            )
+            return "failed"
         return "not pending"
-    job = _Job(settings, release_id)
+    job = _Job(settings, release_id, worker)
     try:
         job.run()
         return "completed"
     except ExportCancelled:
-        job.save()
+        with contextlib.suppress(ExportCancelled):
+            job.save(stopped=True)
         return "cancelled"
     except BaseException as exc:
         try:
-            job.save()
+            job.save(stopped=True)
         except Exception:  # the batch is re-done by the next run
             log.warning("release %s: could not save the last batch", release_id)
-        _fail(settings, release_id, exc, job.counts)
+        _fail(settings, release_id, exc, job.counts, worker)
         if not isinstance(exc, Exception):
             raise
         return "failed"
@@ -210,13 +229,19 @@ def _message(exc: BaseException) -> str:
     return UNEXPECTED
 
 
-def _fail(settings: Settings, release_id: str, exc: BaseException, counts: dict[str, int]) -> None:
+def _fail(
+    settings: Settings,
+    release_id: str,
+    exc: BaseException,
+    counts: dict[str, int],
+    worker: str | None = None,
+) -> None:
     text = _message(exc)
     report = exc.report if isinstance(exc, PrivacyCheckFailed) else None
     detail = "".join(traceback.format_exception(exc)).replace("\0", "\\0")
     try:
         with db.session_scope(settings) as session:
-            won = releases.fail(session, release_id, text, detail, dict(counts), report)
+            won = releases.fail(session, release_id, text, detail, dict(counts), report, worker)
     except Exception as lost:
         if not db.is_outage(lost):
             raise
@@ -250,19 +275,21 @@ def fingerprint(
 ) -> str:
     """What a destination version is written from: the source's bytes, the curated values in
     force for the file, the options; equal fingerprints mean an equal file."""
-    data = [
-        FORMAT,
-        source_sha256,
-        sorted((t, kw, v) for t, (kw, v) in values.items()),
-        options.to_json(),
-    ]
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    data = [FORMAT, source_sha256, sorted((t, kw, v) for t, (kw, v) in values.items())]
+    text = json.dumps(data, sort_keys=True) + _options_text(options)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _options_text(options: ExportOptions) -> str:
+    return json.dumps(options.to_json(), sort_keys=True)
 
 
 class _Job:
-    def __init__(self, settings: Settings, release_id: str) -> None:
+    def __init__(self, settings: Settings, release_id: str, worker: str) -> None:
         self.settings = settings
         self.release_id = release_id
+        self.worker = worker  # the run's token: every write is conditional on owning it
         self.data_root = settings.data_root.resolve()
         self.pending: list[_Result] = []
         self.saved_at = time.monotonic()
@@ -304,7 +331,11 @@ class _Job:
             )
             planned = releases.plan(session, principal, slugs[row.source_project_id], request)
             files = planned.files
-            source_root = releases.project_root(session, row.source_project_id, self.data_root)
+            # The source's tree as it is (a release never sets a source's root).
+            source_root = (
+                session.scalar(select(Project.root_path).where(Project.id == row.source_project_id))
+                or ""
+            )
             dest_root = releases.project_root(session, row.destination_project_id, self.data_root)
             archive_root = (
                 releases.project_root(session, row.archive_project_id, self.data_root)
@@ -342,7 +373,7 @@ class _Job:
                     ReleasedFile.release_id == row.id, ReleasedFile.status.not_in(releases.WRITTEN)
                 )
             )
-            previous = _previous(session, [f.id for f in files], row)
+            previous = _previous(session, files, row)
             dest_series, taken = _destination_names(session, row.destination_project_id)
         dirs = {src: label for src, (_, label) in links.items()}
         _remove_leftovers(self.data_root, dest_root, sorted(dirs.values()))
@@ -372,7 +403,7 @@ class _Job:
         return _Context(
             self.release_id,
             principal,
-            request.destination,
+            planned.source.slug,
             source_root,
             row.destination_project_id,
             request.destination,
@@ -408,7 +439,19 @@ class _Job:
                         ctx, f, fingerprint(f.sha256, values, ctx.options)
                     )
                     copy = self._archive_item(ctx, f) if ctx.archive_root is not None else None
-                    window.append(pool.submit(self._one, ctx, item, copy))
+                    if self._same(item) and (copy is None or self._same(copy)):
+                        done: Future[list[_Result]] = Future()  # nothing to write: no thread
+                        targets = [("destination", item), ("archive", copy)]
+                        done.set_result(
+                            [
+                                self._unchanged(t, i, i.previous)
+                                for t, i in targets
+                                if i and i.previous
+                            ]
+                        )
+                        window.append(done)
+                    else:
+                        window.append(pool.submit(self._one, ctx, item, copy))
                     if len(window) >= WINDOW:
                         self._collect(window.popleft())
                 while window:
@@ -436,25 +479,30 @@ class _Job:
     def _collect(self, future: Future[list[_Result]]) -> None:
         for result in future.result():
             self._add(result)
+            if result.fatal:
+                raise SourceFileError(result.message or "A source file could not be read")
 
     def _check_cancel(self) -> None:
-        """Raise ExportCancelled once the release is no longer processing (asked of the
-        database at most twice a second, by whichever thread comes first)."""
+        """Raise ExportCancelled once this run no longer owns the release (cancelled, failed
+        by the reconciler, or run again meanwhile); asked of the database, with a heartbeat,
+        at most once a second, by whichever thread comes first."""
         with self.lock:
             if self.cancelled:
                 raise ExportCancelled("The release was cancelled")
             now = time.monotonic()
-            if now - self.checked_at < 0.5:
+            if now - self.checked_at < 1.0:
                 return
             self.checked_at = now
         try:
             with db.session_scope(self.settings) as session:
-                status = releases.status_of(session, self.release_id)
+                mine = releases.owns(
+                    session, self.release_id, self.worker, heartbeat_at=datetime.now(UTC)
+                )
         except Exception as exc:
             if not db.is_outage(exc):
                 raise
             return
-        if status is not ExportStatus.PROCESSING:
+        if not mine:
             self.cancelled = True
             raise ExportCancelled("The release was cancelled")
 
@@ -544,7 +592,12 @@ class _Job:
         archive = target == "archive"
         try:
             kept = None
-            if replacing and prev is not None:
+            if replacing and prev is not None and prev.file_id is not None:
+                # Out of estimates and exports until the new version is registered: a run
+                # killed between the rename and the registration leaves no row whose hash
+                # is not its file's.
+                file_id = prev.file_id
+                db.retrying(lambda: self._hide(file_id), "hiding a file being replaced")
                 kept = publish.keep_version(self.data_root, item.path, prev.version)
             with open_source(self.data_root, source.path, self.sources_checked) as raw:
                 reader = HashingReader(raw, self._check_cancel)
@@ -562,12 +615,26 @@ class _Job:
             message = str(exc) if archive else str(exc).replace(source.path, item.arcname)
             if not archive:
                 ctx.transform.take_entry(item.arcname)
-            if not ctx.skip_changed:
-                raise SourceFileError(message) from None
-            return _Result(target, item, "failed", message=message)
+            return _Result(target, item, "failed", message=message, fatal=not ctx.skip_changed)
         status = "new_version" if replacing else "created"
         changes = [] if archive else ctx.transform.take_entry(item.arcname)
         return _Result(target, item, status, version, written, kept, changes=changes)
+
+    @staticmethod
+    def _same(item: _Item) -> bool:
+        """Whether the newest version of this file was written from the same inputs."""
+        prev = item.previous
+        return (
+            prev is not None and prev.file_id is not None and prev.fingerprint == item.fingerprint
+        )
+
+    def _hide(self, file_id: int) -> None:
+        with db.session_scope(self.settings) as session:
+            session.execute(
+                update(FileRegistry)
+                .where(FileRegistry.id == file_id)
+                .values(missing_since=datetime.now(UTC))
+            )
 
     def _unchanged(self, target: str, item: _Item, prev: _Previous) -> _Result:
         """A file whose newest version was written from the same inputs: skipped, or, when
@@ -612,6 +679,8 @@ class _Job:
     def _archive_item(self, ctx: _Context, f: FileEntry) -> _Item:
         assert ctx.archive_root is not None
         below = f.path[len(ctx.source_root) + 1 :] if ctx.source_root else f.path
+        # Below the source project's slug: two sources' trees never meet in one archive.
+        below = f"{ctx.source}/{below}"
         path = f"{ctx.archive_root}/{below}" if ctx.archive_root else below
         prev = ctx.previous.get(("archive", f.id))
         return _Item(f, 0, f.patient_label, path, below, f.series_label, f.sha256, prev)
@@ -622,20 +691,36 @@ class _Job:
 
     # --- registration ---------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Register the batch: files, history rows, changes and progress, one transaction."""
+    def save(self, stopped: bool = False) -> None:
+        """Register the batch: files, history rows, changes and progress, one transaction.
+        ``stopped``: the run is ending early; what it wrote is registered all the same
+        unless a later run owns the release."""
         batch, self.pending = self.pending, []
         self.saved_at = time.monotonic()
         if not batch and not hasattr(self, "ctx"):
             return
-        db.retrying(lambda: self._save_once(batch), f"registering release {self.release_id}")
+        db.retrying(
+            lambda: self._save_once(batch, stopped), f"registering release {self.release_id}"
+        )
 
-    def _save_once(self, batch: list[_Result]) -> None:
+    def _save_once(self, batch: list[_Result], stopped: bool = False) -> None:
         ctx = self.ctx
         now = datetime.now(UTC)
         todo = [r for r in batch if not r.recorded]
         publish.sync_dirs(self.data_root, [r.written.path for r in todo if r.written])
+        current = batch[-1].item.arcname[:255] if batch and ctx.options.pseudonyms else None
         with db.session_scope(self.settings) as session:
+            progress = {
+                "files_done": self.files_done,
+                "bytes_done": self.bytes_done,
+                "counts": dict(self.counts),
+                "current_item": current,
+                "heartbeat_at": now,
+            }
+            if not releases.owns(session, self.release_id, self.worker, stopped, **progress):
+                # Cancelled, or run again: this run registers nothing more (the files it
+                # wrote and did not register are re-done, or skipped, by the run that owns it).
+                raise ExportCancelled("The release was cancelled")
             archive_patients = self._archive_patients(session, ctx, todo)
             for r in todo:
                 if r.target == "archive" and r.written is not None:
@@ -655,18 +740,6 @@ class _Job:
             if changes:
                 session.execute(insert(ReleaseChange), changes)
             registry.refresh_summaries(session, {r.item.patient_id for r in todo if r.written})
-            current = batch[-1].item.arcname[:255] if batch else None
-            session.execute(
-                update(DatasetRelease)
-                .where(DatasetRelease.id == self.release_id)
-                .values(
-                    files_done=self.files_done,
-                    bytes_done=self.bytes_done,
-                    counts=dict(self.counts),
-                    current_item=current if ctx.options.pseudonyms else None,
-                    heartbeat_at=now,
-                )
-            )
 
     def _register(self, session: Any, written: list[_Result], now: datetime) -> dict[str, int]:
         """Registry rows for the written files (new versions update theirs), in a few
@@ -773,23 +846,30 @@ class _Job:
         }
         for src in sorted(wanted):
             label, source_dir, folder = ctx.source_patients[src]
-            pid = session.scalar(
-                select(Patient.id).where(
+            below = (
+                (source_dir or "")[len(ctx.source_root) + 1 :] if ctx.source_root else source_dir
+            )
+            place = "/".join(p for p in (ctx.archive_root, ctx.source, below) if p)
+            pid, kept_at = session.execute(
+                select(Patient.id, Patient.source_dir).where(
                     Patient.project_id == ctx.archive_id, Patient.label == label
                 )
-            )
+            ).one_or_none() or (None, None)
+            if pid is not None and kept_at != place:
+                raise PortalError(
+                    f"The archive already keeps another patient labelled {label!r} (from "
+                    "another project or folder): release the originals of each source "
+                    "project into an archive of its own"
+                )
             if pid is None:
-                parent = ensure_folder(session, ctx.archive_id, folder, folders)
-                below = (
-                    (source_dir or "")[len(ctx.source_root) + 1 :]
-                    if ctx.source_root
-                    else source_dir
+                parent = ensure_folder(
+                    session, ctx.archive_id, "/".join(p for p in (ctx.source, folder) if p), folders
                 )
                 patient = Patient(
                     project_id=ctx.archive_id,
                     label=label,
                     folder_id=parent.id if parent else None,
-                    source_dir=f"{ctx.archive_root}/{below}",
+                    source_dir=place,
                 )
                 session.add(patient)
                 session.flush()
@@ -837,22 +917,28 @@ class _Job:
         with db.session_scope(self.settings) as session:
             row = session.get(DatasetRelease, self.release_id)
             assert row is not None
+            won = releases.complete(
+                session, self.release_id, dict(self.counts), report, self.worker
+            )
+            if not won:  # cancelled at the very end: the tags are not set either
+                raise ExportCancelled("The release was cancelled")
             registry.tag_exported(
                 session, row.source_project_id, None, released, registry.released_tag(ctx.dest_slug)
             )
-            won = releases.complete(session, self.release_id, dict(self.counts), report)
-        if not won:
-            raise ExportCancelled("The release was cancelled")
         notify(self.settings, self.release_id)
 
 
 def _remove_leftovers(data_root: Path, root: str, patient_dirs: list[str]) -> None:
-    """Temporary files a killed run left in these patients' folders (never registered)."""
+    """Temporary files a killed run left in these patients' folders (never registered);
+    never through a link (a folder that is one is left alone: the write refuses it)."""
     for folder in patient_dirs:
-        base = data_root / root / folder if root else data_root / folder
-        if base.is_dir():
-            for leftover in base.rglob(".*.part"):
-                leftover.unlink(missing_ok=True)
+        base = str(data_root / root / folder if root else data_root / folder)
+        if not Path(base).is_dir() or os.path.realpath(base) != base:
+            continue
+        for directory, _, names in os.walk(base, followlinks=False):
+            for name in names:
+                if name.startswith(".") and name.endswith(".part"):
+                    Path(directory, name).unlink(missing_ok=True)
 
 
 def _series_key(f: FileEntry) -> str | None:
@@ -895,45 +981,73 @@ def _facts(session: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def _previous(
-    session: Any, ids: list[int], release: DatasetRelease
+    session: Any, files: list[FileEntry], release: DatasetRelease
 ) -> dict[tuple[str, int], _Previous]:
-    """The newest version earlier releases wrote of each source file, per target."""
+    """The newest version earlier releases wrote of each source file, per target: by the
+    file's registry id, or, for a file registered anew (its patient moved and was
+    registered again), by its patient and SHA-256."""
     targets = {"destination": release.destination_project_id}
     if release.archive_project_id:
         targets["archive"] = release.archive_project_id
+    ids = [f.id for f in files]
     found: dict[tuple[str, int], _Previous] = {}
     for target, project_id in targets.items():
         for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
             newest = (
                 select(func.max(ReleasedFile.id))
                 .where(
                     ReleasedFile.project_id == project_id,
                     ReleasedFile.target == target,
-                    ReleasedFile.source_file_id.in_(chunk),
+                    ReleasedFile.source_file_id.in_(ids[start : start + 500]),
                     ReleasedFile.status.in_(releases.WRITTEN),
                 )
                 .group_by(ReleasedFile.source_file_id)
             )
-            rows = session.execute(
-                select(ReleasedFile, FileRegistry.id)
-                .outerjoin(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
-                .where(ReleasedFile.id.in_(newest))
-            )
-            for r, live in rows:
-                assert r.source_file_id is not None
-                found[(target, r.source_file_id)] = _Previous(
-                    r.id,
-                    r.release_id,
-                    r.status,
-                    live,
-                    r.version or 1,
-                    r.fingerprint,
-                    r.destination_path or "",
-                    r.sha256,
-                    r.series,
+            for r, live in _rows_of(session, newest):
+                found[(target, r.source_file_id)] = _as_previous(r, live)
+        unmatched = [f for f in files if (target, f.id) not in found]
+        patients = sorted({f.patient_id for f in unmatched})
+        by_bytes: dict[tuple[int, str], _Previous] = {}
+        for start in range(0, len(patients), 500):
+            newest = (
+                select(func.max(ReleasedFile.id))
+                .where(
+                    ReleasedFile.project_id == project_id,
+                    ReleasedFile.target == target,
+                    ReleasedFile.source_patient_id.in_(patients[start : start + 500]),
+                    ReleasedFile.status.in_(releases.WRITTEN),
                 )
+                .group_by(ReleasedFile.source_patient_id, ReleasedFile.source_sha256)
+            )
+            for r, live in _rows_of(session, newest):
+                by_bytes[(r.source_patient_id, r.source_sha256)] = _as_previous(r, live)
+        for f in unmatched:
+            match = by_bytes.pop((f.patient_id, f.sha256), None)  # one file per version
+            if match is not None:
+                found[(target, f.id)] = match
     return found
+
+
+def _rows_of(session: Any, ids: Any) -> Any:
+    return session.execute(
+        select(ReleasedFile, FileRegistry.id)
+        .outerjoin(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
+        .where(ReleasedFile.id.in_(ids))
+    )
+
+
+def _as_previous(r: ReleasedFile, live: int | None) -> _Previous:
+    return _Previous(
+        r.id,
+        r.release_id,
+        r.status,
+        live,
+        r.version or 1,
+        r.fingerprint,
+        r.destination_path or "",
+        r.sha256,
+        r.series,
+    )
 
 
 def _destination_names(
@@ -972,12 +1086,17 @@ def _destination_names(
         dest = links.get(src_pid)
         if dest is not None and label is not None:
             series[(dest, modality, kind.value, label)] = dest_series
-    taken = {
-        p.lower()
-        for p in session.scalars(
-            select(FileRegistry.path)
-            .join(Patient, Patient.id == FileRegistry.patient_id)
-            .where(Patient.project_id == project_id)
-        )
-    }
+    # Paths in use: every path a release wrote, and the files of patients no release
+    # created. A registered file of a released patient that no release wrote is a killed
+    # run's file that a later registration adopted: its path is the release's to take.
+    written = select(ReleasedFile.destination_path).where(
+        ReleasedFile.project_id == project_id, ReleasedFile.target == "destination"
+    )
+    others = (
+        select(FileRegistry.path)
+        .join(Patient, Patient.id == FileRegistry.patient_id)
+        .where(Patient.project_id == project_id, Patient.id.not_in(list(links.values()) or [-1]))
+    )
+    taken = {p.lower() for p in session.scalars(written) if p}
+    taken |= {p.lower() for p in session.scalars(others)}
     return series, taken

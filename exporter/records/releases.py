@@ -19,13 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from exporter.access.accounts import Principal, ProjectAccess, accessible_projects, require_project
 from exporter.access.audit import record
 from exporter.archive.layout import pseudonym
-from exporter.errors import InvalidOption, InvalidSelection, NotFound, PermissionDenied
+from exporter.errors import (
+    InvalidOption,
+    InvalidSelection,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+)
 from exporter.records.exports import Room, clean_name, policy_of, text_problem
 from exporter.registry.query import select_files
 from exporter.schemas import (
@@ -47,6 +53,7 @@ from exporter.store.models import (
     ReleasedFile,
     Role,
     User,
+    new_id,
 )
 
 PREFIX = "subject"  # a destination's patient labels: subject_001, subject_002, ...
@@ -114,6 +121,14 @@ def plan(session: Session, user: Principal, source: str, request: ReleaseRequest
         raise InvalidSelection(
             "The selection has no files: choose other patients, modalities or kinds"
         )
+    if arch is not None:
+        kept = archive_collisions(session, src, arch, {f.patient_label for f in files})
+        if kept:
+            raise InvalidOption(
+                f"The archive {arch.slug!r} already keeps other patients labelled "
+                f"{', '.join(kept[:3])} (from another project): release the originals of "
+                "each source project into an archive of its own"
+            )
     taken = collisions(session, dest.project_id)
     if taken:
         raise InvalidOption(
@@ -121,6 +136,21 @@ def plan(session: Session, user: Principal, source: str, request: ReleaseRequest
             f"would use ({', '.join(taken[:3])}): release into a project of its own"
         )
     return Planned(src, dest, arch, files, options)
+
+
+def archive_collisions(
+    session: Session, source: ProjectAccess, archive: ProjectAccess, labels: set[str]
+) -> list[str]:
+    """Labels of the selection that the archive keeps for another source project (an
+    archive's patients keep their labels, which are unique in it)."""
+    root = session.scalar(select(Project.root_path).where(Project.id == archive.project_id))
+    mine = "/".join(p for p in ((archive.slug if root is None else root), source.slug) if p) + "/"
+    rows = session.execute(
+        select(Patient.label, Patient.source_dir).where(
+            Patient.project_id == archive.project_id, Patient.label.in_(sorted(labels))
+        )
+    )
+    return sorted(label for label, kept in rows if not (kept or "").startswith(mine))
 
 
 def collisions(session: Session, project_id: int) -> list[str]:
@@ -156,6 +186,7 @@ def create(
     if refusal is not None:
         raise refusal.error()
     row = DatasetRelease(
+        id=new_id(),
         source_project_id=checked.source.project_id,
         destination_project_id=checked.destination.project_id,
         archive_project_id=checked.archive.project_id if checked.archive else None,
@@ -170,6 +201,14 @@ def create(
         estimated_bytes=needed,
         counts={},
     )
+    shared = [p for p in (row.destination_project_id, row.archive_project_id) if p]
+    session.execute(update(Project).where(Project.id.in_(shared)).values(name=Project.name))
+    other = busy(session, row)
+    if other is not None:
+        raise InvalidState(
+            f"Release {other!r} into the same destination or archive is pending or running: "
+            "wait for it to end (releases into one project take turns), then release again"
+        )
     session.add(row)
     session.flush()
     record(
@@ -294,6 +333,19 @@ def transition(
 
 
 def start(session: Session, release_id: str, worker: str) -> bool:
+    """pending -> processing for the run ``worker`` (a token unique to the run: every later
+    write of the run is conditional on it). False when the release is no longer pending, or
+    another release into the same destination or archive is processing (its job is put
+    back on the queue by the caller)."""
+    row = session.get(DatasetRelease, release_id)
+    if row is None or row.status is not ExportStatus.PENDING:
+        return False
+    # Releases that share a destination or an archive take turns: the projects' rows are
+    # locked (PostgreSQL) or the write transaction starts here (SQLite, one writer).
+    shared = [p for p in (row.destination_project_id, row.archive_project_id) if p]
+    session.execute(update(Project).where(Project.id.in_(shared)).values(name=Project.name))
+    if busy(session, row, (ExportStatus.PROCESSING,)):
+        return False
     now = datetime.now(UTC)
     return transition(
         session,
@@ -308,16 +360,61 @@ def start(session: Session, release_id: str, worker: str) -> bool:
     )
 
 
-def complete(
-    session: Session, release_id: str, counts: dict[str, int], report: dict[str, Any] | None
+def busy(
+    session: Session, row: DatasetRelease, statuses: tuple[ExportStatus, ...] = ACTIVE
+) -> str | None:
+    """The name of another release in ``statuses`` that writes into the same destination
+    or archive as ``row`` (either as its destination or its archive), else None."""
+    mine = [p for p in (row.destination_project_id, row.archive_project_id) if p]
+    return session.scalar(
+        select(DatasetRelease.name)
+        .where(
+            DatasetRelease.id != row.id,
+            DatasetRelease.status.in_(statuses),
+            or_(
+                DatasetRelease.destination_project_id.in_(mine),
+                DatasetRelease.archive_project_id.in_(mine),
+            ),
+        )
+        .limit(1)
+    )
+
+
+def owns(
+    session: Session, release_id: str, worker: str, stopped: bool = False, **values: Any
 ) -> bool:
+    """Write ``values`` (progress, heartbeat) only if the run ``worker`` still owns the
+    release (processing, and not taken over by a later run): False means stop. ``stopped``:
+    the run is ending (cancelled, failed) and saves what it wrote; no later run has started."""
+    statuses = tuple(ExportStatus) if stopped else (ExportStatus.PROCESSING,)
+    result = session.execute(
+        update(DatasetRelease)
+        .where(
+            DatasetRelease.id == release_id,
+            DatasetRelease.status.in_(statuses),
+            DatasetRelease.worker_id == worker,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def complete(
+    session: Session,
+    release_id: str,
+    counts: dict[str, int],
+    report: dict[str, Any] | None,
+    worker: str,
+) -> bool:
+    """processing -> completed, for the run that owns the release only."""
     row = session.get(DatasetRelease, release_id)
     assert row is not None
-    won = transition(
+    won = owns(
         session,
         release_id,
-        (ExportStatus.PROCESSING,),
-        ExportStatus.COMPLETED,
+        worker,
+        status=ExportStatus.COMPLETED,
         completed_at=datetime.now(UTC),
         counts=counts,
         privacy_report=report,
@@ -342,9 +439,16 @@ def fail(
     detail: str,
     counts: dict[str, int] | None = None,
     report: dict[str, Any] | None = None,
+    worker: str | None = None,
 ) -> bool:
+    """pending or processing -> failed; with ``worker``, only while that run owns it (a run
+    that was cancelled and run again fails nothing of the new run)."""
     row = session.get(DatasetRelease, release_id)
     if row is None:
+        return False
+    if worker is not None and (
+        row.status is not ExportStatus.PROCESSING or row.worker_id != worker
+    ):
         return False
     won = transition(
         session,
@@ -387,7 +491,21 @@ def mark_cancelled(session: Session, user: Principal, row: DatasetRelease) -> bo
 
 def retry(session: Session, user: Principal, row: DatasetRelease) -> bool:
     """failed or cancelled -> pending, to run the same release again: what it wrote and
-    registered is skipped, the rest is written."""
+    registered is skipped, the rest is written. Only a user who manages the source, the
+    destination and the archive may (a data manager of the source alone could otherwise
+    push values into a destination they do not manage)."""
+    slugs = dict(session.execute(select(Project.id, Project.slug)).all())
+    _managed(session, user, slugs[row.source_project_id], "source")
+    _managed(session, user, slugs[row.destination_project_id], "destination")
+    if row.archive_project_id:
+        _managed(session, user, slugs[row.archive_project_id], "archive")
+    if row.status in (ExportStatus.FAILED, ExportStatus.CANCELLED):
+        other = busy(session, row)
+        if other is not None:
+            raise InvalidState(
+                f"Release {other!r} into the same destination or archive is pending or "
+                "running: wait for it to end, then run this one again"
+            )
     won = transition(
         session,
         row.id,
@@ -645,7 +763,7 @@ def project_root(session: Session, project_id: int, data_root: Path) -> str:
     of that name that holds something already is refused (it is not the project's)."""
     project = session.get(Project, project_id)
     assert project is not None
-    if project.root_path:
+    if project.root_path is not None:  # "": the project's tree is the data root itself
         return project.root_path
     target = data_root / project.slug
     if target.exists() and any(target.iterdir()):

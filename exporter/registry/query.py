@@ -30,6 +30,7 @@ from exporter.store.models import (
     PatientTag,
     ProjectModality,
     ReleasedFile,
+    Role,
     Tag,
 )
 
@@ -462,12 +463,22 @@ def project_tree(session: Session, user: Principal, project: str, cap: int) -> P
         .join(Tag, Tag.id == PatientTag.tag_id)
         .where(Tag.project_id == pid)
     ).all()
+    # Where patients were released is for the project's data managers: the tag names a
+    # project a researcher may not know of.
+    hidden = (
+        (lambda name: False)
+        if access.role is Role.DATA_MANAGER
+        else (lambda name: name.startswith(EXPORTED_TAG + ":"))
+    )
     tags_of: dict[int, list[str]] = {}
     for patient_id, name in tag_rows:
-        tags_of.setdefault(patient_id, []).append(name)
+        if not hidden(name):
+            tags_of.setdefault(patient_id, []).append(name)
     patients = [
         TreePatient(label, path or "", tuple(sorted(tags_of.get(patient_id, []))))
         for patient_id, label, path in rows[:cap]
     ]
-    tags = sorted(session.scalars(select(Tag.name).where(Tag.project_id == pid)))
+    tags = sorted(
+        t for t in session.scalars(select(Tag.name).where(Tag.project_id == pid)) if not hidden(t)
+    )
     return ProjectTree(access.slug, folders, patients, tags, len(rows) > cap)
