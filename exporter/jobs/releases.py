@@ -79,8 +79,9 @@ from exporter.store.models import (
 log = logging.getLogger(__name__)
 BATCH_FILES = 200  # files registered per transaction
 BATCH_SECONDS = 2.0
+BATCH_ROWS = 5000  # history rows (of unchanged files, mostly) per transaction at most
 WINDOW = 64  # files in flight: the pool writes on while a batch is registered
-THREADS = int(os.environ.get("RELEASE_THREADS", "0")) or max(2, min(4, os.cpu_count() or 2))
+THREADS = max(2, min(4, os.cpu_count() or 2))  # files written at a time
 FORMAT = 1  # part of every fingerprint: a new rewrite format writes new versions
 UNEXPECTED = "The release failed unexpectedly; the administrators can see the details"
 
@@ -292,6 +293,7 @@ class _Job:
         self.worker = worker  # the run's token: every write is conditional on owning it
         self.data_root = settings.data_root.resolve()
         self.pending: list[_Result] = []
+        self.pending_written = 0
         self.saved_at = time.monotonic()
         self.checked_at = 0.0
         self.counts: dict[str, int] = {}
@@ -515,7 +517,15 @@ class _Job:
             self.files_done += 1
         self.bytes_done += result.item.source.size
         self.pending.append(result)
-        if len(self.pending) >= BATCH_FILES or time.monotonic() - self.saved_at >= BATCH_SECONDS:
+        if result.written is not None:
+            self.pending_written += 1
+        # A batch is BATCH_FILES written files (rows for unchanged ones are cheap: up to
+        # BATCH_ROWS of them go in one statement), or what BATCH_SECONDS brought.
+        if (
+            self.pending_written >= BATCH_FILES
+            or len(self.pending) >= BATCH_ROWS
+            or time.monotonic() - self.saved_at >= BATCH_SECONDS
+        ):
             self.save()
 
     # --- the destination ------------------------------------------------------------------
@@ -696,6 +706,7 @@ class _Job:
         ``stopped``: the run is ending early; what it wrote is registered all the same
         unless a later run owns the release."""
         batch, self.pending = self.pending, []
+        self.pending_written = 0
         self.saved_at = time.monotonic()
         if not batch and not hasattr(self, "ctx"):
             return
@@ -1004,7 +1015,7 @@ def _previous(
                 .group_by(ReleasedFile.source_file_id)
             )
             for r, live in _rows_of(session, newest):
-                found[(target, r.source_file_id)] = _as_previous(r, live)
+                found[(target, r[8])] = _as_previous(r, live)
         unmatched = [f for f in files if (target, f.id) not in found]
         patients = sorted({f.patient_id for f in unmatched})
         by_bytes: dict[tuple[int, str], _Previous] = {}
@@ -1020,7 +1031,7 @@ def _previous(
                 .group_by(ReleasedFile.source_patient_id, ReleasedFile.source_sha256)
             )
             for r, live in _rows_of(session, newest):
-                by_bytes[(r.source_patient_id, r.source_sha256)] = _as_previous(r, live)
+                by_bytes[(r[9], r[10])] = _as_previous(r, live)
         for f in unmatched:
             match = by_bytes.pop((f.patient_id, f.sha256), None)  # one file per version
             if match is not None:
@@ -1028,25 +1039,37 @@ def _previous(
     return found
 
 
+_PREVIOUS_COLUMNS = (
+    ReleasedFile.id,
+    ReleasedFile.release_id,
+    ReleasedFile.status,
+    ReleasedFile.version,
+    ReleasedFile.fingerprint,
+    ReleasedFile.destination_path,
+    ReleasedFile.sha256,
+    ReleasedFile.series,
+    ReleasedFile.source_file_id,
+    ReleasedFile.source_patient_id,
+    ReleasedFile.source_sha256,
+)
+
+
 def _rows_of(session: Any, ids: Any) -> Any:
-    return session.execute(
-        select(ReleasedFile, FileRegistry.id)
-        .outerjoin(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
-        .where(ReleasedFile.id.in_(ids))
-    )
+    """Columns, not ORM objects: a release of 100,000 files reads as many rows."""
+    return [
+        (r, live)
+        for *r, live in session.execute(
+            select(*_PREVIOUS_COLUMNS, FileRegistry.id)
+            .outerjoin(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
+            .where(ReleasedFile.id.in_(ids))
+        )
+    ]
 
 
-def _as_previous(r: ReleasedFile, live: int | None) -> _Previous:
+def _as_previous(r: Any, live: int | None) -> _Previous:
+    row_id, release_id, status, version, fingerprint_, path, sha, series = r[:8]
     return _Previous(
-        r.id,
-        r.release_id,
-        r.status,
-        live,
-        r.version or 1,
-        r.fingerprint,
-        r.destination_path or "",
-        r.sha256,
-        r.series,
+        row_id, release_id, status, live, version or 1, fingerprint_, path or "", sha, series
     )
 
 
