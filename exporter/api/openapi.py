@@ -406,7 +406,7 @@ _RELEASE_PATHS: dict[str, Any] = {
             },
             "responses": {
                 "202": _json(_RELEASE_SCHEMA, "Queued"),
-                **_errors(400, 401, 403, 404, 413, 415, 422, 507),
+                **_errors(400, 401, 403, 404, 409, 413, 415, 422, 507),
             },
         }
     },
