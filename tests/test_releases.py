@@ -31,7 +31,7 @@ from exporter.schemas import ReleaseRequest, Target
 from exporter.store import db
 from exporter.store.models import FileRegistry, Patient, PatientLink, Project
 from tests.conftest import Inbox
-from tests.test_jobs import MANAGER, ME, OUTSIDER, wait_for, work
+from tests.test_jobs import MANAGER, ME, OUTSIDER, text_of, wait_for, work
 from tests.test_worker import _descendants as descendants
 from tests.test_worker import _env as worker_env
 from tests.test_worker import _start as start_process
@@ -567,3 +567,27 @@ def test_a_retry_with_the_queue_down_is_saved_and_said(rel: Settings) -> None:
     down = dataclasses.replace(rel, redis_url="redis://127.0.0.1:1/0")
     again = services.retry_release(down, MANAGER, made.id)
     assert again.status == "pending", "the reconciler queues it when Redis is back"
+
+
+def test_a_failed_archive_copy_names_no_patient_in_the_message_the_log_or_the_mail(
+    rel: Settings, smtp: tuple[int, Inbox], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The archive mirrors the source's tree, whose paths carry labels and folders: an error
+    there is told by the destination's name of the file."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (rel.data_root / VAULT).mkdir()
+    (rel.data_root / VAULT / "demo").symlink_to(outside)  # the archive copy cannot go there
+    with db.session_scope(rel) as session:
+        session.execute(update(Project).where(Project.slug == VAULT).values(root_path=VAULT))
+    made = release(rel, archive=VAULT, patients=["P0001"], modalities=["ios"])
+    with caplog.at_level("DEBUG"):
+        work(rel)
+    failed = services.get_release(rel, MANAGER, made.id)
+    message = failed.error_message or ""
+    assert failed.status == "failed" and "the original of subject_" in message, message
+    mails = [f"{m['Subject']}\n{text_of(m)}" for m in smtp[1].messages]
+    assert any("has failed" in m for m in mails)
+    for text in (message, caplog.text, *mails):
+        assert "P0001" not in text and "site-a" not in text, text[:500]
+    assert list(outside.iterdir()) == [], "nothing written through the link"

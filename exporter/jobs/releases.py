@@ -131,6 +131,9 @@ class _Item:
     series: str | None
     fingerprint: str
     previous: _Previous | None
+    # How messages, the log and progress name the file: its destination name (an archive's
+    # copy: "the original of" it). Never the stored path, which names the patient.
+    shown: str = ""
 
 
 @dataclass
@@ -440,7 +443,11 @@ class _Job:
                     item = self._destination_item(
                         ctx, f, fingerprint(f.sha256, values, ctx.options)
                     )
-                    copy = self._archive_item(ctx, f) if ctx.archive_root is not None else None
+                    copy = (
+                        self._archive_item(ctx, f, item.arcname)
+                        if ctx.archive_root is not None
+                        else None
+                    )
                     if self._same(item) and (copy is None or self._same(copy)):
                         done: Future[list[_Result]] = Future()  # nothing to write: no thread
                         targets = [("destination", item), ("archive", copy)]
@@ -538,7 +545,7 @@ class _Job:
         else:
             path, series = self._new_path(ctx, f, dest_pid, label)
         arcname = path[len(ctx.dest_root) + 1 :] if ctx.dest_root else path
-        return _Item(f, dest_pid, label, path, arcname, series, print_, prev)
+        return _Item(f, dest_pid, label, path, arcname, series, print_, prev, arcname)
 
     def _new_path(
         self, ctx: _Context, f: FileEntry, dest_pid: int, label: str
@@ -620,12 +627,14 @@ class _Job:
                     checked=self.dirs_checked,
                     sync_dir=False,  # once per folder and batch, before it is registered
                 )
-        except SourceFileError as exc:
-            # The destination names a file as it does (its stored path names the patient).
-            message = str(exc) if archive else str(exc).replace(source.path, item.arcname)
+        except PortalError as exc:
             if not archive:
                 ctx.transform.take_entry(item.arcname)
-            return _Result(target, item, "failed", message=message, fatal=not ctx.skip_changed)
+            message = _redact(str(exc), item)
+            if isinstance(exc, SourceFileError):
+                return _Result(target, item, "failed", message=message, fatal=not ctx.skip_changed)
+            exc.args = (message, *exc.args[1:])  # a full disk, a link in the way, ...
+            raise
         status = "new_version" if replacing else "created"
         changes = [] if archive else ctx.transform.take_entry(item.arcname)
         return _Result(target, item, status, version, written, kept, changes=changes)
@@ -686,14 +695,15 @@ class _Job:
 
     # --- the archive ----------------------------------------------------------------------
 
-    def _archive_item(self, ctx: _Context, f: FileEntry) -> _Item:
+    def _archive_item(self, ctx: _Context, f: FileEntry, destination_name: str) -> _Item:
         assert ctx.archive_root is not None
         below = f.path[len(ctx.source_root) + 1 :] if ctx.source_root else f.path
         # Below the source project's slug: two sources' trees never meet in one archive.
         below = f"{ctx.source}/{below}"
         path = f"{ctx.archive_root}/{below}" if ctx.archive_root else below
         prev = ctx.previous.get(("archive", f.id))
-        return _Item(f, 0, f.patient_label, path, below, f.series_label, f.sha256, prev)
+        shown = f"the original of {destination_name}"
+        return _Item(f, 0, f.patient_label, path, below, f.series_label, f.sha256, prev, shown)
 
     def _archive(self, ctx: _Context, item: _Item) -> _Result:
         """An archive file: the source byte for byte (its SHA-256 checked)."""
@@ -719,7 +729,7 @@ class _Job:
         now = datetime.now(UTC)
         todo = [r for r in batch if not r.recorded]
         publish.sync_dirs(self.data_root, [r.written.path for r in todo if r.written])
-        current = batch[-1].item.arcname[:255] if batch and ctx.options.pseudonyms else None
+        current = batch[-1].item.shown[:255] if batch else None
         with db.session_scope(self.settings) as session:
             progress = {
                 "files_done": self.files_done,
@@ -867,10 +877,10 @@ class _Job:
                 )
             ).one_or_none() or (None, None)
             if pid is not None and kept_at != place:
-                raise PortalError(
-                    f"The archive already keeps another patient labelled {label!r} (from "
-                    "another project or folder): release the originals of each source "
-                    "project into an archive of its own"
+                raise PortalError(  # the label stays out: this message is logged and mailed
+                    "The archive already keeps another patient with the label of one of this "
+                    "release's patients (from another project): release the originals of each "
+                    "source project into an archive of its own"
                 )
             if pid is None:
                 parent = ensure_folder(
@@ -937,6 +947,16 @@ class _Job:
                 session, row.source_project_id, None, released, registry.released_tag(ctx.dest_slug)
             )
         notify(self.settings, self.release_id)
+
+
+def _redact(text: str, item: _Item) -> str:
+    """A message about ``item`` as users, the log and e-mail may read it: its stored and
+    archive paths (which carry the patient's label and folders) replaced by its
+    destination name."""
+    for place in sorted({item.path, item.arcname, item.source.path}, key=len, reverse=True):
+        if place and place != item.shown:
+            text = text.replace(place, item.shown)
+    return text
 
 
 def _remove_leftovers(data_root: Path, root: str, patient_dirs: list[str]) -> None:
