@@ -1012,16 +1012,22 @@ def create_release(
         release_id = row.id
         estimated = row.estimated_bytes
         name = row.name
+    _queue_release(settings, release_id, estimated, name)
+    return get_release(settings, user_email, release_id)
+
+
+def _queue_release(settings: Settings, release_id: str, estimated: int, name: str) -> None:
+    """Enqueue a pending release's job and note its id; with Redis down it stays pending,
+    and the reconciler queues it when Redis is back."""
     try:
         job_id = release_jobs.enqueue(settings, release_id, estimated, name)
-    except RedisError as exc:  # the reconciler enqueues it when the queue is back
-        log.warning("release %s saved but not queued: %s", release_id, exc)
+    except RedisError as exc:
+        log.warning("release %s is pending but not queued: %s", release_id, exc)
         job_id = None
     with db.session_scope(settings) as session:
         saved = session.get(DatasetRelease, release_id)
         if saved is not None:
             saved.job_id = job_id
-    return get_release(settings, user_email, release_id)
 
 
 def get_release(settings: Settings, user_email: str, release_id: str) -> schemas.ReleaseView:
@@ -1069,24 +1075,25 @@ def retry_release(settings: Settings, user_email: str, release_id: str) -> schem
                 "release can run again"
             )
         estimated, name = row.estimated_bytes, row.name
-    try:
-        job_id = release_jobs.enqueue(settings, release_id, estimated, name)
-    except RedisError as exc:  # the reconciler enqueues it when the queue is back
-        log.warning("release %s is pending again but not queued: %s", release_id, exc)
-        job_id = None
-    with db.session_scope(settings) as session:
-        saved = session.get(DatasetRelease, release_id)
-        if saved is not None:
-            saved.job_id = job_id
+    _queue_release(settings, release_id, estimated, name)
     return get_release(settings, user_email, release_id)
 
 
 def release_log(settings: Settings, user_email: str, release_id: str) -> bytes:
     """``release_log.csv``: per patient, series and file, what the release did."""
+    return release_log_table(settings, user_email, release_id)[1]
+
+
+def release_log_table(
+    settings: Settings, user_email: str, release_id: str
+) -> tuple[list[dict[str, object]], bytes]:
+    """The release log's rows (for a page's tables) and the same as ``release_log.csv``,
+    read once."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
         row = releases.get_row(session, user, release_id)
-        return releases.log_csv(session, row.id)
+        rows = list(releases.log_rows(session, row.id))
+    return rows, releases.log_csv(rows)
 
 
 def release_changes(settings: Settings, user_email: str, release_id: str) -> bytes:

@@ -1,9 +1,6 @@
 """Releases: data managers publish curated patients into a destination project (the originals
 optionally into an archive), follow the job, and read its log."""
 
-import csv
-import io
-
 import streamlit as st
 from humanize import naturalsize
 
@@ -74,7 +71,7 @@ def show_log(view: ReleaseView) -> None:
     )
     if not box.open:
         return
-    log = services.release_log(settings(), who.email, view.id)
+    rows, log = services.release_log_table(settings(), who.email, view.id)
     changes = services.release_changes(settings(), who.email, view.id)
     with box:
         left, right = st.columns(2)
@@ -94,40 +91,39 @@ def show_log(view: ReleaseView) -> None:
             key=f"{KEY}dl-changes-{view.id}",
             icon=":material/download:",
         )
-        rows = list(csv.DictReader(io.StringIO(log.decode())))
-        summary = [r for r in rows if r["level"] != "file"]
+        summary = [r for r in rows if r.get("level", "") != "file"]
         st.caption("Per patient and series: files found, created, new versions, unchanged, failed.")
         st.dataframe(
             [
                 {
-                    "Where": r["target"],
-                    "Patient": r["patient"],
-                    "As": r["destination_patient"],
-                    "Series": r["series"],
-                    "Found": r["found"],
-                    "Created": r["created"],
-                    "New version": r["new_version"],
-                    "Unchanged": r["skipped"],
-                    "Failed": r["failed"],
+                    "Where": r.get("target", ""),
+                    "Patient": r.get("patient", ""),
+                    "As": r.get("destination_patient", ""),
+                    "Series": r.get("series", ""),
+                    "Found": r.get("found", ""),
+                    "Created": r.get("created", ""),
+                    "New version": r.get("new_version", ""),
+                    "Unchanged": r.get("skipped", ""),
+                    "Failed": r.get("failed", ""),
                 }
                 for r in summary
             ],
             hide_index=True,
             key=f"{KEY}summary-{view.id}",
         )
-        files = [r for r in rows if r["level"] == "file"]
+        files = [r for r in rows if r.get("level", "") == "file"]
         shown = files[:LOG_ROWS]
         if len(files) > len(shown):
             st.caption(f"The first {len(shown):,} of {len(files):,} files; the CSV has all.")
         st.dataframe(
             [
                 {
-                    "Where": r["target"],
-                    "Status": r["status"],
-                    "From": r["origin_path"],
-                    "To": r["destination_path"],
-                    "Version": r["version"],
-                    "Message": r["message"],
+                    "Where": r.get("target", ""),
+                    "Status": r.get("status", ""),
+                    "From": r.get("origin_path", ""),
+                    "To": r.get("destination_path", ""),
+                    "Version": r.get("version", ""),
+                    "Message": r.get("message", ""),
                 }
                 for r in shown
             ],

@@ -236,7 +236,3 @@ def keep_version(data_root: Path, relative: str, version: int) -> str | None:
             raise
     _fsync_dir(directory)
     return kept
-
-
-def exists(data_root: Path, relative: str) -> bool:
-    return os.path.lexists(f"{data_root}/{relative}")

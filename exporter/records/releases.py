@@ -13,7 +13,7 @@ import csv
 import io
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -521,10 +521,6 @@ def retry(session: Session, user: Principal, row: DatasetRelease) -> bool:
     return won
 
 
-def status_of(session: Session, release_id: str) -> ExportStatus | None:
-    return session.scalar(select(DatasetRelease.status).where(DatasetRelease.id == release_id))
-
-
 # --- the patient link ----------------------------------------------------------------------
 
 
@@ -728,12 +724,12 @@ def _destination_labels(session: Session, release_id: str) -> dict[int, str]:
     )
 
 
-def log_csv(session: Session, release_id: str) -> bytes:
+def log_csv(rows: Iterable[dict[str, Any]]) -> bytes:
+    """``release_log.csv`` of these rows (:func:`log_rows`)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in log_rows(session, release_id):
-        writer.writerow(row)
+    writer.writerows(rows)
     return out.getvalue().encode()
 
 
