@@ -299,3 +299,27 @@ def test_worker_survives_a_postgresql_restart_during_a_job(
         wait_for(lambda: row_of(settings, after.id).status == "completed", 90, "the next export")
     finally:
         _stop(worker)
+
+
+def test_a_stop_asked_for_between_two_jobs_does_not_wait_for_the_next_job(
+    portal: Settings,
+) -> None:
+    """SIGTERM just after a job ended (RQ still calls the worker busy, past its last check
+    of the stop flag) must stop the worker before it waits for the next job (30 s here):
+    seen as a worker that took over 30 s to stop."""
+    from rq.exceptions import StopRequested
+
+    from exporter.jobs.queue import connect, export_queue
+    from exporter.jobs.worker import PortalWorker
+
+    connection = connect(portal)
+    worker = PortalWorker([export_queue(portal, connection)], connection=connection)
+    worker.register_birth()  # type: ignore[no-untyped-call]
+    try:
+        worker._stop_requested = True  # what request_stop sets while the worker is busy
+        started = time.monotonic()
+        with pytest.raises(StopRequested):
+            worker.dequeue_job_and_maintain_ttl(timeout=30, max_idle_time=35)
+        assert time.monotonic() - started < 25, "it waited for a job first"
+    finally:
+        worker.register_death()  # type: ignore[no-untyped-call]

@@ -29,9 +29,10 @@ from typing import Any
 
 import redis
 from redis import Redis
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
-from rq.worker import SpawnWorker
+from rq.worker import SpawnWorker, WorkerStatus
 
 from exporter.config import Settings
 from exporter.jobs import upkeep
@@ -111,6 +112,11 @@ class PortalWorker(SpawnWorker):
             super().set_state(state)
         except REDIS_ERRORS as exc:
             self._lost_redis(exc)
+        if state == WorkerStatus.IDLE and self._stop_requested:
+            # A stop asked for after RQ's last check but while it still called the worker
+            # busy (between two jobs) would wait out the whole idle wait for a job (30 s)
+            # before it is seen: stop before that wait begins.
+            raise StopRequested()
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
