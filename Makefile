@@ -23,8 +23,9 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## run: migrate, load demo data once, start Redis (if none answers), a worker and the UI
+##      (PORT=8600 for another port than 8501)
 run: install
-	$(PY) -m exporter run
+	$(PY) -m exporter run $(if $(PORT),--port $(PORT))
 
 ## test: install what the tests need (packages, dcmtk, PostgreSQL) and run the whole suite
 test: install-dev

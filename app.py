@@ -21,4 +21,9 @@ except ConfigError as exc:
     print(f"error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
 
+if api.settings().environment == "production":
+    # No traceback on any page (it may quote stored values, paths, SQL): a generic message
+    # that points to the log, where the details go.
+    st.set_option("client.showErrorDetails", "none")
+
 app = st.App("exporter/ui/navigation.py", routes=api.routes(), middleware=middleware)

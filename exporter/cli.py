@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a source file changed since registration fails alone (listed in the log), "
         "not the whole release",
     )
+    p.add_argument(
+        "--move-out",
+        action="store_true",
+        help="with --archive: released patients whose every file is archived leave the project "
+        "(their files here are deleted once the archive's copies check out)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the end; exit 1 unless done")
     p.add_argument("--json", action="store_true")
     for action, helptext in (
@@ -291,6 +297,14 @@ def _selection_from(args: argparse.Namespace) -> Selection:
         args.modality,
         args.kind,
         args.not_exported,
+        study={
+            "date_from": args.date_from,
+            "date_to": args.date_to,
+            "series_description": args.series_description,
+            "body_part": args.body_part,
+            "manufacturer": args.manufacturer,
+            "model": args.model,
+        },
     )
 
 
@@ -304,6 +318,15 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--not-exported", action="store_true", help="only patients no export has carried yet"
     )
+    study = p.add_argument_group(
+        "study filters", "what must be in a file's study for it to be selected (any case)"
+    )
+    study.add_argument("--date-from", metavar="YYYY-MM-DD", help="acquired on or after")
+    study.add_argument("--date-to", metavar="YYYY-MM-DD", help="acquired on or before")
+    study.add_argument("--series-description", metavar="TEXT", help="DICOM: contains TEXT")
+    study.add_argument("--body-part", metavar="TEXT", help="DICOM BodyPartExamined: is TEXT")
+    study.add_argument("--manufacturer", metavar="TEXT", help="DICOM: contains TEXT")
+    study.add_argument("--model", metavar="TEXT", help="DICOM ManufacturerModelName: contains")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,7 +443,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int | None:
         selection = _selection_from(args)
         est = services.estimate(settings, args.user, args.project, selection)
         if args.json:
-            print(json.dumps(dataclasses.asdict(est), indent=2))
+            print(json.dumps(dataclasses.asdict(est), indent=2, default=str))
         else:
             _print_estimate(est)
     return 0
@@ -600,6 +623,7 @@ def _release_command(settings: Settings, args: argparse.Namespace) -> int:
             shift_dates=not args.remove_dates,
             clean_descriptors=args.clean_descriptors,
             skip_changed=args.skip_changed,
+            move_out=args.move_out,
         )
         view = services.create_release(settings, args.user, args.project, request)
         while args.wait and view.status in ("pending", "processing"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +27,86 @@ Chunk = bytes | memoryview
 TAG_MODES = ("any", "all")
 
 
+STUDY_TEXT_FIELDS = {
+    # filter name: (DICOM keyword in the registry's header subset, how it matches)
+    "series_description": ("SeriesDescription", "contains"),
+    "body_part": ("BodyPartExamined", "is"),
+    "manufacturer": ("Manufacturer", "contains"),
+    "model": ("ManufacturerModelName", "contains"),
+}
+MAX_STUDY_TEXT = 64  # the longest of these DICOM values (LO) has 64 characters
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    """What must be in a file's study for it to be selected: its acquisition date within
+    ``date_from``..``date_to`` (either end open), and, for DICOM files, the registry's
+    header values (series description, manufacturer and model contain the text, body part
+    is it; any case). A file without what a filter asks for is left out."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    series_description: str = ""
+    body_part: str = ""
+    manufacturer: str = ""
+    model: str = ""
+
+    def __bool__(self) -> bool:
+        return self != StudyFilter()
+
+    def texts(self) -> dict[str, str]:
+        """The text filters that are set, by filter name."""
+        return {k: getattr(self, k) for k in STUDY_TEXT_FIELDS if getattr(self, k)}
+
+    def as_dict(self) -> dict[str, str]:
+        out = {
+            k: v.isoformat()
+            for k, v in (("date_from", self.date_from), ("date_to", self.date_to))
+            if v
+        }
+        return {**out, **self.texts()}
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> StudyFilter:
+        """A filter from transport values (ISO dates, texts); InvalidSelection names the
+        field that does not fit and what would."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"date_from", "date_to", *STUDY_TEXT_FIELDS})
+        if unknown:
+            raise InvalidSelection(
+                f"Study filter {unknown[0]!r} is not known: use date_from, date_to, "
+                + ", ".join(STUDY_TEXT_FIELDS)
+            )
+        dates: dict[str, date | None] = {}
+        for key in ("date_from", "date_to"):
+            value = data.get(key)
+            if value in (None, ""):
+                dates[key] = None
+            elif isinstance(value, date):
+                dates[key] = value
+            else:
+                try:
+                    dates[key] = date.fromisoformat(str(value).strip())
+                except ValueError:
+                    raise InvalidSelection(
+                        f"Study filter {key}: {str(value)[:40]!r} is not a date: write YYYY-MM-DD"
+                    ) from None
+        if dates["date_from"] and dates["date_to"] and dates["date_from"] > dates["date_to"]:
+            raise InvalidSelection("Study filter: date_from is after date_to")
+        texts: dict[str, str] = {}
+        for key in STUDY_TEXT_FIELDS:
+            value = data.get(key) or ""
+            if not isinstance(value, str):
+                raise InvalidSelection(f"Study filter {key} must be text")
+            value = value.strip()
+            if len(value) > MAX_STUDY_TEXT or not value.isprintable():
+                raise InvalidSelection(
+                    f"Study filter {key}: at most {MAX_STUDY_TEXT} printable characters"
+                )
+            texts[key] = value
+        return cls(dates["date_from"], dates["date_to"], **texts)
+
+
 @dataclass(frozen=True)
 class Selection:
     """What a researcher asked for. ``folders=("",)`` selects the whole project."""
@@ -40,8 +120,10 @@ class Selection:
     not_exported: bool = False  # only patients no completed export has carried yet
     # Only patients not yet released to this destination project (its slug).
     not_released_to: str = ""
+    study: StudyFilter = field(default_factory=StudyFilter)
 
     def as_dict(self) -> dict[str, Any]:
+        study = {"study": self.study.as_dict()} if self.study else {}
         return {
             "folders": list(self.folders),
             "patients": list(self.patients),
@@ -51,6 +133,7 @@ class Selection:
             "kinds": list(self.kinds),
             "not_exported": self.not_exported,
             "not_released_to": self.not_released_to,
+            **study,
         }
 
     @classmethod
@@ -65,6 +148,7 @@ class Selection:
             c.get("kinds"),
             bool(c.get("not_exported")),
             str(c.get("not_released_to") or ""),
+            study=c.get("study"),
         )
 
 
@@ -139,6 +223,7 @@ def parse_selection(
     kinds: list[str] | None = None,
     not_exported: bool = False,
     not_released_to: str = "",
+    study: StudyFilter | dict[str, Any] | None = None,
 ) -> Selection:
     """A Selection from transport-level lists, with duplicates and blanks removed."""
 
@@ -160,6 +245,7 @@ def parse_selection(
         kinds=clean(kinds) or ("raw", "processed"),
         not_exported=not_exported,
         not_released_to=not_released_to.strip(),
+        study=study if isinstance(study, StudyFilter) else StudyFilter.parse(study),
     )
 
 
@@ -672,6 +758,10 @@ class ReleaseRequest:
     # A source file that changed on disk since registration: skip it (listed failed in the
     # log) and release the rest; else the release fails at that file.
     skip_changed: bool = False
+    # With an archive: each patient whose every file now has its verified original in the
+    # archive leaves the source project (its source files are deleted once the archive's
+    # copies are checked again); a patient with files the release left out stays.
+    move_out: bool = False
 
     def options(self, policy: ProjectPolicy | None = None) -> ExportOptions:
         """The rewrite's options, as an export's at the same level (the policy applies to

@@ -137,7 +137,9 @@ def add_project(settings: Settings, slug: str, name: str = "") -> ProjectSummary
     with db.session_scope(settings) as session:
         project = accounts.ensure_project(session, slug, name or None)
         count = session.scalar(
-            select(func.count(Patient.id)).where(Patient.project_id == project.id)
+            select(func.count(Patient.id)).where(
+                Patient.project_id == project.id, Patient.left_at.is_(None)
+            )
         )
         return ProjectSummary(project.slug, project.name, count or 0)
 
@@ -176,7 +178,7 @@ def list_projects(settings: Settings) -> list[ProjectSummary]:
     with db.session_scope(settings) as session:
         rows = session.execute(
             select(Project.slug, Project.name, func.count(Patient.id))
-            .outerjoin(Patient, Patient.project_id == Project.id)
+            .outerjoin(Patient, (Patient.project_id == Project.id) & Patient.left_at.is_(None))
             .group_by(Project.id)
             .order_by(Project.slug)
         )
@@ -406,11 +408,16 @@ def list_exports(
     status: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    mine: bool = False,
+    text: str = "",
 ) -> list[ExportView]:
-    """Exports the user may see, newest first: researchers their own, data managers all."""
+    """Exports the user may see, newest first: researchers their own, data managers all
+    (``mine``: their own only); ``text`` filters on the name and notes."""
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
-        rows = exports.list_rows(session, user, project_slug, status, limit, offset)
+        rows = exports.list_rows(
+            session, user, project_slug, status, limit, offset, mine=mine, text=text[:200]
+        )
         return [exports.view(session, row) for row in rows]
 
 
@@ -451,6 +458,39 @@ def housekeeping(settings: Settings) -> dict[str, int]:
     counts = upkeep.reconcile(settings)
     counts["expired"] = upkeep.expire(settings)
     return counts
+
+
+def again_request(view: ExportView, max_name: int = 100) -> ExportRequest:
+    """The request of an earlier export, to make it again: its selection and options as
+    stored, its notes, and its name marked "again" (a new name: the request is new)."""
+    options = view.options
+    stem = re.sub(r"( again)+$", "", view.name)[: max_name - len(" again")]
+    return ExportRequest(
+        schemas.Selection.from_dict(view.criteria),
+        name=f"{stem} again",
+        notes=view.notes,
+        compression=str(options.get("compression", "fast")),
+        part_size=options.get("max_part_bytes"),
+        privacy=schemas.legacy_level(options),
+        fresh_pseudonyms=bool(options.get("fresh_pseudonyms")),
+        skip_missing=bool(options.get("skip_missing")),
+        shift_dates=bool(options.get("shift_dates", True)),
+        clean_descriptors=bool(options.get("clean_descriptors")),
+    )
+
+
+def retry_any_export(settings: Settings, user_email: str, export_id: str) -> ExportView:
+    """Retry a failed export from the page: the failed parts of a multi-part export (its
+    finished parts kept), else a new export of the same request (``again_request``)."""
+    view = get_export(settings, user_email, export_id)
+    if view.status != "failed":
+        raise InvalidState(
+            f"Export {view.name!r} is {view.status}: only a failed export can be retried"
+        )
+    if len(view.parts) > 1:
+        return retry_export(settings, user_email, export_id)
+    again = again_request(view, settings.max_name_length)
+    return create_export(settings, user_email, view.project, again)
 
 
 def retry_export(settings: Settings, user_email: str, export_id: str) -> ExportView:

@@ -1,17 +1,25 @@
 """Exports: status and live progress, download, cancel, delete, export again, details."""
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 from humanize import naturaldelta, naturalsize
 
 from exporter import services
-from exporter.errors import PortalError
+from exporter.errors import NotFound, PortalError
 from exporter.schemas import ExportView
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 
 CHANGE_ROWS = 1000
+FLASH = "exports-flash"
+PAGE = 20  # exports per page
+LEVEL_NAMES = {
+    "pseudonymised": "pseudonymised",
+    "deidentified": "de-identified",
+    "identified": "identified",
+}
 ICONS = {
     "pending": ":material/schedule:",
     "processing": ":material/sync:",
@@ -57,13 +65,26 @@ def live_progress(export_id: str, status: str) -> None:
     st.progress(view.progress, text=text)
 
 
+def act(what: str, call: Callable[[], object]) -> None:
+    """Run one of a card's actions; a refusal (the export ended meanwhile, say) is shown on
+    the page after the rerun, never as a traceback."""
+    try:
+        done = call()
+    except PortalError as exc:
+        st.session_state[FLASH] = ("warning", str(exc))
+    else:
+        if isinstance(done, ExportView):
+            st.session_state[FLASH] = ("success", f"{what}: {done.name} is {done.status}.")
+    st.rerun()
+
+
 def actions(view: ExportView) -> None:
     cols = st.columns(4)
-    if view.status in ("pending", "processing") and cols[0].button(
-        "Cancel", key=f"cancel-{view.id}", icon=":material/block:"
-    ):
-        services.cancel_export(settings(), who.email, view.id)
-        st.rerun()
+    if view.status in ("pending", "processing"):
+        with cols[0].popover("Cancel", icon=":material/block:"):
+            st.write(f"Stop **{view.name}**? What it wrote so far is removed.")
+            if st.button("Cancel export", key=f"cancel-{view.id}", type="primary"):
+                act("Cancelled", lambda: services.cancel_export(settings(), who.email, view.id))
     if view.status == "completed":
         base = f"/api/{view.project}/exports/{view.id}/download/"
         if len(view.parts) > 1:
@@ -71,17 +92,26 @@ def actions(view: ExportView) -> None:
                 cols[0].link_button(f"Download part {part.number}", f"{base}{part.number}")
         else:
             cols[0].link_button("Download", base, icon=":material/download:", type="primary")
-    if view.status not in ("pending", "processing", "deleted"):
+    if view.status == "failed" and cols[0].button(
+        "Retry",
+        key=f"retry-{view.id}",
+        icon=":material/refresh:",
+        help="A multi-part export builds its failed parts again; any other export is made "
+        "again as a new export of the same selection and options.",
+    ):
+        act("Retried", lambda: services.retry_any_export(settings(), who.email, view.id))
+    if view.status not in ("pending", "processing", "deleted", "expired"):
         with cols[1].popover("Delete", icon=":material/delete:"):
             st.write(f"Delete the files of **{view.name}**? The record stays.")
             if st.button("Delete files", key=f"delete-{view.id}", type="primary"):
-                services.delete_export(settings(), who.email, view.id)
-                st.rerun()
+                act("Deleted", lambda: services.delete_export(settings(), who.email, view.id))
     if cols[2].button("Export again", key=f"again-{view.id}", icon=":material/replay:"):
         st.session_state["prefill"] = {
             "project": view.project,
             "criteria": view.criteria,
             "options": view.options,
+            "name": view.name,
+            "notes": view.notes,
         }
         st.switch_page(str(links.NEW_EXPORT))
 
@@ -181,28 +211,89 @@ def dicom_changes(view: ExportView, total: int) -> None:
         )
 
 
+flash = st.session_state.pop(FLASH, None)
+if flash:
+    (st.success if flash[0] == "success" else st.warning)(flash[1])
+# A notification e-mail links here with ?export=<id>: that export alone, whatever its age.
+focus = st.query_params.get("export")
+find_text, find_status, mine, page, more = "", "any status", False, 0, False
 try:
-    views = services.list_exports(settings(), who.email, limit=200)
+    if focus:
+        try:
+            views = [services.get_export(settings(), who.email, focus)]
+        except NotFound:
+            views = []
+            st.warning(
+                "That export is not one you may see (or it no longer exists): your exports "
+                "are listed below."
+            )
+            focus = None
+        else:
+            if st.button("Show all exports", icon=":material/list:"):
+                st.query_params.clear()
+                st.rerun()
+    if not focus:
+        filters = st.columns([3, 2, 2])
+        find_text = filters[0].text_input(
+            "Search", placeholder="name or notes", key="exports-text", label_visibility="collapsed"
+        )
+        find_status = filters[1].selectbox(
+            "Status",
+            ["any status", *ICONS],
+            key="exports-status",
+            label_visibility="collapsed",
+        )
+        mine = bool(data.managed_projects(who.email)) and filters[2].toggle(
+            "Mine only",
+            key="exports-mine",
+            help="As a data manager you see every export of your projects; this shows yours.",
+        )
+        wanted = (find_text, find_status, mine)
+        if st.session_state.get("exports-wanted") != wanted:  # new filters: the first page
+            st.session_state["exports-wanted"] = wanted
+            st.session_state["exports-page"] = 0
+        page = int(st.session_state.get("exports-page", 0))
+        views = services.list_exports(
+            settings(),
+            who.email,
+            status=None if find_status == "any status" else find_status,
+            limit=PAGE + 1,
+            offset=page * PAGE,
+            mine=mine,
+            text=find_text,
+        )
+        more, views = len(views) > PAGE, views[:PAGE]
     done = tuple(v.id for v in views if v.status not in ("pending", "processing"))
     counts = data.change_counts(who.email, done)
 except PortalError as exc:
     st.error(str(exc))
     st.stop()
 if not views:
-    st.info("No exports yet.")
-    st.page_link(str(links.NEW_EXPORT), label="Create one", icon=":material/add:")
+    if not focus and (find_text or find_status != "any status" or mine or page):
+        st.info("No export matches: change the search or the status.")
+    else:
+        st.info("No exports yet.")
+        st.page_link(str(links.NEW_EXPORT), label="Create one", icon=":material/add:")
 
 for view in views:
     with st.container(border=True):
         head, status = st.columns([4, 1])
         head.markdown(f"**{view.name}** · project `{view.project}`")
         status.markdown(f"{ICONS.get(view.status, '')} {view.status}")
+        modalities = ", ".join(view.criteria.get("modalities") or []) or "no modality"
         st.caption(
             f"by {view.creator} · created {view.created_at:%Y-%m-%d %H:%M} UTC · "
             f"{view.patient_count:,} patients · {view.file_count:,} files · "
-            f"{size(view.archive_bytes or view.estimated_bytes)}"
-            + (f" · available until {view.expires_at:%Y-%m-%d}" if view.expires_at else "")
+            f"{size(view.archive_bytes or view.estimated_bytes)} · {modalities} · "
+            f"{LEVEL_NAMES.get(view.privacy, view.privacy)}"
+            + (
+                f" · available until {view.expires_at:%Y-%m-%d}"
+                if view.expires_at and view.status == "completed"
+                else ""
+            )
         )
+        if view.notes:
+            st.caption(f"Notes: {view.notes}")
         if view.status in ("pending", "processing"):
             live_progress(view.id, view.status)
         if view.status == "failed" and view.error_message:
@@ -216,10 +307,13 @@ for view in views:
             )
         actions(view)
         privacy_details(view)
-        with st.expander("Details"):
-            st.caption(services.describe_privacy(view))
+        with st.expander("Details", expanded=bool(focus)):
+            st.caption(f"Export `{view.id}` · " + services.describe_privacy(view))
             facts = {"id": view.id, "criteria": view.criteria, "options": view.options}
-            st.json({**facts, "notes": view.notes, "sha256": view.archive_sha256}, expanded=False)
+            st.json(
+                {**facts, "notes": view.notes, "sha256": view.archive_sha256},
+                expanded=bool(focus),
+            )
             manifest = services.export_manifest(settings(), who.email, view.id)
             if manifest:
                 totals = json_object(manifest["totals"])
@@ -235,3 +329,13 @@ for view in views:
             ]
             st.dataframe(rows, hide_index=True)
         dicom_changes(view, counts.get(view.id, 0))
+
+if not focus and (page or more):
+    pager = st.columns([1, 1, 4])
+    if page and pager[0].button("Newer", icon=":material/chevron_left:"):
+        st.session_state["exports-page"] = page - 1
+        st.rerun()
+    if more and pager[1].button("Older", icon=":material/chevron_right:"):
+        st.session_state["exports-page"] = page + 1
+        st.rerun()
+    pager[2].caption(f"Page {page + 1}")

@@ -35,6 +35,11 @@ for project in projects:
                 f":material/inventory_2: Archive of originals: {project.archived_files:,} files "
                 "copied unchanged by releases. They carry the patients' identifiers."
             )
+        if project.moved_out:
+            st.caption(
+                f":material/logout: {project.moved_out:,} patients were released and moved "
+                "out of this project; their originals are in the release's archive."
+            )
         cols = st.columns(3)
         cols[0].metric("Patients", f"{project.patients:,}")
         cols[1].metric("Files", f"{project.files:,}")

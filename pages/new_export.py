@@ -8,7 +8,14 @@ from exporter.errors import PortalError
 from exporter.schemas import LEVELS, SUMMARIES, TITLES, ExportRequest, PrivacyLevel, legacy_level
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
-from exporter.ui.tree import FOLDER, PATIENT, patient_tree, selection, visible_patients
+from exporter.ui.tree import (
+    PATIENT,
+    open_folders,
+    patient_tree,
+    selection,
+    ticked_leaves,
+    visible_patients,
+)
 
 GIB = 1024**3
 NOT_IN_PIXELS = (
@@ -18,6 +25,12 @@ NOT_IN_PIXELS = (
 )
 PREVIEW = "new-export-preview"
 COMPRESSIONS = {"fast": "Fast (default)", "small": "Smaller, slower", "store": "None"}
+STUDY_LABELS = {
+    "series_description": "Series description contains",
+    "body_part": "Body part is",
+    "manufacturer": "Manufacturer contains",
+    "model": "Model contains",
+}
 
 
 def size(n: int) -> str:
@@ -76,9 +89,43 @@ def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
         )
 
 
+def study_filter(earlier: object) -> schemas.StudyFilter:
+    """The study filters (an expander under the tree): dates and header values a file's
+    study must have; "Export again" fills them in."""
+    was = schemas.StudyFilter.parse(earlier if isinstance(earlier, dict) else None)
+    with st.expander("Study filters", icon=":material/filter_alt:", expanded=bool(was)):
+        st.caption(
+            "A file is selected only if its study matches every filter given (any case). "
+            "The dates are the files' acquisition dates; the other filters read DICOM "
+            "headers, so they leave out scans and photos."
+        )
+        when = st.columns(2)
+        start = when[0].date_input("Acquired from", value=was.date_from, key="study-from")
+        end = when[1].date_input("Acquired until", value=was.date_to, key="study-to")
+        texts = {}
+        for col, (key, label) in zip(st.columns(4), STUDY_LABELS.items(), strict=True):
+            texts[key] = col.text_input(
+                label, value=getattr(was, key), max_chars=schemas.MAX_STUDY_TEXT, key=f"study-{key}"
+            )
+    try:
+        return schemas.StudyFilter.parse({"date_from": start, "date_to": end, **texts})
+    except PortalError as exc:
+        st.error(str(exc))
+        return was
+
+
 who = require_identity()
 st.title("New export")
 prefill = st.session_state.pop("prefill", None) or {}
+NAME, NOTES = "new-export-name", "new-export-notes"
+if prefill:  # "Export again": the earlier export's name (marked again) and notes
+    again = str(prefill.get("name") or "").removesuffix(" again")[:94]
+    st.session_state[NAME] = f"{again} again" if again else services.default_name()
+    st.session_state[NOTES] = prefill.get("notes", "")
+# One name per visit, kept as typed: a default made on each rerun would replace it (and make
+# every click a new request, which double-submit suppression could not recognise).
+st.session_state.setdefault(NAME, services.default_name())
+st.session_state.setdefault(NOTES, "")
 
 try:
     projects = data.projects(who.email)
@@ -113,11 +160,16 @@ with left:
     not_exported = st.checkbox(
         "Only patients not yet exported", value=bool(criteria.get("not_exported"))
     )
+    study = study_filter(criteria.get("study"))
     shown = visible_patients(tree, search, tags, tag_mode, not_exported)
-    initial = [FOLDER + f for f in criteria.get("folders", [])] + [
-        PATIENT + p for p in criteria.get("patients", [])
-    ]
-    checked = patient_tree(tree, shown, key=f"tree-{slug}", checked=initial)
+    # The tree ticks patients (leaves): a stored folder is ticked as its patients.
+    initial = ticked_leaves(tree, criteria.get("folders", []), criteria.get("patients", []))
+    # A search or a tag filter shows its matches open (and a ticked selection its folders).
+    filtering = bool(search.strip() or tags or not_exported)
+    opened = open_folders(
+        shown if filtering else [p for p in shown if PATIENT + p.label in initial]
+    )
+    checked = patient_tree(tree, shown, key=f"tree-{slug}", checked=initial, expanded=opened)
     folders, patients = selection(checked, tree)
     if not checked and tags:
         st.caption("No patient ticked: every patient of the project with these tags.")
@@ -138,7 +190,7 @@ with right:
     wanted = criteria.get("modalities", project_keys)
     ticked = [k for k in project_keys if st.session_state.get(f"mod-{slug}-{k}", k in wanted)]
     base = schemas.parse_selection(
-        folders, patients, tags, tag_mode, ticked, kinds or ["raw"], not_exported
+        folders, patients, tags, tag_mode, ticked, kinds or ["raw"], not_exported, study=study
     )
     try:
         overview = services.estimate(settings(), who.email, slug, base) if checked or tags else None
@@ -157,8 +209,8 @@ with right:
                 chosen.append(m.key)
 
     st.subheader("Options")
-    name = st.text_input("Name", value=criteria.get("name") or services.default_name())
-    notes = st.text_area("Notes", height=80)
+    name = st.text_input("Name", key=NAME)
+    notes = st.text_area("Notes", height=80, key=NOTES)
     compressions = list(COMPRESSIONS)
     compression = st.selectbox(
         "Compression",
@@ -243,7 +295,7 @@ else:
 
 request = ExportRequest(
     selection=schemas.parse_selection(
-        folders, patients, tags, tag_mode, chosen, kinds or ["raw"], not_exported
+        folders, patients, tags, tag_mode, chosen, kinds or ["raw"], not_exported, study=study
     ),
     name=name,
     notes=notes,

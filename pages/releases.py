@@ -226,6 +226,15 @@ with st.container(border=True):
         "A file changed on disk since it was registered fails alone (the rest is released)",
         key=KEY + "skip-changed",
     )
+    move_out = opts[1].checkbox(
+        f"Move released patients out of {source} into the archive",
+        key=f"{KEY}move-out-{source}",
+        disabled=not archive,
+        help="Needs an archive. A patient whose every file now has its checked original in "
+        "the archive leaves this project's tree and queue; its files here are deleted once "
+        "the archive's copies are read and hashed again. A patient with files the release "
+        "left out (other modalities) stays.",
+    )
     name = opts[1].text_input("Name", placeholder="e.g. cohort 1, first batch", key=KEY + "name")
     notes = st.text_area("Notes", key=KEY + "notes", height=68)
     selection = schemas.parse_selection(
@@ -254,6 +263,7 @@ with st.container(border=True):
             notes=notes,
             privacy=privacy,
             skip_changed=skip_changed,
+            move_out=bool(move_out and archive),
         )
         try:
             made = services.create_release(settings(), who.email, source, request)

@@ -92,6 +92,7 @@ def test_a_data_manager_releases_and_reads_the_log(api) -> None:  # type: ignore
         ({**BODY, "archive": 7}, "archive"),
         ({**BODY, "options": {"privacy": "identified"}}, "options.privacy"),
         ({**BODY, "options": {"skip_changed": "yes"}}, "options.skip_changed"),
+        ({**BODY, "options": {"move_out": "yes"}}, "options.move_out"),
         ({**BODY, "not_released": 1}, "not_released"),
         ({**BODY, "patients": "P0001"}, "patients"),
         ({**BODY, "colour": "red"}, "colour"),
@@ -114,6 +115,7 @@ def test_refusals_before_queueing_have_their_status(api) -> None:  # type: ignor
         ({**BODY, "destination": "demo"}, 422),  # the source itself
         ({**BODY, "archive": DEST}, 422),  # the destination again
         ({**BODY, "modalities": []}, 422),
+        ({**BODY, "archive": None, "options": {"move_out": True}}, 422),  # no archive
     ]
     for body, status in cases:
         answer = http.post("/api/demo/releases/create/", json=body, headers=manager)

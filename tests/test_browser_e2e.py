@@ -219,11 +219,12 @@ def test_cancel_a_running_export_from_the_exports_page(
     page = page_as(browser, RESEARCHER)
     page.goto(base + "/exports")
     cancel = page.locator(f".st-key-cancel-{view.id} button")  # the button's widget key
-    expect(cancel).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Cancel").first).to_be_visible(timeout=60_000)
     deadline = time.monotonic() + 30
     while services.get_export(settings, RESEARCHER, view.id).status != "processing":
         assert time.monotonic() < deadline, "the export never started"
         time.sleep(0.1)
+    page.get_by_role("button", name="Cancel").first.click()  # the popover asks first
     cancel.click()
     expect(page.get_by_text("cancelled").first).to_be_visible(timeout=15_000)
     expect(cancel).to_have_count(0, timeout=15_000)

@@ -367,3 +367,26 @@ def test_real_production_server_without_trusted_proxies_does_not_start(tmp_path:
     output = (tmp_path / f"streamlit-{port}.log").read_text()
     assert "error: PORTAL_ENV=production needs TRUSTED_PROXIES" in output
     assert "docs/production.md" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(("env", "shown"), [("production", "none"), ("development", "full")])
+def test_pages_in_production_show_no_traceback(
+    portal_env: Callable[..., Settings], env: str, shown: str
+) -> None:
+    """What Streamlit shows of an exception on a page: in production a generic message that
+    points to the log (no type, message or stack, which may quote stored values)."""
+    portal_env(PORTAL_ENV=env, TRUSTED_PROXIES="127.0.0.1")
+    probe = (
+        "import app\n"
+        "from streamlit import config\n"
+        "print(config.get_option('client.showErrorDetails'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PROJECT_ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[-1] == shown

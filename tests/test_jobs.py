@@ -114,7 +114,7 @@ def test_refusals_say_what_to_change(portal: Settings, monkeypatch: pytest.Monke
     with pytest.raises(InvalidSelection, match="Choose at least one modality"):
         services.create_export(portal, ME, "demo", request(modalities=[]))
     small = Settings.load(environ={**os.environ, "MAX_EXPORT_SIZE": "1KiB"})
-    with pytest.raises(LimitExceeded, match="over the limit of 1024: select fewer"):
+    with pytest.raises(LimitExceeded, match=r"over the limit of 1\.0 KiB: select fewer"):
         services.create_export(small, ME, "demo", request())
     tight = Settings.load(environ={**os.environ, "USER_QUOTA": "3MiB"})
     services.create_export(tight, ME, "demo", request(modalities=["cbct"]))

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -84,16 +85,19 @@ def log_of(settings: Settings, release_id: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def registered(settings: Settings, project: str) -> dict[str, str]:
-    """path -> sha256 of a project's registered files."""
+def registered(settings: Settings, project: str, label: str | None = None) -> dict[str, str]:
+    """path -> sha256 of a project's registered files (``label``: of that patient, the
+    live ones)."""
+    query = (
+        select(FileRegistry.path, FileRegistry.sha256)
+        .join(Patient, Patient.id == FileRegistry.patient_id)
+        .join(Project, Project.id == Patient.project_id)
+        .where(Project.slug == project)
+    )
+    if label is not None:
+        query = query.where(Patient.label == label, FileRegistry.missing_since.is_(None))
     with db.session_scope(settings) as session:
-        rows = session.execute(
-            select(FileRegistry.path, FileRegistry.sha256)
-            .join(Patient, Patient.id == FileRegistry.patient_id)
-            .join(Project, Project.id == Patient.project_id)
-            .where(Project.slug == project)
-        )
-        return dict(rows.all())
+        return dict(session.execute(query).all())
 
 
 def test_a_release_writes_curated_pseudonymised_files_and_archives_the_originals(
@@ -594,3 +598,207 @@ def test_a_failed_archive_copy_names_no_patient_in_the_message_the_log_or_the_ma
     for text in (message, caplog.text, *mails):
         assert "P0001" not in text and "site-a" not in text, text[:500]
     assert list(outside.iterdir()) == [], "nothing written through the link"
+
+
+# --- moving released patients out of the source project --------------------------------------
+
+
+def _source_files(settings: Settings, label: str) -> dict[str, str]:
+    """path -> sha256 of the demo patient's registered (live) files."""
+    return registered(settings, "demo", label)
+
+
+def test_a_patient_moved_out_leaves_the_source_and_its_originals_stay_only_in_the_archive(
+    rel: Settings,
+) -> None:
+    every = services.modality_keys(rel, MANAGER, "demo")
+    originals = _source_files(rel, "P0001")
+    kept = _source_files(rel, "P0002")
+    assert originals and kept
+    made = release(rel, archive=VAULT, patients=["P0001"], modalities=every, move_out=True)
+    work(rel)
+    # P0002 is released with one modality only: it has files the archive will not hold
+    partial = release(rel, archive=VAULT, patients=["P0002"], modalities=["cbct"], move_out=True)
+    work(rel)
+    done = services.get_release(rel, MANAGER, made.id)
+    assert done.status == "completed", done.error_message
+    assert done.counts["moved_out"] == 1 and done.options["move_out"] is True
+    assert services.get_release(rel, MANAGER, partial.id).counts["moved_out"] == 0
+
+    # Out of the source: its tree, its selections, its curation, the researcher's view.
+    for user in (MANAGER, ME):
+        labels = {p.label for p in services.project_tree(rel, user, "demo").patients}
+        assert "P0001" not in labels and "P0002" in labels
+    with pytest.raises(InvalidInput, match="No patient 'P0001'"):
+        services.estimate(rel, ME, "demo", schemas.parse_selection(patients=["P0001"]))
+    with pytest.raises(NotFound):
+        services.patient_series(rel, MANAGER, "demo", "P0001")
+    # Its originals are in the archive, byte for byte, and no longer in the source's tree.
+    vault = _whole(rel, VAULT)
+    for path, digest in originals.items():
+        assert not (rel.data_root / path).exists(), f"{path} is still in the source"
+        assert digest in vault.values()
+    with db.session_scope(rel) as session:
+        folder = session.scalar(
+            select(Patient.source_dir).where(Patient.label == "P0001", Patient.left_at.is_not(None))
+        )
+    assert folder and folder.endswith("/P0001") and not (rel.data_root / folder).exists()
+    assert (rel.data_root / folder).parent.is_dir(), "the folders above it stay"
+    # The patient with files the release left out stays, with all of them.
+    for path, digest in kept.items():
+        assert sha(rel.data_root / path) == digest
+    assert _source_files(rel, "P0002") == kept
+    # The link and the log say where it went.
+    log = log_of(rel, made.id)
+    moved = [r for r in log if r["level"] == "patient" and r["target"] == "archive"]
+    assert [(r["patient"], r["status"]) for r in moved] == [("P0001", "moved_out")]
+    assert services.patient_links(rel, MANAGER, "demo")
+    # Registering the source again does not bring it back (nothing of it is on disk) ...
+    services.register(rel, "demo", rel.data_root / "demo")
+    assert "P0001" not in {p.label for p in services.project_tree(rel, MANAGER, "demo").patients}
+
+
+def test_a_moved_out_patient_comes_back_when_files_arrive_in_its_folder(rel: Settings) -> None:
+    every = services.modality_keys(rel, MANAGER, "demo")
+    originals = _source_files(rel, "P0003")
+    release(rel, archive=VAULT, patients=["P0003"], modalities=every, move_out=True)
+    work(rel)
+    assert "P0003" not in {p.label for p in services.project_tree(rel, MANAGER, "demo").patients}
+    # A follow-up scan lands in the patient's folder: the registration brings the patient back.
+    back = rel.data_root / next(p for p in originals if "/cbct/" in p)
+    back.parent.mkdir(parents=True, exist_ok=True)
+    archived = next(p for p in registered(rel, VAULT) if p.endswith(back.name) and "/P0003/" in p)
+    shutil.copyfile(rel.data_root / archived, back)
+    report = services.register(rel, "demo", rel.data_root / "demo")
+    assert report.patients_returned == 1 and "1 back" in report.summary()
+    assert "P0003" in {p.label for p in services.project_tree(rel, MANAGER, "demo").patients}
+
+
+def test_moving_out_needs_an_archive(rel: Settings) -> None:
+    with pytest.raises(InvalidInput, match="needs an archive"):
+        release(rel, patients=["P0001"], move_out=True)
+    assert services.list_releases(rel, MANAGER) == []
+
+
+def test_an_original_is_deleted_only_while_it_and_its_copy_check_out(tmp_path: Path) -> None:
+    """The checks before a source file goes: it and its archive copy, read again, have the
+    registered SHA-256 and are plain files (no link on the way)."""
+    from exporter.archive import publish
+
+    root = tmp_path / "root"
+    (root / "src" / "P1" / "cbct").mkdir(parents=True)
+    (root / "arc" / "P1").mkdir(parents=True)
+
+    def pair(name: str, data: bytes, copy: bytes | None) -> tuple[str, str, str]:
+        (root / "src" / "P1" / "cbct" / name).write_bytes(data)
+        if copy is None:
+            (root / "arc" / "P1" / name).symlink_to(root / "src" / "P1" / "cbct" / name)
+        else:
+            (root / "arc" / "P1" / name).write_bytes(copy)
+        return (f"src/P1/cbct/{name}", hashlib.sha256(data).hexdigest(), f"arc/P1/{name}")
+
+    good = pair("a", b"good bytes", b"good bytes")
+    assert publish.verified_originals(root, [good])
+    assert not publish.verified_originals(root, [good, pair("b", b"x", b"tampered")])
+    assert not publish.verified_originals(root, [pair("c", b"linked", None)])
+    changed = pair("d", b"registered", b"registered")
+    (root / changed[0]).write_bytes(b"changed on disk since")
+    assert not publish.verified_originals(root, [changed])
+    # At deletion, once more: a source that changed after the check stays.
+    assert publish.remove_originals(root, [("src/P1", [good, changed])]) == [good[0]]
+    assert not (root / good[0]).exists()
+    assert (root / changed[0]).read_bytes() == b"changed on disk since"
+    swapped = pair("e", b"swap", b"swap")
+    (root / swapped[0]).unlink()
+    (root / swapped[0]).symlink_to(root / swapped[2])
+    assert publish.remove_originals(root, [("src/P1", [swapped])]) == []
+    assert (root / swapped[2]).read_bytes() == b"swap", "the copy behind the link stays"
+
+
+def _all_modalities_released_with_move_out(settings: Settings, patient: str) -> schemas.ReleaseView:
+    every = services.modality_keys(settings, MANAGER, "demo")
+    made = release(settings, archive=VAULT, patients=[patient], modalities=every, move_out=True)
+    work(settings)
+    done = services.get_release(settings, MANAGER, made.id)
+    assert done.status == "completed", done.error_message
+    return done
+
+
+def _in_tree(settings: Settings, label: str) -> bool:
+    return label in {p.label for p in services.project_tree(settings, MANAGER, "demo").patients}
+
+
+def test_a_source_changed_since_its_archived_copy_keeps_the_patient_and_the_file(
+    rel: Settings,
+) -> None:
+    """Found by an adversarial pass: a second release (every file skipped unchanged, by its
+    fingerprint) deleted a source whose bytes had changed on disk, kept nowhere else."""
+    every = services.modality_keys(rel, MANAGER, "demo")
+    release(rel, archive=VAULT, patients=["P0001"], modalities=every)
+    work(rel)
+    path = next(p for p in _source_files(rel, "P0001") if p.endswith(".nii.gz"))
+    (rel.data_root / path).write_bytes(b"new bytes, registered nowhere")
+    done = _all_modalities_released_with_move_out(rel, "P0001")
+    assert done.counts["moved_out"] == 0 and done.counts["kept_unverified"] == 1
+    assert _in_tree(rel, "P0001")
+    assert (rel.data_root / path).read_bytes() == b"new bytes, registered nowhere"
+    assert all((rel.data_root / p).exists() for p in _source_files(rel, "P0001"))
+
+
+def test_a_missing_file_keeps_the_patient(rel: Settings) -> None:
+    """Found by an adversarial pass: a file a registration no longer found (a mount hiccup)
+    has no archive copy; the patient left all the same."""
+    with db.session_scope(rel) as session:
+        row = session.scalars(
+            select(FileRegistry)
+            .join(Patient, Patient.id == FileRegistry.patient_id)
+            .join(Project, Project.id == Patient.project_id)
+            .where(Project.slug == "demo", Patient.label == "P0001")
+        ).first()
+        assert row is not None
+        row.missing_since = datetime.now(UTC)
+        missing = row.path
+    done = _all_modalities_released_with_move_out(rel, "P0001")
+    assert done.counts["moved_out"] == 0
+    assert _in_tree(rel, "P0001") and (rel.data_root / missing).exists()
+
+
+def test_a_damaged_archive_copy_keeps_the_patient(rel: Settings) -> None:
+    """Found by an adversarial pass: an archive copy damaged after it was written kept its
+    source file, but the patient left (hidden with the only good copy) and the release said
+    moved out."""
+    every = services.modality_keys(rel, MANAGER, "demo")
+    release(rel, archive=VAULT, patients=["P0002"], modalities=every)
+    work(rel)
+    copy = next(p for p in registered(rel, VAULT) if "/P0002/" in p)
+    (rel.data_root / copy).write_bytes(b"bit rot")
+    originals = _source_files(rel, "P0002")
+    done = _all_modalities_released_with_move_out(rel, "P0002")
+    assert done.counts["moved_out"] == 0 and done.counts["kept_unverified"] == 1
+    assert _in_tree(rel, "P0002")
+    for path, digest in originals.items():
+        assert sha(rel.data_root / path) == digest
+    log = log_of(rel, done.id)
+    assert not [r for r in log if r["status"] == "moved_out"]
+
+
+def test_a_moved_out_patients_files_leave_the_registry_and_frozen_plans(rel: Settings) -> None:
+    from exporter.registry.query import files_by_id
+
+    ids = {}
+    with db.session_scope(rel) as session:
+        ids = dict(
+            session.execute(
+                select(FileRegistry.path, FileRegistry.id)
+                .join(Patient, Patient.id == FileRegistry.patient_id)
+                .join(Project, Project.id == Patient.project_id)
+                .where(Project.slug == "demo", Patient.label == "P0003")
+            ).all()
+        )
+    _all_modalities_released_with_move_out(rel, "P0003")
+    with db.session_scope(rel) as session:
+        assert files_by_id(session, list(ids.values())) == {}, "a retried part cannot read them"
+        gone = session.scalars(
+            select(FileRegistry.missing_since).where(FileRegistry.id.in_(list(ids.values())))
+        ).all()
+    assert gone and all(g is not None for g in gone), "deleted files are marked missing"

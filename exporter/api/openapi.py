@@ -106,6 +106,33 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
+    "StudyFilter": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "What must be in a file's study for it to be selected (files without "
+        "it are left out): its acquisition date in the range, and for DICOM files the "
+        "registry's header values (any case)",
+        "properties": {
+            "date_from": {"type": "string", "format": "date", "description": "YYYY-MM-DD"},
+            "date_to": {"type": "string", "format": "date", "description": "YYYY-MM-DD"},
+            "series_description": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "SeriesDescription contains it",
+            },
+            "body_part": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "BodyPartExamined is it",
+            },
+            "manufacturer": {"type": "string", "maxLength": 64, "description": "contains it"},
+            "model": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "ManufacturerModelName contains it",
+            },
+        },
+    },
     "ExportRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -121,6 +148,7 @@ SCHEMAS: dict[str, Any] = {
             "modalities": {**_STR_LIST, "description": "modality keys, e.g. cbct, ios"},
             "kinds": {"type": "array", "items": {"type": "string", "enum": ["raw", "processed"]}},
             "not_exported": {"type": "boolean"},
+            "study": {"$ref": "#/components/schemas/StudyFilter"},
             "name": {
                 "type": "string",
                 "description": "the archive's top folder (sanitised); at most MAX_NAME_LENGTH "
@@ -367,6 +395,7 @@ _RELEASE_BODY = {
             "type": "boolean",
             "description": "only patients not yet released to the destination",
         },
+        "study": {"$ref": "#/components/schemas/StudyFilter"},
         "destination": {"type": "string", "description": "a project you manage"},
         "archive": {
             "type": ["string", "null"],
@@ -388,6 +417,12 @@ _RELEASE_BODY = {
                 "skip_changed": {
                     "type": "boolean",
                     "description": "a source file changed since registration fails alone",
+                },
+                "move_out": {
+                    "type": "boolean",
+                    "description": "with an archive: released patients whose every file is "
+                    "archived leave the source project (their source files are deleted once "
+                    "the archive's copies check out again)",
                 },
             },
         },

@@ -9,12 +9,13 @@ held in memory.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -217,7 +218,26 @@ def _project(request: Request) -> str:
 
 MAX_OFFSET = 2**31 - 1  # beyond any list; bigger numbers overflow the databases' integers
 _LIST_FIELDS = ("folders", "patients", "tags", "modalities", "kinds")
-_BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options"}
+_BODY_FIELDS = {*_LIST_FIELDS, "tag_mode", "not_exported", "name", "notes", "options", "study"}
+
+
+def _study(body: dict[str, Any], bad: dict[str, str]) -> schemas.StudyFilter:
+    """The body's ``study`` filter (an object), or a problem under ``bad["study"]``."""
+    value = body.get("study")
+    if value is None:
+        return schemas.StudyFilter()
+    if not isinstance(value, dict):
+        bad["study"] = "must be an object: date_from, date_to, " + ", ".join(
+            schemas.STUDY_TEXT_FIELDS
+        )
+        return schemas.StudyFilter()
+    try:
+        return schemas.StudyFilter.parse(value)
+    except InvalidSelection as exc:
+        bad["study"] = str(exc)
+        return schemas.StudyFilter()
+
+
 # The on/off options: every boolean a request has.
 _FLAG_OPTIONS = tuple(f.name for f in dataclasses.fields(ExportRequest) if f.type == "bool")
 _OPTION_FIELDS = {"compression", "part_size", "privacy", *_FLAG_OPTIONS}
@@ -351,6 +371,7 @@ def export_request(body: dict[str, Any], config: Settings) -> ExportRequest:
             bad[key] = "must be a string"
     if "not_exported" in body and not isinstance(body["not_exported"], bool):
         bad["not_exported"] = "must be true or false"
+    study = _study(body, bad)
     options = body.get("options", {})
     if not isinstance(options, dict):
         bad["options"] = "must be an object"
@@ -391,6 +412,7 @@ def export_request(body: dict[str, Any], config: Settings) -> ExportRequest:
             body.get("modalities"),
             body.get("kinds"),
             bool(body.get("not_exported", False)),
+            study=study,
         )
     except InvalidSelection as exc:
         raise InvalidRequest(str(exc), {"tag_mode": str(exc)}) from None
@@ -581,8 +603,9 @@ _RELEASE_FIELDS = {
     "name",
     "notes",
     "options",
+    "study",
 }
-_RELEASE_FLAGS = ("shift_dates", "clean_descriptors", "skip_changed")
+_RELEASE_FLAGS = ("shift_dates", "clean_descriptors", "skip_changed", "move_out")
 
 
 def release_request(body: dict[str, Any], config: Settings) -> schemas.ReleaseRequest:
@@ -615,6 +638,7 @@ def release_request(body: dict[str, Any], config: Settings) -> schemas.ReleaseRe
             bad[key] = f"is longer than {limit} characters: shorten it"
     if "not_released" in body and not isinstance(body["not_released"], bool):
         bad["not_released"] = "must be true or false"
+    study = _study(body, bad)
     options = body.get("options", {})
     if not isinstance(options, dict):
         bad["options"] = "must be an object"
@@ -637,6 +661,7 @@ def release_request(body: dict[str, Any], config: Settings) -> schemas.ReleaseRe
             body.get("modalities"),
             body.get("kinds"),
             not_released_to=str(destination) if body.get("not_released") else "",
+            study=study,
         )
     except InvalidSelection as exc:
         raise InvalidRequest(str(exc), {"tag_mode": str(exc)}) from None
@@ -752,12 +777,18 @@ async def file_history(request: Request) -> Response:
         return error_response(exc)
 
 
+# Swagger UI 5 (4.x cannot read OpenAPI 3.1), its static files from the swagger-ui-py wheel;
+# found without importing the package (its import wires up web frameworks).
+_SPEC = importlib.util.find_spec("swagger_ui")
+if _SPEC is None or not _SPEC.submodule_search_locations:  # pragma: no cover - install
+    raise ImportError("Swagger UI is missing: pip install -r requirements.txt")
+SWAGGER_UI = str(Path(next(iter(_SPEC.submodule_search_locations))) / "static")
 DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Export Portal API</title>
 <link rel="stylesheet" href="/api/docs/static/swagger-ui.css"></head>
 <body><div id="ui"></div>
 <script src="/api/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api/openapi.json", dom_id: "#ui"});</script>
+<script>SwaggerUIBundle({url: "/api/openapi.json", dom_id: "#ui", validatorUrl: null});</script>
 </body></html>"""
 
 
@@ -1002,7 +1033,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/{project:str}/files/history/", file_history, methods=["GET"]),
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
-        Mount("/api/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
+        Mount("/api/docs/static", StaticFiles(directory=SWAGGER_UI)),
         # Last: anything else under /api (a bad part number, a typo) in the error shape.
         Route("/api/{rest:path}", no_route, methods=list(_ALL_METHODS)),
     ]

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from humanize import naturalsize
+
 from exporter.archive.layout import (
     PlannedFile,
     PlannedPart,
@@ -497,8 +499,9 @@ class PartBuilder:
                 free -= self._out.size - self._out.written
             if free < self.disk_reserve:
                 raise NotEnoughSpace(
-                    f"Free space at the export root fell to {max(free, 0)} bytes, below the "
-                    f"reserve of {self.disk_reserve}: the export was stopped; free some space"
+                    f"Free space at the export root fell to {_size(max(free, 0))}, below the "
+                    f"reserve of {_size(self.disk_reserve)}: the export was stopped; free some "
+                    "space"
                 )
         now = time.monotonic()
         if self.progress and (force or now - self._last_progress >= PROGRESS_EVERY_S):
@@ -850,14 +853,19 @@ def part_filename(info: ExportInfo, number: int, count: int) -> str:
     return f"{info.folder}.zip" if count == 1 else f"{info.folder}.part-{number:03d}.zip"
 
 
+def _size(n: int) -> str:
+    return naturalsize(n, binary=True)
+
+
 def check_free_space(export_root: Path, needed: int, reserve: int) -> None:
     """Refuse to start when the export would leave less than ``reserve`` free."""
     export_root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(export_root).free
     if free - needed < reserve:
         raise NotEnoughSpace(
-            f"Not enough space at the export root: {free} bytes free, this export needs about "
-            f"{needed} plus a reserve of {reserve}; choose fewer patients or modalities, or "
+            f"Not enough space at the export root: {_size(free)} free, this export needs about "
+            f"{_size(needed)} plus a reserve of {_size(reserve)}; choose fewer patients or "
+            "modalities, or "
             "ask an administrator to free space"
         )
 

@@ -236,3 +236,78 @@ def keep_version(data_root: Path, relative: str, version: int) -> str | None:
             raise
     _fsync_dir(directory)
     return kept
+
+
+Originals = tuple[str | None, list[tuple[str, str, str]]]
+"""A patient's folder, and its (source path, sha256, archive path) per file, relative to the
+data root."""
+
+
+def verified_originals(data_root: Path, files: list[tuple[str, str, str]]) -> bool:
+    """Whether each source file and its archive copy are plain files under the data root
+    (reached through no link) whose bytes, read now, have the registered SHA-256: a source
+    that changed since it was registered, or a copy that did, keeps the patient where it is."""
+    root = str(data_root)
+    try:
+        return all(
+            _plain_file(root, place) and _sha256(f"{root}/{place}") == digest
+            for source, digest, copy in files
+            for place in (copy, source)
+        )
+    except OSError:
+        return False
+
+
+def remove_originals(data_root: Path, patients: Iterable[Originals]) -> list[str]:
+    """Delete moved-out patients' source files (:func:`verified_originals` said yes), each
+    only if its bytes, read once more, are still the registered ones; then their folders,
+    where empty. Never through a link. Returns the source paths deleted (the rest stay: a
+    file that changed meanwhile or could not go)."""
+    root = str(data_root)
+    deleted: list[str] = []
+    for folder, files in patients:
+        for source, digest, _copy in files:
+            try:
+                if _plain_file(root, source) and _sha256(f"{root}/{source}") == digest:
+                    Path(root, source).unlink()
+                    deleted.append(source)
+            except OSError:
+                pass
+        if folder and _inside(root, folder):
+            _remove_empty(f"{root}/{folder}")
+    return deleted
+
+
+def _inside(root: str, relative: str) -> bool:
+    parts = relative.split("/")
+    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
+        return False
+    real = os.path.realpath(f"{root}/{relative}")
+    return real == f"{root}/{relative}" and real.startswith(root + "/")
+
+
+def _plain_file(root: str, relative: str) -> bool:
+    """A regular file at ``relative``, reached through no link (the file itself included)."""
+    if not _inside(root, relative):
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(f"{root}/{relative}").st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0) as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_empty(top: str) -> None:
+    """Empty folders below ``top`` and ``top`` itself, deepest first; never a link."""
+    if Path(top).is_symlink() or not Path(top).is_dir():
+        return
+    for directory, _, _ in os.walk(top, topdown=False, followlinks=False):
+        with contextlib.suppress(OSError):
+            Path(directory).rmdir()  # refuses a folder that is not empty

@@ -163,6 +163,7 @@ class _Context:
     archive_root: str | None
     options: ExportOptions
     skip_changed: bool
+    move_out: bool
     files: list[FileEntry]
     facts: dict[int, dict[str, Any]]  # source file id -> registry facts
     links: dict[int, tuple[int, str]]  # source patient -> (destination patient, label)
@@ -322,7 +323,7 @@ class _Job:
             assert user is not None
             principal = Principal(user.id, user.email, user.name, user.is_admin)
             slugs = dict(session.execute(select(Project.id, Project.slug)).all())
-            options, skip_changed = releases.options_of(row)
+            options, skip_changed, move_out = releases.options_of(row)
             request = ReleaseRequest(
                 Selection.from_dict(row.criteria),
                 destination=slugs[row.destination_project_id],
@@ -333,6 +334,7 @@ class _Job:
                 shift_dates=options.shift_dates,
                 clean_descriptors=options.clean_descriptors,
                 skip_changed=skip_changed,
+                move_out=move_out,
             )
             planned = releases.plan(session, principal, slugs[row.source_project_id], request)
             files = planned.files
@@ -417,6 +419,7 @@ class _Job:
             archive_root,
             options,
             skip_changed,
+            move_out,
             files,
             facts,
             links,
@@ -935,18 +938,65 @@ class _Job:
     def _finish(self, ctx: _Context) -> None:
         released = [pid for pid, ok in self.ok_patients.items() if ok]
         report = ctx.check.report(ctx.options.privacy)
+        moving = ctx.move_out and ctx.archive_id is not None
+        counts = dict(self.counts)
+        leaving: dict[int, releases.Leaving] = {}
+        if moving:
+            with db.session_scope(self.settings) as session:
+                candidates = releases.leaving(session, self.release_id, released)
+            # The bytes on disk, before anyone leaves: each source and its archive copy read
+            # and hashed now (a source changed since it was registered, or a damaged copy,
+            # keeps the patient in the source).
+            leaving = {
+                pid: patient
+                for pid, patient in candidates.items()
+                if publish.verified_originals(self.data_root, patient.files)
+            }
+            counts["moved_out"] = len(leaving)
+            if len(leaving) < len(candidates):
+                counts["kept_unverified"] = len(candidates) - len(leaving)
         with db.session_scope(self.settings) as session:
             row = session.get(DatasetRelease, self.release_id)
             assert row is not None
-            won = releases.complete(
-                session, self.release_id, dict(self.counts), report, self.worker
-            )
+            won = releases.complete(session, self.release_id, counts, report, self.worker)
             if not won:  # cancelled at the very end: the tags are not set either
                 raise ExportCancelled("The release was cancelled")
             registry.tag_exported(
                 session, row.source_project_id, None, released, registry.released_tag(ctx.dest_slug)
             )
+            if leaving:
+                releases.mark_left(session, ctx.user.id, self.release_id, leaving)
+        if leaving:
+            # The patients are out of the project (committed) before their source files go.
+            self._delete_originals(list(leaving.values()))
         notify(self.settings, self.release_id)
+
+    def _delete_originals(self, patients: list[releases.Leaving]) -> None:
+        """The moved-out patients' source files deleted (each checked once more); their rows
+        marked missing; what stayed on disk counted on the release."""
+        deleted = publish.remove_originals(
+            self.data_root, [(p.source_dir, p.files) for p in patients]
+        )
+        left = sum(len(p.files) for p in patients) - len(deleted)
+        with db.session_scope(self.settings) as session:
+            now = datetime.now(UTC)
+            for start in range(0, len(deleted), 500):
+                session.execute(
+                    update(FileRegistry)
+                    .where(FileRegistry.path.in_(deleted[start : start + 500]))
+                    .values(missing_since=now)
+                )
+            if left:
+                row = session.get(DatasetRelease, self.release_id)
+                assert row is not None
+                row.counts = {**row.counts, "originals_left_in_place": left}
+        if left:
+            log.warning(
+                "release %s: %d source files of patients moved out stay in place (changed "
+                "meanwhile, or could not be deleted)",
+                self.release_id,
+                left,
+            )
 
 
 def _redact(text: str, item: _Item) -> str:

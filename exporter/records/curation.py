@@ -46,7 +46,9 @@ def _tag_int(stored: str) -> int:
 
 def _patient(session: Session, project_id: int, label: str) -> Patient:
     patient = session.scalar(
-        select(Patient).where(Patient.project_id == project_id, Patient.label == label)
+        select(Patient).where(
+            Patient.project_id == project_id, Patient.label == label, Patient.left_at.is_(None)
+        )
     )
     if patient is None:
         raise NotFound(f"No patient {label!r} in this project: check the label")

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from humanize import naturalsize
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from exporter.access.accounts import Principal, ProjectAccess, accessible_projects, require_project
@@ -309,6 +310,11 @@ def _roomy(needed: int) -> Refusal | None:
     return None
 
 
+def _size(n: int) -> str:
+    """A size as people read it (binary units: 1.5 GiB)."""
+    return naturalsize(n, binary=True)
+
+
 def refusal_for(request: ExportRequest, est: Estimate, max_bytes: int, left: int) -> Refusal | None:
     """What stops this request with this estimate, or None."""
     if not request.selection.modalities:
@@ -321,14 +327,15 @@ def refusal_for(request: ExportRequest, est: Estimate, max_bytes: int, left: int
     if est.total_bytes > max_bytes:
         return Refusal(
             RefusalReason.SIZE_LIMIT,
-            f"The export would be {est.total_bytes} bytes, over the limit of {max_bytes}: "
+            f"The export would be {_size(est.total_bytes)}, over the limit of "
+            f"{_size(max_bytes)}: "
             "select fewer patients or modalities",
         )
     if est.total_bytes > left:
         return Refusal(
             RefusalReason.QUOTA,
-            f"The export would be {est.total_bytes} bytes but your quota has {max(left, 0)} "
-            "left: delete exports you no longer need",
+            f"The export would be {_size(est.total_bytes)} but your quota has "
+            f"{_size(max(left, 0))} left: delete exports you no longer need",
         )
     return None
 
@@ -527,8 +534,11 @@ def list_rows(
     status: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    mine: bool = False,
+    text: str = "",
 ) -> list[DatasetExport]:
-    """Exports the user may see, newest first (researchers: their own)."""
+    """Exports the user may see, newest first (researchers: their own; ``mine``: a data
+    manager's own too); ``text``: whose name or notes contain it (any case)."""
     visible = _visible(session, user)
     query = select(DatasetExport).order_by(DatasetExport.created_at.desc())
     if project is not None:
@@ -536,14 +546,22 @@ def list_rows(
         visible = {access.project_id: access}
     managed = [pid for pid, a in visible.items() if a.role is Role.DATA_MANAGER]
     own = [pid for pid, a in visible.items() if a.role is not Role.DATA_MANAGER]
-    from sqlalchemy import and_, or_
-
     query = query.where(
         or_(
             DatasetExport.project_id.in_(managed),
             and_(DatasetExport.project_id.in_(own), DatasetExport.created_by_id == user.id),
         )
     )
+    if mine:
+        query = query.where(DatasetExport.created_by_id == user.id)
+    needle = text.strip()
+    if needle:
+        query = query.where(
+            or_(
+                DatasetExport.name.icontains(needle, autoescape=True),
+                DatasetExport.notes.icontains(needle, autoescape=True),
+            )
+        )
     if status:
         try:
             query = query.where(DatasetExport.status == ExportStatus(status))

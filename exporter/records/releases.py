@@ -113,6 +113,11 @@ def plan(session: Session, user: Principal, source: str, request: ReleaseRequest
         raise InvalidOption(
             "The archive must be a third project, apart from the source and the destination"
         )
+    if request.move_out and arch is None:
+        raise InvalidOption(
+            "Moving patients out of the project needs an archive for their originals: "
+            "choose an archive project, or release without moving them out"
+        )
     options = request.options(policy_of(session, src.project_id))
     if not request.selection.modalities:
         raise InvalidSelection("Choose at least one modality")
@@ -195,7 +200,11 @@ def create(
         notes=request.notes.strip(),
         status=ExportStatus.PENDING,
         criteria=request.selection.as_dict(),
-        options={**checked.options.to_json(), "skip_changed": request.skip_changed},
+        options={
+            **checked.options.to_json(),
+            "skip_changed": request.skip_changed,
+            "move_out": request.move_out,
+        },
         patient_count=len({f.patient_id for f in checked.files}),
         file_count=len(checked.files),
         estimated_bytes=needed,
@@ -223,16 +232,106 @@ def create(
             "archive": checked.archive.slug if checked.archive else None,
             "privacy": checked.options.privacy,
             "patients": row.patient_count,
+            "move_out": request.move_out,
         },
     )
     return row
 
 
-def options_of(row: DatasetRelease) -> tuple[ExportOptions, bool]:
-    """The rewrite's options and ``skip_changed``, as the release stored them."""
+@dataclass(frozen=True)
+class Leaving:
+    """A released patient whose every live file has its original in the archive: where
+    the patient's folder is, and each source file with its SHA-256 and archive copy."""
+
+    source_dir: str | None
+    files: list[tuple[str, str, str]]  # (source path, sha256, archive path)
+
+
+def leaving(session: Session, release_id: str, patient_ids: Iterable[int]) -> dict[int, Leaving]:
+    """Of these source patients (released whole by ``release_id``), those that may leave
+    the source project as far as the registry knows: none of their files is missing, and
+    each has a copy in the release's archive (written or kept by any release into it) whose
+    registered SHA-256 is the source's. The caller checks the bytes on disk
+    (``publish.verified_originals``) before they leave."""
+    row = session.get(DatasetRelease, release_id)
+    assert row is not None and row.archive_project_id is not None
+    ids = sorted(set(patient_ids))
+    if not ids:
+        return {}
+    archived = (
+        select(ReleasedFile.source_file_id, FileRegistry.path, FileRegistry.sha256)
+        .join(FileRegistry, FileRegistry.id == ReleasedFile.file_id)
+        .where(
+            ReleasedFile.project_id == row.archive_project_id,
+            ReleasedFile.target == "archive",
+            ReleasedFile.source_patient_id.in_(ids),
+            ReleasedFile.status.in_((*WRITTEN, "skipped")),
+        )
+    )
+    copies: dict[int, tuple[str, str]] = {}
+    for source_id, path, digest in session.execute(archived):
+        if source_id is not None:
+            copies[source_id] = (path, digest)
+    files = session.execute(
+        select(
+            FileRegistry.id,
+            FileRegistry.patient_id,
+            FileRegistry.path,
+            FileRegistry.sha256,
+            FileRegistry.missing_since,
+        )
+        .where(FileRegistry.patient_id.in_(ids))
+        .order_by(FileRegistry.id)
+    ).all()
+    dirs = dict(
+        session.execute(
+            select(Patient.id, Patient.source_dir).where(
+                Patient.id.in_(ids), Patient.left_at.is_(None)
+            )
+        ).all()
+    )
+    found: dict[int, list[tuple[str, str, str]]] = {pid: [] for pid in dirs}
+    whole = set(dirs)
+    for file_id, pid, path, digest, missing in files:
+        copy = copies.get(file_id)
+        if pid not in found or missing is not None or copy is None or copy[1] != digest:
+            # A file the archive does not hold as registered, or one a registration no
+            # longer found (it may be back, unarchived): the patient stays.
+            whole.discard(pid)
+            continue
+        found[pid].append((path, digest, copy[0]))
+    return {pid: Leaving(dirs[pid], found[pid]) for pid in sorted(whole)}
+
+
+def mark_left(
+    session: Session, user_id: int, release_id: str, patients: dict[int, Leaving]
+) -> None:
+    """The patients leave the source project (its tree, selections and curation), in the
+    caller's transaction, with an audit event that names the release."""
+    row = session.get(DatasetRelease, release_id)
+    assert row is not None
+    session.execute(
+        update(Patient)
+        .where(Patient.id.in_(sorted(patients)))
+        .values(left_at=datetime.now(UTC), left_release_id=release_id)
+    )
+    record(
+        session,
+        "release-move-out",
+        user_id,
+        row.source_project_id,
+        None,
+        {"release": release_id, "patients": len(patients)},
+    )
+
+
+def options_of(row: DatasetRelease) -> tuple[ExportOptions, bool, bool]:
+    """The rewrite's options, ``skip_changed`` and ``move_out``, as the release stored
+    them."""
     stored = dict(row.options)
     skip = bool(stored.pop("skip_changed", False))
-    return ExportOptions.from_json(stored), skip
+    move_out = bool(stored.pop("move_out", False))
+    return ExportOptions.from_json(stored), skip, move_out
 
 
 def get_row(session: Session, user: Principal, release_id: str) -> DatasetRelease:
@@ -658,7 +757,7 @@ def log_rows(session: Session, release_id: str) -> Iterator[dict[str, Any]]:
     """``release_log.csv``'s rows: per patient, per series, then per file; counts for
     patients and series."""
     rows = session.execute(
-        select(ReleasedFile, Patient.label)
+        select(ReleasedFile, Patient.label, Patient.left_release_id)
         .outerjoin(Patient, Patient.id == ReleasedFile.source_patient_id)
         .where(ReleasedFile.release_id == release_id)
         .order_by(ReleasedFile.target, ReleasedFile.id)
@@ -666,7 +765,8 @@ def log_rows(session: Session, release_id: str) -> Iterator[dict[str, Any]]:
     dest_labels = _destination_labels(session, release_id)
     groups: dict[tuple[str, str, str], list[ReleasedFile]] = {}
     patients: dict[tuple[str, str], list[ReleasedFile]] = {}
-    for r, label in rows:
+    moved = {label for _, label, left in rows if left == release_id}
+    for r, label, _ in rows:
         patient = label or "(deleted)"
         patients.setdefault((r.target, patient), []).append(r)
         groups.setdefault((r.target, patient, r.series or ""), []).append(r)
@@ -684,6 +784,8 @@ def log_rows(session: Session, release_id: str) -> Iterator[dict[str, Any]]:
             "target": target,
             "patient": patient,
             "destination_patient": dest,
+            # moved out: the patient left the source project, its originals in the archive
+            "status": "moved_out" if target == "archive" and patient in moved else "",
             **counts(items),
         }
         for (t, p, series), in_series in groups.items():

@@ -78,6 +78,7 @@ class IngestReport:
 
     patients: int = 0
     patients_added: int = 0
+    patients_returned: int = 0  # moved out by a release, back with files on disk
     patients_moved: list[str] = field(default_factory=list)
     files: int = 0
     files_added: int = 0
@@ -95,8 +96,9 @@ class IngestReport:
 
     def summary(self) -> str:
         pruned = f", {self.pruned} pruned" if self.pruned else ""
+        back = f", {self.patients_returned} back" if self.patients_returned else ""
         return (
-            f"{self.patients} patients ({self.patients_added} new), {self.files} files "
+            f"{self.patients} patients ({self.patients_added} new{back}), {self.files} files "
             f"({self.files_added} added, {len(self.files_updated)} updated), "
             f"{naturalsize(self.bytes, binary=True)}, {len(self.skipped)} skipped, "
             f"{len(self.refused)} refused, {len(self.missing)} missing{pruned}"
@@ -450,6 +452,12 @@ def _ensure_patients(
             patient = Patient(project_id=project_id, label=label, folder_id=folder_id)
             session.add(patient)
             report.patients_added += 1
+        if patient.left_at is not None:
+            # A release moved the patient out; files in its folder again (a follow-up, or
+            # originals the release could not delete) bring it back into the project.
+            patient.left_at = None
+            patient.left_release_id = None
+            report.patients_returned += 1
         patient.folder_id = folder_id
         patient.source_dir = patient_dir
         result[label] = patient

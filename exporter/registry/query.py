@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session
 
 from exporter.access.accounts import Principal, ProjectAccess, accessible_projects, require_project
 from exporter.errors import InvalidSelection
-from exporter.schemas import TAG_MODES, Estimate, FileEntry, ModalityEstimate, Selection
+from exporter.schemas import (
+    STUDY_TEXT_FIELDS,
+    TAG_MODES,
+    Estimate,
+    FileEntry,
+    ModalityEstimate,
+    Selection,
+    StudyFilter,
+)
 from exporter.store.models import (
     FileKind,
     FileRegistry,
@@ -78,6 +86,27 @@ class _Resolved:
     modality_ids: dict[int, Modality]
     chosen: set[int]
     kinds: tuple[FileKind, ...]
+    # What a file must match (the study filter), on FileRegistry; empty: every file.
+    files: tuple[ColumnElement[bool], ...] = ()
+
+
+def study_conditions(study: StudyFilter) -> tuple[ColumnElement[bool], ...]:
+    """The study filter as conditions on a file row: its acquisition date in the range, and
+    its header subset's values (files without a header have none, so they are left out)."""
+    found: list[ColumnElement[bool]] = []
+    if study.date_from:
+        found.append(FileRegistry.acquisition_date >= study.date_from)
+    if study.date_to:
+        found.append(FileRegistry.acquisition_date <= study.date_to)
+    for name, value in study.texts().items():
+        keyword, how = STUDY_TEXT_FIELDS[name]
+        stored = FileRegistry.dicom_header[keyword].as_string()
+        found.append(
+            func.upper(stored) == value.upper()
+            if how == "is"
+            else stored.icontains(value, autoescape=True)
+        )
+    return tuple(found)
 
 
 def _enabled(session: Session, project_id: int) -> list[Modality]:
@@ -117,7 +146,8 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
         )
     chosen = {by_key[k].id for k in sel.modalities}
 
-    conditions: list[ColumnElement[bool]] = [Patient.project_id == pid]
+    # A patient a release moved out is no longer in the project.
+    conditions: list[ColumnElement[bool]] = [Patient.project_id == pid, Patient.left_at.is_(None)]
     scope: list[ColumnElement[bool]] = []
     folders = [f.strip("/") for f in sel.folders]
     if "" in folders:
@@ -144,7 +174,9 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
             found = set(
                 session.scalars(
                     select(Patient.label).where(
-                        Patient.project_id == pid, Patient.label.in_(labels)
+                        Patient.project_id == pid,
+                        Patient.label.in_(labels),
+                        Patient.left_at.is_(None),
                     )
                 )
             )
@@ -197,26 +229,38 @@ def _resolve(session: Session, user: Principal, project: str, sel: Selection) ->
                 ),
             )
         )
-    return _Resolved(access, select(Patient.id).where(*conditions), enabled, chosen, kinds)
+    files = study_conditions(sel.study)
+    if files:  # the patients with at least one file that matches
+        conditions.append(
+            exists().where(
+                FileRegistry.patient_id == Patient.id,
+                FileRegistry.missing_since.is_(None),
+                *files,
+            )
+        )
+    return _Resolved(access, select(Patient.id).where(*conditions), enabled, chosen, kinds, files)
 
 
 def estimate(session: Session, user: Principal, project: str, sel: Selection) -> Estimate:
     """Patient count, file count, bytes and per-modality breakdown of a selection."""
     r = _resolve(session, user, project, sel)
     patients_selected = session.scalar(select(func.count()).select_from(r.patient_ids.subquery()))
-    in_scope = (
-        PatientFileSummary.patient_id.in_(r.patient_ids),
-        PatientFileSummary.kind.in_(r.kinds),
+    # Without a study filter the per-patient summaries answer; with one, the files do.
+    table: Any = FileRegistry if r.files else PatientFileSummary
+    in_scope: tuple[ColumnElement[bool], ...] = (
+        table.patient_id.in_(r.patient_ids),
+        table.kind.in_(r.kinds),
     )
+    files: Any
+    if r.files:
+        in_scope += (FileRegistry.missing_since.is_(None), *r.files)
+        files, size = func.count(FileRegistry.id), func.sum(FileRegistry.size_bytes)
+    else:
+        files, size = func.sum(table.file_count), func.sum(table.total_bytes)
     rows = session.execute(
-        select(
-            PatientFileSummary.modality_id,
-            func.count(distinct(PatientFileSummary.patient_id)),
-            func.sum(PatientFileSummary.file_count),
-            func.sum(PatientFileSummary.total_bytes),
-        )
+        select(table.modality_id, func.count(distinct(table.patient_id)), files, size)
         .where(*in_scope)
-        .group_by(PatientFileSummary.modality_id)
+        .group_by(table.modality_id)
     )
     found = {mid: (p, int(f or 0), int(b or 0)) for mid, p, f, b in rows}
     breakdown = [
@@ -228,8 +272,8 @@ def estimate(session: Session, user: Principal, project: str, sel: Selection) ->
     if r.chosen:
         patient_count = (
             session.scalar(
-                select(func.count(distinct(PatientFileSummary.patient_id))).where(
-                    *in_scope, PatientFileSummary.modality_id.in_(r.chosen)
+                select(func.count(distinct(table.patient_id))).where(
+                    *in_scope, table.modality_id.in_(r.chosen)
                 )
             )
             or 0
@@ -279,6 +323,7 @@ def select_files(
             FileRegistry.modality_id.in_(r.chosen),
             FileRegistry.kind.in_(r.kinds),
             FileRegistry.missing_since.is_(None),
+            *r.files,
         )
         .order_by(Patient.label, Modality.key, FileRegistry.series_label, FileRegistry.path)
     )
@@ -295,7 +340,10 @@ def files_by_id(session: Session, ids: list[int]) -> dict[int, FileEntry]:
         rows = session.execute(
             _FILE_COLUMNS.join(Patient, Patient.id == FileRegistry.patient_id)
             .join(Modality, Modality.id == FileRegistry.modality_id)
-            .where(FileRegistry.id.in_(ids[start : start + 500]))
+            .where(
+                FileRegistry.id.in_(ids[start : start + 500]),
+                Patient.left_at.is_(None),  # moved out by a release: no longer the project's
+            )
         )
         for fid, pid, label, key, kind, sub, path, size, sha, media, series, mtime in rows:
             found[fid] = FileEntry(
@@ -384,6 +432,7 @@ class ProjectOverview:
     # copied here as originals (an archive).
     released_patients: int = 0
     archived_files: int = 0
+    moved_out: int = 0  # patients releases moved out of this project (data managers only)
 
 
 def overview(session: Session, user: Principal) -> list[ProjectOverview]:
@@ -406,6 +455,15 @@ def overview(session: Session, user: Principal) -> list[ProjectOverview]:
                 ReleasedFile.status.in_(("created", "new_version")),
             )
         )
+        moved = (
+            session.scalar(
+                select(func.count(Patient.id)).where(
+                    Patient.project_id == access.project_id, Patient.left_at.is_not(None)
+                )
+            )
+            if access.role is Role.DATA_MANAGER
+            else 0
+        )
         result.append(
             ProjectOverview(
                 slug=access.slug,
@@ -417,6 +475,7 @@ def overview(session: Session, user: Principal) -> list[ProjectOverview]:
                 by_modality=est.by_modality,
                 released_patients=released or 0,
                 archived_files=archived or 0,
+                moved_out=moved or 0,
             )
         )
     return result
@@ -454,7 +513,7 @@ def project_tree(session: Session, user: Principal, project: str, cap: int) -> P
     rows = session.execute(
         select(Patient.id, Patient.label, PatientFolder.path)
         .outerjoin(PatientFolder, PatientFolder.id == Patient.folder_id)
-        .where(Patient.project_id == pid)
+        .where(Patient.project_id == pid, Patient.left_at.is_(None))
         .order_by(Patient.label)
         .limit(cap + 1)
     ).all()

@@ -201,6 +201,10 @@ class Patient(Base):
     # directories that share a name are never merged into one person.
     source_dir: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A patient a release moved out (its originals kept in the release's archive): gone from
+    # this project's tree, selections and curation; its rows stay for the history and links.
+    left_at: Mapped[datetime | None] = mapped_column()
+    left_release_id: Mapped[str | None] = mapped_column(String(32))
     tags: Mapped[list[Tag]] = relationship(secondary="patient_tag", viewonly=True)
 
 

@@ -5,6 +5,8 @@ beside the main script as old-style multipage navigation, and a page opened by i
 (a link in an e-mail) then skipped this script and showed the wrong sidebar.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from exporter.errors import PortalError
@@ -12,7 +14,11 @@ from exporter.ui import data
 from exporter.ui.links import CURATION, EXPORTS, HOME, NEW_EXPORT, PRIVACY, RELEASES, TOKENS
 from exporter.ui.session import identity
 
-st.set_page_config(page_title="Export Portal", page_icon=":material/folder_zip:", layout="wide")
+ICON = Path(__file__).with_name("icon.png")
+
+# The icon is a file of the portal's own: a Material symbol or an emoji would be fetched from
+# a CDN, and the portal runs offline.
+st.set_page_config(page_title="Export Portal", page_icon=str(ICON), layout="wide")
 
 who = identity()
 try:

@@ -3,6 +3,7 @@ this is the one place that knows it, so it can be swapped)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -14,28 +15,52 @@ FOLDER = "f:"
 PATIENT = "p:"
 
 
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that reads numbers as numbers: site-a before site-b, cohort-2 before
+    cohort-10, P9 before P10."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part.lower())
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
 def nodes(tree: ProjectTree, patients: list[TreePatient]) -> list[dict[str, Any]]:
-    """Tree nodes: folders (values ``f:<path>``) holding patients (``p:<label>``)."""
+    """Tree nodes: folders (values ``f:<path>``) holding patients (``p:<label>``), each level
+    folders first, in natural order."""
     children: dict[str, list[dict[str, Any]]] = {"": []}
     for path in tree.folders:
         children.setdefault(path, [])
-    for patient in patients:
+    for patient in sorted(patients, key=lambda p: natural_key(p.label)):
         children.setdefault(patient.folder, []).append(
             {"label": patient.label, "value": PATIENT + patient.label}
         )
     # folders from the deepest up, so each one's children are complete when it is attached
+    folders: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(children, key=lambda p: p.count("/"), reverse=True):
         if not path:
             continue
         parent = path.rpartition("/")[0]
+        kids = sorted(folders.pop(path, []), key=lambda n: natural_key(n["label"]))
         node = {
             "label": path.rpartition("/")[2],
             "value": FOLDER + path,
-            "children": children[path],
+            "children": kids + children[path],
         }
-        if children[path]:
-            children.setdefault(parent, []).insert(0, node)
-    return children[""]
+        if node["children"]:
+            folders.setdefault(parent, []).append(node)
+    top = sorted(folders.pop("", []), key=lambda n: natural_key(n["label"]))
+    return top + children[""]
+
+
+def open_folders(patients: list[TreePatient]) -> list[str]:
+    """Every folder that holds one of these patients (and its parents), to show them open."""
+    opened: set[str] = set()
+    for patient in patients:
+        parts = patient.folder.split("/") if patient.folder else []
+        for depth in range(1, len(parts) + 1):
+            opened.add(FOLDER + "/".join(parts[:depth]))
+    return sorted(opened)
 
 
 def visible_patients(
@@ -77,13 +102,36 @@ def selection(checked: list[str], tree: ProjectTree) -> tuple[list[str], list[st
     return folders, sorted(ticked - covered)
 
 
+def ticked_leaves(tree: ProjectTree, folders: list[str], patients: list[str]) -> list[str]:
+    """The tree values to tick for a stored selection: the patients named, and every patient
+    in or below each folder ("" or "/": the whole project). The tree ticks leaves only, so
+    a folder value alone would tick nothing."""
+    wanted = {f.strip("/") for f in folders}
+    labels = set(patients)
+    for patient in tree.patients:
+        if "" in wanted or any(
+            patient.folder == f or patient.folder.startswith(f + "/") for f in wanted
+        ):
+            labels.add(patient.label)
+    return [PATIENT + label for label in sorted(labels)]
+
+
 def patient_tree(
-    tree: ProjectTree, patients: list[TreePatient], key: str, checked: list[str] | None = None
+    tree: ProjectTree,
+    patients: list[TreePatient],
+    key: str,
+    checked: list[str] | None = None,
+    expanded: list[str] | None = None,
 ) -> list[str]:
-    """Show the tree in a scrolling box; return the ticked leaf values."""
+    """Show the tree in a scrolling box (``expanded``: folders shown open); return the
+    ticked leaf values."""
     with st.container(height=420, border=True):
         value = tree_select(
-            nodes(tree, patients), check_model="leaf", checked=checked or [], key=key
+            nodes(tree, patients),
+            check_model="leaf",
+            checked=checked or [],
+            expanded=expanded or [],
+            key=key,
         )
     checked = (value or {}).get("checked", []) if isinstance(value, dict) else []
     return [str(v) for v in checked]
