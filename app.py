@@ -8,6 +8,7 @@ identity header counts. The pages are in pages/, their navigation in exporter/ui
 import sys
 
 import streamlit as st
+from streamlit import config
 
 from exporter.api import guard
 from exporter.api import routes as api
@@ -21,9 +22,16 @@ except ConfigError as exc:
     print(f"error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
 
+
+def _no_error_details() -> None:
+    config.set_option("client.showErrorDetails", "none", "PORTAL_ENV=production")
+
+
 if api.settings().environment == "production":
     # No traceback on any page (it may quote stored values, paths, SQL): a generic message
-    # that points to the log, where the details go.
-    st.set_option("client.showErrorDetails", "none")
+    # that points to the log, where the details go. Set again after every parse of the
+    # configuration (Streamlit parses it anew when a config.toml changes).
+    _no_error_details()
+    config.on_config_parsed(_no_error_details, force_connect=True)
 
 app = st.App("exporter/ui/navigation.py", routes=api.routes(), middleware=middleware)

@@ -7,6 +7,7 @@ the jobs and the archive builder pass these between them.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime
@@ -35,6 +36,7 @@ STUDY_TEXT_FIELDS = {
     "model": ("ManufacturerModelName", "contains"),
 }
 MAX_STUDY_TEXT = 64  # the longest of these DICOM values (LO) has 64 characters
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,16 @@ class StudyFilter:
         dates: dict[str, date | None] = {}
         for key in ("date_from", "date_to"):
             value = data.get(key)
-            if value in (None, ""):
+            if value is None or value == "":
                 dates[key] = None
             elif isinstance(value, date):
                 dates[key] = value
             else:
+                text = value.strip() if isinstance(value, str) else ""
                 try:
-                    dates[key] = date.fromisoformat(str(value).strip())
+                    if not _ISO_DAY.fullmatch(text):
+                        raise ValueError(text)
+                    dates[key] = date.fromisoformat(text)
                 except ValueError:
                     raise InvalidSelection(
                         f"Study filter {key}: {str(value)[:40]!r} is not a date: write YYYY-MM-DD"
@@ -95,7 +100,9 @@ class StudyFilter:
             raise InvalidSelection("Study filter: date_from is after date_to")
         texts: dict[str, str] = {}
         for key in STUDY_TEXT_FIELDS:
-            value = data.get(key) or ""
+            value = data.get(key)
+            if value is None:
+                value = ""
             if not isinstance(value, str):
                 raise InvalidSelection(f"Study filter {key} must be text")
             value = value.strip()

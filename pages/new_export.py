@@ -1,5 +1,7 @@
 """New export: pick patients (tree, tags, search), modalities and options; see the estimate."""
 
+from datetime import date, timedelta
+
 import streamlit as st
 from humanize import naturalsize
 
@@ -89,9 +91,10 @@ def preview_panel(slug: str, request: ExportRequest, disabled: bool) -> None:
         )
 
 
-def study_filter(earlier: object) -> schemas.StudyFilter:
+def study_filter(earlier: object) -> tuple[schemas.StudyFilter, str | None]:
     """The study filters (an expander under the tree): dates and header values a file's
-    study must have; "Export again" fills them in."""
+    study must have; "Export again" fills them in. With what is wrong with them, if
+    anything: then nothing may be estimated or created (the filter would be lost)."""
     was = schemas.StudyFilter.parse(earlier if isinstance(earlier, dict) else None)
     with st.expander("Study filters", icon=":material/filter_alt:", expanded=bool(was)):
         st.caption(
@@ -100,18 +103,23 @@ def study_filter(earlier: object) -> schemas.StudyFilter:
             "headers, so they leave out scans and photos."
         )
         when = st.columns(2)
-        start = when[0].date_input("Acquired from", value=was.date_from, key="study-from")
-        end = when[1].date_input("Acquired until", value=was.date_to, key="study-to")
+        low, high = date(1900, 1, 1), date.today() + timedelta(days=1)
+        start = when[0].date_input(
+            "Acquired from", value=was.date_from, min_value=low, max_value=high, key="study-from"
+        )
+        end = when[1].date_input(
+            "Acquired until", value=was.date_to, min_value=low, max_value=high, key="study-to"
+        )
         texts = {}
         for col, (key, label) in zip(st.columns(4), STUDY_LABELS.items(), strict=True):
             texts[key] = col.text_input(
                 label, value=getattr(was, key), max_chars=schemas.MAX_STUDY_TEXT, key=f"study-{key}"
             )
     try:
-        return schemas.StudyFilter.parse({"date_from": start, "date_to": end, **texts})
+        return schemas.StudyFilter.parse({"date_from": start, "date_to": end, **texts}), None
     except PortalError as exc:
         st.error(str(exc))
-        return was
+        return was, f"Correct the study filters: {exc}"
 
 
 who = require_identity()
@@ -119,7 +127,8 @@ st.title("New export")
 prefill = st.session_state.pop("prefill", None) or {}
 NAME, NOTES = "new-export-name", "new-export-notes"
 if prefill:  # "Export again": the earlier export's name (marked again) and notes
-    again = str(prefill.get("name") or "").removesuffix(" again")[:94]
+    again = str(prefill.get("name") or "").removesuffix(" again")
+    again = again[: settings().max_name_length - len(" again")]
     st.session_state[NAME] = f"{again} again" if again else services.default_name()
     st.session_state[NOTES] = prefill.get("notes", "")
 # One name per visit, kept as typed: a default made on each rerun would replace it (and make
@@ -160,7 +169,7 @@ with left:
     not_exported = st.checkbox(
         "Only patients not yet exported", value=bool(criteria.get("not_exported"))
     )
-    study = study_filter(criteria.get("study"))
+    study, study_problem = study_filter(criteria.get("study"))
     shown = visible_patients(tree, search, tags, tag_mode, not_exported)
     # The tree ticks patients (leaves): a stored folder is ticked as its patients.
     initial = ticked_leaves(tree, criteria.get("folders", []), criteria.get("patients", []))
@@ -193,7 +202,8 @@ with right:
         folders, patients, tags, tag_mode, ticked, kinds or ["raw"], not_exported, study=study
     )
     try:
-        overview = services.estimate(settings(), who.email, slug, base) if checked or tags else None
+        wanted_any = (checked or tags) and not study_problem
+        overview = services.estimate(settings(), who.email, slug, base) if wanted_any else None
     except PortalError as exc:
         overview = None
         st.error(str(exc))
@@ -307,7 +317,7 @@ request = ExportRequest(
     clean_descriptors=clean,
 )
 check = None
-if (checked or tags) and kinds:
+if (checked or tags) and kinds and not study_problem:
     try:
         # The service reuses the estimate only where it stands for this request.
         check = services.preflight_export(settings(), who.email, slug, request, overview)
@@ -326,7 +336,9 @@ cols[3].metric(
 if check:
     st.caption(f"Quota left: {size(max(check.quota_left, 0))}")
 reason: str | None
-if not (checked or tags):
+if study_problem:
+    reason = study_problem
+elif not (checked or tags):
     reason = "Tick patients or choose tags"
 elif not kinds:
     reason = "Choose raw and/or processed files"

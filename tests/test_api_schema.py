@@ -92,6 +92,9 @@ def test_openapi_document_and_docs_page(app_env: tuple[Starlette, dict[str, str]
     page = http.get("/api/docs")
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
     assert http.get("/api/docs/static/swagger-ui-bundle.js").status_code == 200
+    for other in ("swagger-initializer.js", "oauth2-redirect.html", "swagger-editor.js", "LICENSE"):
+        answer = http.get(f"/api/docs/static/{other}")  # the wheel's other files: not served
+        assert answer.status_code == 404 and answer.json()["error"]["type"] == "NotFound"
 
 
 def test_no_server_errors_and_answers_match_the_schema(

@@ -365,3 +365,43 @@ def test_a_study_filter_gives_the_same_patients_in_the_page_the_api_and_the_cli(
 
         chosen = files(session, principal_for(session, ME), "demo", sel)
     assert chosen and {f.patient_label for f in chosen} == set(wanted)
+
+
+def test_a_study_filter_that_does_not_parse_stops_the_export(portal: Settings) -> None:
+    """Found by an adversarial pass: the page said the dates were wrong, dropped the filter,
+    and Create made an export of every study."""
+    import datetime as dt
+
+    at = new_export_page()
+    at.session_state["tree-demo"] = {"checked": ["p:P0001", "p:P0002"], "expanded": []}
+    at.run()
+    at.date_input(key="study-from").set_value(dt.date(2026, 1, 1)).run()
+    at.date_input(key="study-to").set_value(dt.date(2020, 1, 1)).run()
+    assert not at.exception
+    create = next(b for b in at.button if b.label == "Create export")
+    assert create.disabled
+    assert any("Correct the study filters" in w.value for w in at.warning)
+    assert metric(at, "Patients") == "0", "nothing estimated without the filter either"
+
+
+def test_study_filters_read_the_body_part_and_refuse_what_is_not_text_or_a_date(
+    portal: Settings,
+) -> None:
+    from exporter.errors import InvalidSelection
+
+    every = schemas.parse_selection(folders=["/"], modalities=["cbct"])
+    head = schemas.parse_selection(folders=["/"], modalities=["cbct"], study={"body_part": "hEaD"})
+    all_cbct = services.estimate(portal, ME, "demo", every)
+    assert services.estimate(portal, ME, "demo", head).file_count > 0
+    assert services.estimate(portal, ME, "demo", head).file_count <= all_cbct.file_count
+    for bad in ({"body_part": 0}, {"body_part": []}, {"date_from": 20240101},
+                {"date_from": "20240101"}, {"date_to": "2024-W01-1"}):  # fmt: skip
+        with pytest.raises(InvalidSelection):
+            schemas.parse_selection(folders=["/"], modalities=["cbct"], study=bad)
+
+
+def test_natural_order_takes_only_ascii_digits_as_numbers() -> None:
+    from exporter.ui.tree import natural_key
+
+    labels = ["P1²", "P10", "P9", "P٣"]  # a superscript two; an Arabic-Indic three
+    assert sorted(labels, key=natural_key) == ["P1\u00b2", "P9", "P10", "P\u0663"]

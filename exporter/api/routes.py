@@ -27,8 +27,7 @@ from starlette.responses import (
     RangeNotSatisfiable,
     Response,
 )
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from exporter import schemas, services
@@ -987,6 +986,18 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.document())
 
 
+DOCS_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"})
+
+
+async def docs_static(request: Request) -> Response:
+    """The few Swagger UI files the documentation page loads (the wheel holds more: an
+    editor, an OAuth redirect page, a petstore initializer; none of them is served)."""
+    name = request.path_params["name"]
+    if name not in DOCS_FILES:
+        return error_response(NotFound("No such file: see /api/docs"))
+    return FileResponse(f"{SWAGGER_UI}/{name}")
+
+
 async def docs(request: Request) -> Response:
     """``GET /api/docs``: interactive documentation (Swagger UI, served from a wheel)."""
     return HTMLResponse(DOCS_PAGE)
@@ -1033,7 +1044,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/{project:str}/files/history/", file_history, methods=["GET"]),
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/docs", docs, methods=["GET"]),
-        Mount("/api/docs/static", StaticFiles(directory=SWAGGER_UI)),
+        Route("/api/docs/static/{name}", docs_static, methods=["GET", "HEAD"]),
         # Last: anything else under /api (a bad part number, a typo) in the error shape.
         Route("/api/{rest:path}", no_route, methods=list(_ALL_METHODS)),
     ]

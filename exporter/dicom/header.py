@@ -45,6 +45,7 @@ HEADER_KEYWORDS = (
     "AcquisitionDate",
     "ContentDate",
     "Modality",
+    "BodyPartExamined",  # for the study filters (files registered before: register --reread)
     "Manufacturer",
     "ManufacturerModelName",
     "InstitutionName",

@@ -101,8 +101,8 @@ def study_conditions(study: StudyFilter) -> tuple[ColumnElement[bool], ...]:
     for name, value in study.texts().items():
         keyword, how = STUDY_TEXT_FIELDS[name]
         stored = FileRegistry.dicom_header[keyword].as_string()
-        found.append(
-            func.upper(stored) == value.upper()
+        found.append(  # both sides folded by the database (SQLite folds ASCII only)
+            func.upper(stored) == func.upper(value)
             if how == "is"
             else stored.icontains(value, autoescape=True)
         )

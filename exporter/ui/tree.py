@@ -19,8 +19,8 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that reads numbers as numbers: site-a before site-b, cohort-2 before
     cohort-10, P9 before P10."""
     return tuple(
-        (0, int(part)) if part.isdigit() else (1, part.lower())
-        for part in re.split(r"(\d+)", text)
+        (0, int(part)) if part.isascii() and part.isdigit() else (1, part.lower())
+        for part in re.split(r"([0-9]+)", text)
         if part
     )
 
