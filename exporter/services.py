@@ -490,6 +490,25 @@ def retry_any_export(settings: Settings, user_email: str, export_id: str) -> Exp
     if len(view.parts) > 1:
         return retry_export(settings, user_email, export_id)
     again = again_request(view, settings.max_name_length)
+    with db.session_scope(settings) as session:
+        user = accounts.principal_for(session, user_email)
+        made = session.scalar(  # this retry, made already and not failed (again)
+            select(DatasetExport)
+            .where(
+                DatasetExport.request_fingerprint == exports.fingerprint(user, view.project, again),
+                DatasetExport.created_by_id == user.id,
+                DatasetExport.status.in_(
+                    (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
+                ),
+            )
+            .order_by(DatasetExport.created_at.desc())
+            .limit(1)
+        )
+        if made is not None:
+            raise InvalidState(
+                f"Export {view.name!r} was retried already: {made.name!r} is "
+                f"{made.status.value}; follow that one"
+            )
     return create_export(settings, user_email, view.project, again)
 
 

@@ -405,3 +405,27 @@ def test_natural_order_takes_only_ascii_digits_as_numbers() -> None:
 
     labels = ["P1²", "P10", "P9", "P٣"]  # a superscript two; an Arabic-Indic three
     assert sorted(labels, key=natural_key) == ["P1\u00b2", "P9", "P10", "P\u0663"]
+
+
+def test_retry_of_a_failed_export_makes_one_new_export_however_often_it_is_clicked(
+    portal: Settings,
+) -> None:
+    from sqlalchemy import update
+
+    from exporter.errors import InvalidState
+    from exporter.store import db
+    from exporter.store.models import DatasetExport, ExportStatus
+
+    sel = schemas.parse_selection(folders=["/"], modalities=["ios"])
+    first = services.create_export(portal, ME, "demo", ExportRequest(selection=sel, name="x"))
+    with db.session_scope(portal) as session:
+        session.execute(
+            update(DatasetExport)
+            .where(DatasetExport.id == first.id)
+            .values(status=ExportStatus.FAILED, error_message="a disk failed")
+        )
+    again = services.retry_any_export(portal, ME, first.id)
+    assert again.name == "x again" and again.status == "pending"
+    with pytest.raises(InvalidState, match="retried already: 'x again' is pending"):
+        services.retry_any_export(portal, ME, first.id)  # a click after the 30 s window
+    assert len(services.list_exports(portal, ME)) == 2

@@ -165,7 +165,7 @@ class _Context:
     skip_changed: bool
     move_out: bool
     files: list[FileEntry]
-    facts: dict[int, dict[str, Any]]  # source file id -> registry facts
+    facts: dict[int, dict[str, Any]]  # source file id -> registry facts (of files written)
     links: dict[int, tuple[int, str]]  # source patient -> (destination patient, label)
     source_patients: dict[int, tuple[str, str | None, str]]  # id -> label, dir, folder path
     transform: HeaderRewriter
@@ -309,6 +309,7 @@ class _Job:
         self.sources_checked: dict[str, bool] = {}
         self.cancelled = False
         self.stopping = False  # the run is ending: files not yet started are not written
+        self._numbered: dict[str, int] = {}  # a series folder -> its next file number
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -364,7 +365,7 @@ class _Job:
                 uid_key, shifts = pseudonyms.keys(
                     session, row.destination_project_id, patient_ids, False, level=options.privacy
                 )
-            facts = _facts(session, [f.id for f in files])
+            facts: dict[int, dict[str, Any]] = {}  # read as files are written (_register)
             source_patients = {
                 pid: (label, source_dir, folder or "")
                 for pid, label, source_dir, folder in session.execute(
@@ -573,7 +574,10 @@ class _Job:
                     n += 1
                 series = ctx.dest_series[key] = f"series_{n:03d}"
             folder = f"{folder}/{series}"
-            names = (f"{n:04d}{ext}" for n in range(1, 1_000_000))
+            # Numbered on from the last name this run gave in the folder (not from 1 again:
+            # a series of N slices would probe N*N/2 names).
+            start = self._numbered.get(folder, 1)
+            names = (f"{n:04d}{ext}" for n in range(start, 1_000_000))
         elif f.subtype:
             stem = sanitize_component(f.subtype)
             names = (stem + ext if n == 1 else f"{stem}_{n}{ext}" for n in range(1, 1_000_000))
@@ -585,6 +589,8 @@ class _Job:
             path = f"{prefix}/{name}"
             if path.lower() not in ctx.taken:
                 ctx.taken.add(path.lower())
+                if series is not None:  # NNNN.ext: on from NNNN + 1 next time
+                    self._numbered[folder] = int(name.partition(".")[0]) + 1
                 return path, series
         raise PortalError(f"No free name in {folder}")  # pragma: no cover - a million files
 
@@ -772,6 +778,10 @@ class _Job:
         updates: list[dict[str, Any]] = []
         inserts: list[dict[str, Any]] = []
         paths = [r.written.path for r in written if r.written is not None]
+        # The sources' registry facts, for the files written only (an unchanged release
+        # reads none of them).
+        unread = sorted({r.item.source.id for r in written} - self.ctx.facts.keys())
+        self.ctx.facts.update(_facts(session, unread))
         known = dict(
             session.execute(
                 select(FileRegistry.path, FileRegistry.id).where(FileRegistry.path.in_(paths))
