@@ -454,9 +454,11 @@ def delete_export(settings: Settings, user_email: str, export_id: str) -> Export
 
 
 def housekeeping(settings: Settings) -> dict[str, int]:
-    """Fail exports whose worker died, re-enqueue lost ones, expire old files."""
+    """Fail exports whose worker died, re-enqueue lost ones, expire old files, finish the
+    deletions of moved-out patients' source files that a stopped release left."""
     counts = upkeep.reconcile(settings)
     counts["expired"] = upkeep.expire(settings)
+    counts["moved_out_files_deleted"] = upkeep.finish_moves(settings)
     return counts
 
 

@@ -802,3 +802,27 @@ def test_a_moved_out_patients_files_leave_the_registry_and_frozen_plans(rel: Set
             select(FileRegistry.missing_since).where(FileRegistry.id.in_(list(ids.values())))
         ).all()
     assert gone and all(g is not None for g in gone), "deleted files are marked missing"
+
+
+def test_housekeeping_deletes_what_a_stopped_move_out_left_in_place(
+    rel: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped between the commit that moves the patients out and the deletion of
+    their source files: housekeeping checks each patient again and deletes them then; a
+    patient whose archive copy was damaged meanwhile keeps its files."""
+    from exporter.jobs import releases as jobs
+
+    monkeypatch.setattr(jobs._Job, "_delete_originals", lambda self, patients: None)
+    every = services.modality_keys(rel, MANAGER, "demo")
+    originals = {p: _source_files(rel, p) for p in ("P0001", "P0002")}
+    done = release(rel, archive=VAULT, patients=["P0001", "P0002"], modalities=every, move_out=True)
+    work(rel)
+    assert services.get_release(rel, MANAGER, done.id).counts["moved_out"] == 2
+    assert all((rel.data_root / p).exists() for files in originals.values() for p in files)
+    copy = next(p for p in registered(rel, VAULT) if "/P0002/" in p)
+    (rel.data_root / copy).write_bytes(b"damaged after the release")
+    assert upkeep.finish_moves(rel) == len(originals["P0001"])
+    assert not any((rel.data_root / p).exists() for p in originals["P0001"])
+    for path, digest in originals["P0002"].items():
+        assert sha(rel.data_root / path) == digest, "its copy does not check out: kept"
+    assert upkeep.finish_moves(rel) == 0, "nothing more to do, nothing done twice"

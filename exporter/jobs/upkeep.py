@@ -15,17 +15,25 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from sqlalchemy import select
+from sqlalchemy import exists, select, update
 
+from exporter.archive import publish
 from exporter.archive.build import remove_outputs
 from exporter.config import Settings
 from exporter.jobs import releases as release_jobs
 from exporter.jobs.queue import connect
 from exporter.jobs.tasks import enqueue, enqueue_parts, fail_export, remove_partials
-from exporter.records import exports
+from exporter.records import exports, releases
 from exporter.records.exports import forget_old_values
 from exporter.store import db
-from exporter.store.models import DatasetExport, DatasetRelease, ExportPart, ExportStatus
+from exporter.store.models import (
+    DatasetExport,
+    DatasetRelease,
+    ExportPart,
+    ExportStatus,
+    FileRegistry,
+    Patient,
+)
 
 WORKER_DIED = "The worker stopped unexpectedly while building this export; create it again"
 RELEASE_DIED = (
@@ -151,6 +159,46 @@ def _job_alive(connection: Redis, job_id: str | None) -> bool:
         JobStatus.DEFERRED,
         JobStatus.SCHEDULED,
     )
+
+
+def finish_moves(settings: Settings) -> int:
+    """Delete the source files of patients a release moved out that are still registered as
+    present: the worker stopped between the release's commit and its deletion. Each patient
+    is checked as the release checks it (every file and its archive copy hashed again); one
+    that does not check out keeps its files. Returns how many files were deleted."""
+    with db.session_scope(settings) as session:
+        pending = session.execute(
+            select(Patient.left_release_id, Patient.id).where(
+                Patient.left_at.is_not(None),
+                Patient.left_release_id.is_not(None),
+                exists().where(
+                    FileRegistry.patient_id == Patient.id, FileRegistry.missing_since.is_(None)
+                ),
+            )
+        ).all()
+        by_release: dict[str, list[int]] = {}
+        for release_id, patient_id in pending:
+            if release_id is not None:
+                by_release.setdefault(release_id, []).append(patient_id)
+        todo = [
+            patient
+            for release_id, ids in by_release.items()
+            if session.get(DatasetRelease, release_id) is not None
+            for patient in releases.leaving(session, release_id, ids, left=True).values()
+        ]
+    root = settings.data_root.resolve()
+    checked = [p for p in todo if publish.verified_originals(root, p.files)]
+    deleted = publish.remove_originals(root, [(p.source_dir, p.files) for p in checked])
+    if deleted:
+        with db.session_scope(settings) as session:
+            now = datetime.now(UTC)
+            for start in range(0, len(deleted), 500):
+                session.execute(
+                    update(FileRegistry)
+                    .where(FileRegistry.path.in_(deleted[start : start + 500]))
+                    .values(missing_since=now)
+                )
+    return len(deleted)
 
 
 def expire(settings: Settings) -> int:

@@ -167,6 +167,7 @@ def housekeep(connection: Redis, force: bool = False) -> None:
         settings = Settings.load()
         counts = upkeep.reconcile(settings, connection)
         counts["expired"] = upkeep.expire(settings)
+        counts["moved_out_files_deleted"] = upkeep.finish_moves(settings)
         if any(counts.values()):
             log.info("housekeeping: %s", counts)
     except Exception as exc:  # housekeeping must never stop the worker (Redis or DB down)

@@ -247,12 +247,18 @@ class Leaving:
     files: list[tuple[str, str, str]]  # (source path, sha256, archive path)
 
 
-def leaving(session: Session, release_id: str, patient_ids: Iterable[int]) -> dict[int, Leaving]:
+def leaving(
+    session: Session, release_id: str, patient_ids: Iterable[int], *, left: bool = False
+) -> dict[int, Leaving]:
     """Of these source patients (released whole by ``release_id``), those that may leave
     the source project as far as the registry knows: none of their files is missing, and
     each has a copy in the release's archive (written or kept by any release into it) whose
     registered SHA-256 is the source's. The caller checks the bytes on disk
-    (``publish.verified_originals``) before they leave."""
+    (``publish.verified_originals``) before they leave.
+
+    ``left``: of the patients this release moved out, the files still registered as present
+    (their deletion did not happen: the worker stopped after the commit), with the same
+    checks; those already deleted are marked missing and left out."""
     row = session.get(DatasetRelease, release_id)
     assert row is not None and row.archive_project_id is not None
     ids = sorted(set(patient_ids))
@@ -272,6 +278,9 @@ def leaving(session: Session, release_id: str, patient_ids: Iterable[int]) -> di
     for source_id, path, digest in session.execute(archived):
         if source_id is not None:
             copies[source_id] = (path, digest)
+    in_files = [FileRegistry.patient_id.in_(ids)]
+    if left:
+        in_files.append(FileRegistry.missing_since.is_(None))
     files = session.execute(
         select(
             FileRegistry.id,
@@ -280,14 +289,17 @@ def leaving(session: Session, release_id: str, patient_ids: Iterable[int]) -> di
             FileRegistry.sha256,
             FileRegistry.missing_since,
         )
-        .where(FileRegistry.patient_id.in_(ids))
+        .where(*in_files)
         .order_by(FileRegistry.id)
     ).all()
+    state = (
+        [Patient.left_at.is_not(None), Patient.left_release_id == release_id]
+        if left
+        else [Patient.left_at.is_(None)]
+    )
     dirs = dict(
         session.execute(
-            select(Patient.id, Patient.source_dir).where(
-                Patient.id.in_(ids), Patient.left_at.is_(None)
-            )
+            select(Patient.id, Patient.source_dir).where(Patient.id.in_(ids), *state)
         ).all()
     )
     found: dict[int, list[tuple[str, str, str]]] = {pid: [] for pid in dirs}
