@@ -989,13 +989,7 @@ class _Job:
         )
         left = sum(len(p.files) for p in patients) - len(deleted)
         with db.session_scope(self.settings) as session:
-            now = datetime.now(UTC)
-            for start in range(0, len(deleted), 500):
-                session.execute(
-                    update(FileRegistry)
-                    .where(FileRegistry.path.in_(deleted[start : start + 500]))
-                    .values(missing_since=now)
-                )
+            releases.mark_deleted(session, deleted)
             if left:
                 row = session.get(DatasetRelease, self.release_id)
                 assert row is not None

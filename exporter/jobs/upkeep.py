@@ -15,7 +15,7 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 
 from exporter.archive import publish
 from exporter.archive.build import remove_outputs
@@ -191,13 +191,7 @@ def finish_moves(settings: Settings) -> int:
     deleted = publish.remove_originals(root, [(p.source_dir, p.files) for p in checked])
     if deleted:
         with db.session_scope(settings) as session:
-            now = datetime.now(UTC)
-            for start in range(0, len(deleted), 500):
-                session.execute(
-                    update(FileRegistry)
-                    .where(FileRegistry.path.in_(deleted[start : start + 500]))
-                    .values(missing_since=now)
-                )
+            releases.mark_deleted(session, deleted)
     return len(deleted)
 
 

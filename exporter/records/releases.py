@@ -315,6 +315,17 @@ def leaving(
     return {pid: Leaving(dirs[pid], found[pid]) for pid in sorted(whole)}
 
 
+def mark_deleted(session: Session, paths: list[str]) -> None:
+    """Registry rows of moved-out patients' source files that were deleted: missing."""
+    now = datetime.now(UTC)
+    for start in range(0, len(paths), 500):
+        session.execute(
+            update(FileRegistry)
+            .where(FileRegistry.path.in_(paths[start : start + 500]))
+            .values(missing_since=now)
+        )
+
+
 def mark_left(
     session: Session, user_id: int, release_id: str, patients: dict[int, Leaving]
 ) -> None:
