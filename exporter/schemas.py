@@ -313,6 +313,12 @@ LEVELS = tuple(level.value for level in PrivacyLevel)
 
 
 # What each level means, in the words pages, CLI help and e-mails use.
+NAMES = {  # a level in running text: "... · de-identified"
+    PrivacyLevel.PSEUDONYMISED: "pseudonymised",
+    PrivacyLevel.DEIDENTIFIED: "de-identified",
+    PrivacyLevel.IDENTIFIED: "identified",
+}
+
 TITLES = {
     PrivacyLevel.PSEUDONYMISED: "Pseudonymised (default)",
     PrivacyLevel.DEIDENTIFIED: "De-identified",
@@ -564,6 +570,13 @@ class SeriesInfo:
     label: str
     files: int
     first_path: str
+
+
+def again_name(name: str, max_name: int) -> str:
+    """The name of an export made again from ``name``: ``<name> again`` (once, however often
+    it is made again), within ``max_name`` characters."""
+    stem = re.sub(r"( again)+$", "", name)[: max_name - len(" again")]
+    return f"{stem} again"
 
 
 @dataclass(frozen=True)

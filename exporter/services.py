@@ -466,10 +466,9 @@ def again_request(view: ExportView, max_name: int = 100) -> ExportRequest:
     """The request of an earlier export, to make it again: its selection and options as
     stored, its notes, and its name marked "again" (a new name: the request is new)."""
     options = view.options
-    stem = re.sub(r"( again)+$", "", view.name)[: max_name - len(" again")]
     return ExportRequest(
         schemas.Selection.from_dict(view.criteria),
-        name=f"{stem} again",
+        name=schemas.again_name(view.name, max_name),
         notes=view.notes,
         compression=str(options.get("compression", "fast")),
         part_size=options.get("max_part_bytes"),
@@ -494,18 +493,7 @@ def retry_any_export(settings: Settings, user_email: str, export_id: str) -> Exp
     again = again_request(view, settings.max_name_length)
     with db.session_scope(settings) as session:
         user = accounts.principal_for(session, user_email)
-        made = session.scalar(  # this retry, made already and not failed (again)
-            select(DatasetExport)
-            .where(
-                DatasetExport.request_fingerprint == exports.fingerprint(user, view.project, again),
-                DatasetExport.created_by_id == user.id,
-                DatasetExport.status.in_(
-                    (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
-                ),
-            )
-            .order_by(DatasetExport.created_at.desc())
-            .limit(1)
-        )
+        made = exports.made_again(session, user, view.project, again)
         if made is not None:
             raise InvalidState(
                 f"Export {view.name!r} was retried already: {made.name!r} is "

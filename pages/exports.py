@@ -8,18 +8,13 @@ from humanize import naturaldelta, naturalsize
 
 from exporter import services
 from exporter.errors import NotFound, PortalError
-from exporter.schemas import ExportView
+from exporter.schemas import NAMES, ExportView, PrivacyLevel
 from exporter.ui import changes, data, links
 from exporter.ui.session import require_identity, settings
 
 CHANGE_ROWS = 1000
 FLASH = "exports-flash"
 PAGE = 20  # exports per page
-LEVEL_NAMES = {
-    "pseudonymised": "pseudonymised",
-    "deidentified": "de-identified",
-    "identified": "identified",
-}
 ICONS = {
     "pending": ":material/schedule:",
     "processing": ":material/sync:",
@@ -285,7 +280,7 @@ for view in views:
             f"by {view.creator} · created {view.created_at:%Y-%m-%d %H:%M} UTC · "
             f"{view.patient_count:,} patients · {view.file_count:,} files · "
             f"{size(view.archive_bytes or view.estimated_bytes)} · {modalities} · "
-            f"{LEVEL_NAMES.get(view.privacy, view.privacy)}"
+            f"{NAMES.get(PrivacyLevel(view.privacy), view.privacy)}"
             + (
                 f" · available until {view.expires_at:%Y-%m-%d}"
                 if view.expires_at and view.status == "completed"

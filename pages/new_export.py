@@ -127,9 +127,12 @@ st.title("New export")
 prefill = st.session_state.pop("prefill", None) or {}
 NAME, NOTES = "new-export-name", "new-export-notes"
 if prefill:  # "Export again": the earlier export's name (marked again) and notes
-    again = str(prefill.get("name") or "").removesuffix(" again")
-    again = again[: settings().max_name_length - len(" again")]
-    st.session_state[NAME] = f"{again} again" if again else services.default_name()
+    earlier_name = str(prefill.get("name") or "")
+    st.session_state[NAME] = (
+        schemas.again_name(earlier_name, settings().max_name_length)
+        if earlier_name
+        else services.default_name()
+    )
     st.session_state[NOTES] = prefill.get("notes", "")
 # One name per visit, kept as typed: a default made on each rerun would replace it (and make
 # every click a new request, which double-submit suppression could not recognise).

@@ -20,7 +20,6 @@ ICONS = {
     "cancelled": ":material/block:",
 }
 NO_ARCHIVE = ""
-LEVEL_NAMES = {"pseudonymised": "Pseudonymised", "deidentified": "De-identified"}
 
 who = require_identity()
 st.title("Releases")
@@ -216,7 +215,7 @@ with st.container(border=True):
     privacy = opts[0].radio(
         "Privacy",
         schemas.RELEASE_LEVELS,
-        format_func=lambda level: LEVEL_NAMES.get(level, level),
+        format_func=lambda level: schemas.NAMES[schemas.PrivacyLevel(level)].capitalize(),
         key=KEY + "privacy",
         help="Pseudonymised: the destination's pseudonyms, direct identifiers removed (with "
         "what the source project's policy allows). De-identified: dates shifted and UIDs "

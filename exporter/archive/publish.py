@@ -48,9 +48,9 @@ def _checked_dir(data_root: Path, relative: str, checked: set[str] | None = None
     """The directory that holds ``relative`` (created as needed), refusing any path that
     is not plain or that leads out of the data root through a link. ``checked``: the
     directories one job has already checked (one check each, not one per file)."""
-    parts = relative.split("/")
-    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
+    if not _plain_relative(relative):
         raise PortalError(f"{relative}: not a plain relative path")
+    parts = relative.split("/")
     root = str(data_root)
     directory = root + "/" + "/".join(parts[:-1]) if len(parts) > 1 else root
     if checked is not None and directory in checked:
@@ -278,9 +278,18 @@ def remove_originals(data_root: Path, patients: Iterable[Originals]) -> list[str
     return deleted
 
 
+def _plain_relative(relative: str) -> bool:
+    """A path of plain names below a root: not absolute, no backslash, no empty, ``.`` or
+    ``..`` part."""
+    return not (
+        relative.startswith("/")
+        or "\\" in relative
+        or any(p in ("", ".", "..") for p in relative.split("/"))
+    )
+
+
 def _inside(root: str, relative: str) -> bool:
-    parts = relative.split("/")
-    if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
+    if not _plain_relative(relative):
         return False
     real = os.path.realpath(f"{root}/{relative}")
     return real == f"{root}/{relative}" and real.startswith(root + "/")

@@ -204,6 +204,25 @@ def fingerprint(user: Principal, project: str, request: ExportRequest) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def made_again(
+    session: Session, user: Principal, project: str, request: ExportRequest
+) -> DatasetExport | None:
+    """The newest export of this very request by this user that is pending, running or
+    completed (a retry made already), or None."""
+    return session.scalar(
+        select(DatasetExport)
+        .where(
+            DatasetExport.request_fingerprint == fingerprint(user, project, request),
+            DatasetExport.created_by_id == user.id,
+            DatasetExport.status.in_(
+                (ExportStatus.PENDING, ExportStatus.PROCESSING, ExportStatus.COMPLETED)
+            ),
+        )
+        .order_by(DatasetExport.created_at.desc())
+        .limit(1)
+    )
+
+
 def find_twin(
     session: Session, user: Principal, project: str, request: ExportRequest
 ) -> DatasetExport | None:
